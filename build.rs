@@ -1,0 +1,37 @@
+//! Compiles `proto/` with protox (no system `protoc`) into prost types,
+//! pbjson serde implementations and tonic stubs.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "prjmanager/v1/config.proto",
+    "prjmanager/v1/changelist.proto",
+    "prjmanager/v1/run.proto",
+    "prjmanager/v1/events.proto",
+    "prjmanager/v1/state.proto",
+    "prjmanager/v1/actions.proto",
+    "prjmanager/v1/service.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    let descriptor_bytes = descriptors.encode_to_vec();
+    std::fs::write(out_dir.join("prjmanager_descriptor.bin"), &descriptor_bytes)?;
+
+    tonic_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .skip_protoc_run()
+        .compile_fds(descriptors)?;
+
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_bytes)?
+        .build(&[".prjmanager"])?;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! The pure fold: the Project Manager's state machine and triager.

@@ -1,0 +1,169 @@
+//! The mapping between input events and stored records: event type names,
+//! protobuf payload bytes and the proto3 JSON form of replay files.
+//!
+//! A stored event's type is the message name (`ClsUpdated`, …) and its
+//! payload is prost's encoding of that message.
+
+use prost::Message;
+
+use crate::proto::{self, input_event::Event};
+
+/// Every event type that may appear in a `project-<P>` stream.
+pub const INPUT_EVENT_TYPES: &[&str] = &[
+    "ConfigUpdated",
+    "Poked",
+    "ClsUpdated",
+    "RunCreated",
+    "RunFinished",
+    "PurgeCompleted",
+    "TriggeringClDepsCompleted",
+    "Evaluated",
+];
+
+/// An event payload that could not be turned into an [`Event`].
+#[derive(Debug, thiserror::Error)]
+pub enum EventCodecError {
+    /// The type name is not one of [`INPUT_EVENT_TYPES`].
+    #[error("unknown event type {0:?} (expected one of {types})", types = INPUT_EVENT_TYPES.join(", "))]
+    UnknownType(String),
+    /// The protobuf bytes do not decode as the named type.
+    #[error("payload of a {event_type} event does not decode: {source}")]
+    Decode {
+        /// The event type.
+        event_type: String,
+        /// The decoder's error.
+        source: prost::DecodeError,
+    },
+    /// The JSON does not parse as the named type.
+    #[error("data of a {event_type} event is not valid proto3 JSON: {source}")]
+    Json {
+        /// The event type.
+        event_type: String,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
+}
+
+/// The stored type name of an event.
+pub fn type_name(event: &Event) -> &'static str {
+    match event {
+        Event::ConfigUpdated(_) => "ConfigUpdated",
+        Event::Poked(_) => "Poked",
+        Event::ClsUpdated(_) => "ClsUpdated",
+        Event::RunCreated(_) => "RunCreated",
+        Event::RunFinished(_) => "RunFinished",
+        Event::PurgeCompleted(_) => "PurgeCompleted",
+        Event::TriggeringClDepsCompleted(_) => "TriggeringClDepsCompleted",
+        Event::Evaluated(_) => "Evaluated",
+    }
+}
+
+/// The canonical protobuf bytes of an event's payload.
+pub fn encode(event: &Event) -> Vec<u8> {
+    match event {
+        Event::ConfigUpdated(m) => m.encode_to_vec(),
+        Event::Poked(m) => m.encode_to_vec(),
+        Event::ClsUpdated(m) => m.encode_to_vec(),
+        Event::RunCreated(m) => m.encode_to_vec(),
+        Event::RunFinished(m) => m.encode_to_vec(),
+        Event::PurgeCompleted(m) => m.encode_to_vec(),
+        Event::TriggeringClDepsCompleted(m) => m.encode_to_vec(),
+        Event::Evaluated(m) => m.encode_to_vec(),
+    }
+}
+
+/// Decodes a stored payload of the given type.
+pub fn decode(event_type: &str, data: &[u8]) -> Result<Event, EventCodecError> {
+    fn de<M: Message + Default>(event_type: &str, data: &[u8]) -> Result<M, EventCodecError> {
+        M::decode(data).map_err(|source| EventCodecError::Decode {
+            event_type: event_type.to_string(),
+            source,
+        })
+    }
+    Ok(match event_type {
+        "ConfigUpdated" => Event::ConfigUpdated(de(event_type, data)?),
+        "Poked" => Event::Poked(de(event_type, data)?),
+        "ClsUpdated" => Event::ClsUpdated(de(event_type, data)?),
+        "RunCreated" => Event::RunCreated(de(event_type, data)?),
+        "RunFinished" => Event::RunFinished(de(event_type, data)?),
+        "PurgeCompleted" => Event::PurgeCompleted(de(event_type, data)?),
+        "TriggeringClDepsCompleted" => Event::TriggeringClDepsCompleted(de(event_type, data)?),
+        "Evaluated" => Event::Evaluated(de(event_type, data)?),
+        other => return Err(EventCodecError::UnknownType(other.to_string())),
+    })
+}
+
+/// The proto3 JSON form of an event's payload.
+pub fn to_json(event: &Event) -> serde_json::Value {
+    let value = match event {
+        Event::ConfigUpdated(m) => serde_json::to_value(m),
+        Event::Poked(m) => serde_json::to_value(m),
+        Event::ClsUpdated(m) => serde_json::to_value(m),
+        Event::RunCreated(m) => serde_json::to_value(m),
+        Event::RunFinished(m) => serde_json::to_value(m),
+        Event::PurgeCompleted(m) => serde_json::to_value(m),
+        Event::TriggeringClDepsCompleted(m) => serde_json::to_value(m),
+        Event::Evaluated(m) => serde_json::to_value(m),
+    };
+    value.expect("generated proto3 JSON serialisation cannot fail")
+}
+
+/// Parses the proto3 JSON form of a payload of the given type.
+pub fn from_json(event_type: &str, data: serde_json::Value) -> Result<Event, EventCodecError> {
+    fn de<M: serde::de::DeserializeOwned>(
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<M, EventCodecError> {
+        serde_json::from_value(data).map_err(|source| EventCodecError::Json {
+            event_type: event_type.to_string(),
+            source,
+        })
+    }
+    Ok(match event_type {
+        "ConfigUpdated" => Event::ConfigUpdated(de(event_type, data)?),
+        "Poked" => Event::Poked(de(event_type, data)?),
+        "ClsUpdated" => Event::ClsUpdated(de(event_type, data)?),
+        "RunCreated" => Event::RunCreated(de(event_type, data)?),
+        "RunFinished" => Event::RunFinished(de(event_type, data)?),
+        "PurgeCompleted" => Event::PurgeCompleted(de(event_type, data)?),
+        "TriggeringClDepsCompleted" => Event::TriggeringClDepsCompleted(de(event_type, data)?),
+        "Evaluated" => Event::Evaluated(de(event_type, data)?),
+        other => return Err(EventCodecError::UnknownType(other.to_string())),
+    })
+}
+
+/// Wraps an event into the `InputEvent` message.
+pub fn wrap(event: Event) -> proto::InputEvent {
+    proto::InputEvent { event: Some(event) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_uses_canonical_names() {
+        let event = Event::RunFinished(proto::RunFinished {
+            run_id: "infra/111-beef".into(),
+            status: proto::run::Status::Failed as i32,
+            end_time: Some(pbjson_types::Timestamp {
+                seconds: 1_580_640_000,
+                nanos: 0,
+            }),
+        });
+        let json = to_json(&event);
+        assert_eq!(
+            json.to_string(),
+            r#"{"endTime":"2020-02-02T10:40:00+00:00","runId":"infra/111-beef","status":"FAILED"}"#
+        );
+        let back = from_json("RunFinished", json).unwrap();
+        assert_eq!(back, event);
+        assert_eq!(decode("RunFinished", &encode(&event)).unwrap(), event);
+    }
+
+    #[test]
+    fn unknown_type_is_named() {
+        let err = decode("Bogus", b"").unwrap_err();
+        assert!(err.to_string().contains("\"Bogus\""), "{err}");
+    }
+}

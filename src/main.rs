@@ -1,0 +1,2 @@
+//! The `prjmanager` binary.
+fn main() {}
