@@ -8,3 +8,4 @@
 pub mod domain;
 pub mod events;
 pub mod proto;
+pub mod store;
