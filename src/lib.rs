@@ -5,7 +5,13 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod domain;
 pub mod events;
+pub mod fold;
+pub mod jsonl;
+pub mod notifier;
+pub mod projector;
 pub mod proto;
+pub mod service;
 pub mod store;

@@ -2,14 +2,31 @@
 //! `watch` channel: read pages of history, then wait for the head to move.
 //!
 //! The head is marked seen *before* each read, so an append that lands after
-//! the read wakes the loop: no event falls between history and live.
+//! the read wakes the loop: no event falls between history and live. The
+//! loop also re-reads every [`LIVE_POLL_INTERVAL`], because another process
+//! appending to the same store file does not move this process's head.
 
 use tokio::sync::{mpsc, watch};
+
+use std::time::Duration;
 
 use super::{
     Direction, EventStore, ReadFrom, StreamFilter, Subscription, SUBSCRIPTION_BUFFER_EVENTS,
     SUBSCRIPTION_PAGE_EVENTS,
 };
+
+/// How often a caught-up subscription looks for events appended by other
+/// processes.
+pub const LIVE_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Waits until the head moves or the poll interval passes; false once the
+/// store is closed.
+async fn wait_for_more(head: &mut watch::Receiver<u64>) -> bool {
+    match tokio::time::timeout(LIVE_POLL_INTERVAL, head.changed()).await {
+        Ok(Ok(())) | Err(_) => true,
+        Ok(Err(_)) => false,
+    }
+}
 
 /// Subscribes to every matching stream from `from_position`.
 pub(crate) fn subscribe_all<S: EventStore>(
@@ -40,7 +57,7 @@ pub(crate) fn subscribe_all<S: EventStore>(
                     return;
                 }
             }
-            if !full && head.changed().await.is_err() {
+            if !full && !wait_for_more(&mut head).await {
                 return;
             }
         }
@@ -82,7 +99,7 @@ pub(crate) fn subscribe_stream<S: EventStore>(
                     return;
                 }
             }
-            if !full && head.changed().await.is_err() {
+            if !full && !wait_for_more(&mut head).await {
                 return;
             }
         }

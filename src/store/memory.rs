@@ -47,6 +47,35 @@ impl MemoryStore {
     }
 }
 
+/// What the append check needs to know of a stream's ids, so that a store
+/// keeping them on disk can answer from a few indexed lookups instead of
+/// loading every id of the stream.
+pub(crate) trait StreamIds {
+    /// The stream's last revision (`None`: no event).
+    fn last_revision(&self) -> Option<u64>;
+    /// The revision of the event with this id, if it is in the stream.
+    fn revision_of(&self, id: &uuid::Uuid) -> Option<u64>;
+    /// The id of the event at this revision, if there is one.
+    fn id_at(&self, revision: u64) -> Option<uuid::Uuid>;
+}
+
+impl StreamIds for [uuid::Uuid] {
+    fn last_revision(&self) -> Option<u64> {
+        self.len().checked_sub(1).map(|r| r as u64)
+    }
+
+    fn revision_of(&self, id: &uuid::Uuid) -> Option<u64> {
+        self.iter().position(|known| known == id).map(|r| r as u64)
+    }
+
+    fn id_at(&self, revision: u64) -> Option<uuid::Uuid> {
+        usize::try_from(revision)
+            .ok()
+            .and_then(|r| self.get(r))
+            .copied()
+    }
+}
+
 /// Checks an append against a stream's current events; the shared rule of
 /// every store (see the module documentation of `store`).
 ///
@@ -59,21 +88,33 @@ pub(crate) fn check_append(
     stream_ids: &[uuid::Uuid],
     batch: &[NewEvent],
 ) -> Result<Option<u64>, StoreError> {
-    let actual = stream_ids.len().checked_sub(1).map(|r| r as u64);
+    check_append_with(stream, expected, stream_ids, batch)
+}
+
+/// [`check_append`] over any view of the stream's ids. The view is asked
+/// only for the last revision, the revisions of the batch's ids and the ids
+/// at revisions `r..r + batch.len()` where `r` is the revision of the
+/// batch's first id.
+pub(crate) fn check_append_with<S: StreamIds + ?Sized>(
+    stream: &str,
+    expected: ExpectedRevision,
+    stream_ids: &S,
+    batch: &[NewEvent],
+) -> Result<Option<u64>, StoreError> {
+    let actual = stream_ids.last_revision();
     if let Some(first) = batch.first() {
-        if let Some(start) = stream_ids.iter().position(|id| *id == first.id) {
-            let same = stream_ids.len() >= start + batch.len()
-                && batch
-                    .iter()
-                    .zip(&stream_ids[start..])
-                    .all(|(event, id)| event.id == *id);
+        if let Some(start) = stream_ids.revision_of(&first.id) {
+            let same = batch
+                .iter()
+                .zip(start..)
+                .all(|(event, revision)| stream_ids.id_at(revision) == Some(event.id));
             let consistent = match expected {
                 ExpectedRevision::Any | ExpectedRevision::StreamExists => true,
                 ExpectedRevision::NoStream => start == 0,
-                ExpectedRevision::Exact(n) => start > 0 && n == start as u64 - 1,
+                ExpectedRevision::Exact(n) => start > 0 && n == start - 1,
             };
             if same && consistent {
-                return Ok(Some(start as u64));
+                return Ok(Some(start));
             }
         }
     }
@@ -91,7 +132,9 @@ pub(crate) fn check_append(
         });
     }
     for (i, event) in batch.iter().enumerate() {
-        if stream_ids.contains(&event.id) || batch[..i].iter().any(|e| e.id == event.id) {
+        if stream_ids.revision_of(&event.id).is_some()
+            || batch[..i].iter().any(|e| e.id == event.id)
+        {
             return Err(StoreError::DuplicateEventId {
                 stream: stream.to_string(),
                 id: event.id,

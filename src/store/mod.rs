@@ -30,6 +30,7 @@
 //!   order: first the history from the requested position, then live events,
 //!   with no gap between the two.
 
+pub mod any;
 mod catchup;
 pub mod embedded;
 pub mod memory;

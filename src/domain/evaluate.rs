@@ -1,0 +1,348 @@
+//! One PM invocation over the pending events (the `Evaluated` marker):
+//! classification and dedup of the events (luci-pm.md §5.3), the ordered
+//! transitions (§5.4), and saving (§5.5): eversion, `ProjectLog`,
+//! `ProjectStateOffload` and the actions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pbjson_types::Timestamp;
+
+use super::apply::run_id_in_project;
+use super::invocation::{run_status_ended, Invocation};
+use super::{time, Evaluation, TriageFn};
+use crate::proto::project_log::LogReason;
+use crate::proto::{
+    action, pending_event, PState, ProjectLog, ProjectState, ProjectStateOffload, PurgeCompleted,
+    RunRequest, TriggeringClDepsCompleted,
+};
+
+/// A `ProjectLog` is written at least every this many eversions.
+pub const LOG_PROJECT_STATE_FREQUENCY: i64 = 60;
+/// Known Runs ended longer ago than this are forgotten.
+pub const KNOWN_RUN_RETENTION_DAYS: i64 = 7;
+/// A Run request is outstanding for this long.
+pub const RUN_REQUEST_RETENTION_MINUTES: i64 = 1;
+
+/// The pending events of one invocation, classified (§5.3).
+#[derive(Default)]
+struct Batch<'p> {
+    /// A ConfigUpdated survived.
+    new_config: bool,
+    /// A Poked survived.
+    poke: bool,
+    /// Highest announced eversion per CL.
+    cls: BTreeMap<i64, i64>,
+    /// Created Run ids.
+    run_created: BTreeSet<String>,
+    /// Finished Runs and their status (the later event wins).
+    run_finished: BTreeMap<String, i32>,
+    /// Purge completions with their position in `pending`.
+    purges: Vec<(usize, &'p PurgeCompleted)>,
+    /// Dependency vote completions with their position in `pending`.
+    trigger_deps: Vec<(usize, &'p TriggeringClDepsCompleted)>,
+    /// Semantic garbage: dropped even if the invocation fails.
+    garbage: BTreeSet<usize>,
+    /// Consumed by the transitions when the invocation succeeds.
+    consumed: BTreeSet<usize>,
+}
+
+/// Classifies the pending events; ignored inputs are named in `trace`.
+fn classify<'p>(
+    pending: &'p [crate::proto::PendingEvent],
+    project: &str,
+    trace: &mut Vec<String>,
+) -> Batch<'p> {
+    let mut batch = Batch::default();
+    let mut last_config: Option<usize> = None;
+    let mut last_poke: Option<usize> = None;
+    // clid -> (max eversion, position of the first event carrying it)
+    let mut carriers: BTreeMap<i64, (i64, usize)> = BTreeMap::new();
+    let mut cls_events: Vec<usize> = Vec::new();
+    for (i, p) in pending.iter().enumerate() {
+        let revision = p.revision;
+        match &p.event {
+            None => {
+                trace.push(format!(
+                    "pending event at revision {revision} is empty; dropped"
+                ));
+                batch.garbage.insert(i);
+            }
+            Some(pending_event::Event::NewConfig(_)) => {
+                if let Some(previous) = last_config.replace(i) {
+                    batch.garbage.insert(previous);
+                }
+            }
+            Some(pending_event::Event::Poke(_)) => {
+                if let Some(previous) = last_poke.replace(i) {
+                    batch.garbage.insert(previous);
+                }
+            }
+            Some(pending_event::Event::ClsUpdated(versions)) => {
+                cls_events.push(i);
+                for v in &versions.cls {
+                    if v.clid <= 0 || v.eversion <= 0 {
+                        trace.push(format!(
+                            "ClsUpdated at revision {revision}: entry with clid {} eversion {} ignored (both must be positive)",
+                            v.clid, v.eversion
+                        ));
+                        continue;
+                    }
+                    match carriers.get(&v.clid) {
+                        Some(&(max, _)) if max >= v.eversion => {}
+                        _ => {
+                            carriers.insert(v.clid, (v.eversion, i));
+                        }
+                    }
+                }
+            }
+            Some(pending_event::Event::RunCreated(id)) => {
+                if run_id_in_project(id, project) {
+                    batch.run_created.insert(id.clone());
+                    batch.consumed.insert(i);
+                } else {
+                    trace.push(format!(
+                        "RunCreated at revision {revision}: run id {id:?} is not a Run of project {project:?}; ignored"
+                    ));
+                    batch.garbage.insert(i);
+                }
+            }
+            Some(pending_event::Event::RunFinished(e)) => {
+                if !run_id_in_project(&e.run_id, project) {
+                    trace.push(format!(
+                        "RunFinished at revision {revision}: run id {:?} is not a Run of project {project:?}; ignored",
+                        e.run_id
+                    ));
+                    batch.garbage.insert(i);
+                } else if !run_status_ended(e.status) {
+                    trace.push(format!(
+                        "RunFinished at revision {revision}: status {} of {} is not terminal; ignored",
+                        e.status, e.run_id
+                    ));
+                    batch.garbage.insert(i);
+                } else {
+                    batch.run_finished.insert(e.run_id.clone(), e.status);
+                    batch.consumed.insert(i);
+                }
+            }
+            Some(pending_event::Event::PurgeCompleted(e)) => batch.purges.push((i, e)),
+            Some(pending_event::Event::TriggeringClDepsCompleted(e)) => {
+                batch.trigger_deps.push((i, e))
+            }
+        }
+    }
+    if let Some(i) = last_config {
+        batch.new_config = true;
+        batch.consumed.insert(i);
+    }
+    if let Some(i) = last_poke {
+        batch.poke = true;
+        batch.consumed.insert(i);
+    }
+    let carrier_positions: BTreeSet<usize> = carriers.values().map(|&(_, i)| i).collect();
+    for i in cls_events {
+        if carrier_positions.contains(&i) {
+            batch.consumed.insert(i);
+        } else {
+            batch.garbage.insert(i);
+        }
+    }
+    batch.cls = carriers
+        .into_iter()
+        .map(|(clid, (eversion, _))| (clid, eversion))
+        .collect();
+    batch
+}
+
+/// What the transitions of a successful invocation consumed and produced.
+struct Success {
+    /// Positions in `pending` of the completion events consumed.
+    consumed: Vec<usize>,
+    /// Transactional side effects, in transition order.
+    effects: Vec<action::Action>,
+}
+
+/// Runs the ordered transitions (§5.4). `Err` means the batch failed.
+fn run_transitions(
+    inv: &mut Invocation<'_>,
+    batch: &Batch<'_>,
+    triage: TriageFn,
+) -> Result<Success, String> {
+    let mut effects = Vec::new();
+    // Step 0, UpgradeIfNecessary, is a no-op.
+    if !batch.run_created.is_empty() {
+        effects.extend(inv.on_runs_created(&batch.run_created));
+    }
+    if !batch.run_finished.is_empty() {
+        effects.extend(inv.on_runs_finished(&batch.run_finished));
+    }
+    if batch.new_config {
+        let (_, update_effects) = inv.update_config();
+        effects.extend(update_effects);
+    }
+    if batch.poke {
+        effects.extend(inv.poke());
+    }
+    if !batch.cls.is_empty() {
+        inv.on_cls_updated(&batch.cls);
+    }
+    let purges: Vec<&PurgeCompleted> = batch.purges.iter().map(|&(_, e)| e).collect();
+    let mut consumed: Vec<usize> = inv
+        .on_purges_completed(&purges)
+        .into_iter()
+        .map(|k| batch.purges[k].0)
+        .collect();
+    let trigger_deps: Vec<&TriggeringClDepsCompleted> =
+        batch.trigger_deps.iter().map(|&(_, e)| e).collect();
+    let (consumed_trigger_deps, trigger_deps_effects) =
+        inv.on_triggering_cl_deps_completed(&trigger_deps);
+    consumed.extend(
+        consumed_trigger_deps
+            .into_iter()
+            .map(|k| batch.trigger_deps[k].0),
+    );
+    effects.extend(trigger_deps_effects);
+    effects.extend(inv.exec_deferred(triage)?);
+    Ok(Success { consumed, effects })
+}
+
+/// Forgets Runs ended more than 7 days ago (or ended without an end time)
+/// and Run requests that are a minute old or whose Run is known.
+fn prune_known(state: &mut ProjectState, now: &Timestamp) {
+    let run_cutoff = time::add_days(now, -KNOWN_RUN_RETENTION_DAYS);
+    state.runs.retain(|r| {
+        !run_status_ended(r.status)
+            || r.end_time
+                .as_ref()
+                .is_some_and(|t| time::cmp(t, &run_cutoff).is_ge())
+    });
+    let request_cutoff = time::add_minutes(now, -RUN_REQUEST_RETENTION_MINUTES);
+    let runs = &state.runs;
+    state.run_requests.retain(|r| {
+        let young = time::cmp_opt(r.requested_at.as_ref(), Some(&request_cutoff)).is_gt();
+        young && runs.binary_search_by(|k| k.id.cmp(&r.run_id)).is_err()
+    });
+}
+
+/// One invocation at `now` (see [`super::evaluate_with`]).
+pub fn evaluate(
+    state: &mut ProjectState,
+    revision: u64,
+    now: Timestamp,
+    triage: TriageFn,
+) -> Evaluation {
+    let project = state.luci_project.clone();
+    let loaded: PState = state.pstate.clone().unwrap_or_else(|| PState {
+        luci_project: project.clone(),
+        ..Default::default()
+    });
+    let eversion = state.eversion + 1;
+    prune_known(state, &now);
+
+    let mut trace = Vec::new();
+    let pending = std::mem::take(&mut state.pending);
+    let batch = classify(&pending, &project, &mut trace);
+
+    let mut inv = Invocation {
+        project: &project,
+        now,
+        cls: &state.cls,
+        runs: &state.runs,
+        run_requests: &state.run_requests,
+        latest_config: state.latest_config.as_ref(),
+        pstate: loaded.clone(),
+        pinned: state.pinned_config.clone(),
+        matcher: None,
+        reasons: Vec::new(),
+        immediate: Vec::new(),
+        trace,
+        new_run_requests: Vec::new(),
+        eversion,
+    };
+    let result = run_transitions(&mut inv, &batch, triage);
+    let Invocation {
+        pstate,
+        pinned,
+        reasons,
+        immediate,
+        mut trace,
+        new_run_requests,
+        ..
+    } = inv;
+
+    let (mut reasons, actions, removed) = match result {
+        Ok(success) => {
+            state.pstate = Some(pstate);
+            state.pinned_config = pinned;
+            for run_id in new_run_requests {
+                let request = RunRequest {
+                    run_id,
+                    requested_at: Some(now),
+                };
+                match state
+                    .run_requests
+                    .binary_search_by(|r| r.run_id.cmp(&request.run_id))
+                {
+                    Ok(i) => state.run_requests[i] = request,
+                    Err(i) => state.run_requests.insert(i, request),
+                }
+            }
+            let mut removed: BTreeSet<usize> =
+                batch.garbage.union(&batch.consumed).copied().collect();
+            removed.extend(success.consumed);
+            let mut actions = immediate;
+            actions.extend(success.effects);
+            (reasons, actions, removed)
+        }
+        Err(err) => {
+            // As the original's failed batch: nothing is saved and nothing is
+            // consumed except semantic garbage; effects already performed
+            // before the failure (pokes) stand. The eversion still advances.
+            trace.push(format!("invocation failed, state kept as it was: {err}"));
+            state.pstate = Some(loaded.clone());
+            (Vec::new(), immediate, batch.garbage.clone())
+        }
+    };
+    state.pending = pending
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !removed.contains(i))
+        .map(|(_, p)| p)
+        .collect();
+
+    state.eversion = eversion;
+    let update_time = time::round_to_micros(&now);
+    state.update_time = Some(update_time);
+    state.last_revision = revision;
+
+    if eversion % LOG_PROJECT_STATE_FREQUENCY == 0 {
+        reasons.push(LogReason::FyiPeriodic);
+    }
+    reasons.sort();
+    reasons.dedup();
+    let saved = state.pstate.as_ref().expect("pstate was just set");
+    let project_log = (!reasons.is_empty()).then(|| ProjectLog {
+        eversion,
+        status: saved.status,
+        config_hash: saved.config_hash.clone(),
+        update_time: Some(update_time),
+        state: Some(saved.clone()),
+        reasons: reasons.iter().map(|&r| r as i32).collect(),
+    });
+    let offload =
+        (saved.status != loaded.status || saved.config_hash != loaded.config_hash).then(|| {
+            ProjectStateOffload {
+                status: saved.status,
+                config_hash: saved.config_hash.clone(),
+                update_time: Some(now),
+                eversion,
+            }
+        });
+    Evaluation {
+        eversion,
+        reasons,
+        actions,
+        project_log,
+        offload,
+        trace,
+    }
+}

@@ -1,0 +1,292 @@
+//! Categorising tracked CLs (active, deps, unused, unloaded), loading missing
+//! ones, and recomputing the components (luci-pm.md §6.9–§6.10).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pbjson_types::Timestamp;
+
+use super::invocation::Invocation;
+use super::time;
+use crate::proto::{pcl, Component, Pcl};
+
+/// Triggers older than this do not make a CL active (`common.MaxTriggerAge`).
+pub const MAX_TRIGGER_AGE_DAYS: i64 = 7;
+
+/// The CLs of the state by role.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Categories {
+    /// CLs of incomplete Runs and active-standalone CLs; they stay tracked.
+    pub active: BTreeSet<i64>,
+    /// Non-active CLs that are deps of active CLs; they stay tracked.
+    pub deps: BTreeSet<i64>,
+    /// Tracked CLs that are neither: they are dropped.
+    pub unused: BTreeSet<i64>,
+    /// Active or dep CLs without a PCL yet.
+    pub unloaded: BTreeSet<i64>,
+}
+
+/// Whether a PCL is active on its own: watched (status OK) with a CQ vote
+/// trigger strictly newer than `now - 7 days`. As in the version of the
+/// original read, the new-patchset trigger does not count.
+pub fn is_active_standalone(p: &Pcl, now: &Timestamp) -> bool {
+    if p.status != pcl::Status::Ok as i32 {
+        return false;
+    }
+    let Some(trigger) = p.triggers.as_ref().and_then(|t| t.cq_vote_trigger.as_ref()) else {
+        return false;
+    };
+    let cutoff = time::add_days(now, -MAX_TRIGGER_AGE_DAYS);
+    time::cmp_opt(trigger.time.as_ref(), Some(&cutoff)).is_gt()
+}
+
+/// A disjoint-set forest over PCL positions.
+struct DisjointSet {
+    parent: Vec<usize>,
+    size: Vec<usize>,
+}
+
+impl DisjointSet {
+    fn new(n: usize) -> DisjointSet {
+        DisjointSet {
+            parent: (0..n).collect(),
+            size: vec![1; n],
+        }
+    }
+
+    fn root(&mut self, mut i: usize) -> usize {
+        while self.parent[i] != i {
+            self.parent[i] = self.parent[self.parent[i]];
+            i = self.parent[i];
+        }
+        i
+    }
+
+    fn merge(&mut self, a: usize, b: usize) {
+        let (a, b) = (self.root(a), self.root(b));
+        if a == b {
+            return;
+        }
+        let (big, small) = if self.size[a] >= self.size[b] {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        self.parent[small] = big;
+        self.size[big] += self.size[small];
+    }
+
+    fn size_of(&mut self, i: usize) -> usize {
+        let r = self.root(i);
+        self.size[r]
+    }
+}
+
+impl Invocation<'_> {
+    /// Categorises the tracked CLs and the CLs of created Runs (`categorizeCLs`).
+    pub fn categorize(&self) -> Categories {
+        let mut cat = Categories::default();
+        for run in &self.pstate.created_pruns {
+            for &id in &run.clids {
+                cat.active.insert(id);
+                if self.pcl_index(id).is_none() {
+                    cat.unloaded.insert(id);
+                }
+            }
+        }
+        for c in &self.pstate.components {
+            for run in &c.pruns {
+                cat.active.extend(run.clids.iter().copied());
+            }
+        }
+        for p in &self.pstate.pcls {
+            if is_active_standalone(p, &self.now) {
+                cat.active.insert(p.clid);
+            }
+        }
+        for p in &self.pstate.pcls {
+            if cat.active.contains(&p.clid) {
+                for d in &p.deps {
+                    if !cat.active.contains(&d.clid) {
+                        cat.deps.insert(d.clid);
+                        if self.pcl_index(d.clid).is_none() {
+                            cat.unloaded.insert(d.clid);
+                        }
+                    }
+                }
+            }
+        }
+        for p in &self.pstate.pcls {
+            if !cat.active.contains(&p.clid) && !cat.deps.contains(&p.clid) {
+                cat.unused.insert(p.clid);
+            }
+        }
+        cat
+    }
+
+    /// Loads the unloaded CLs once (`loadActiveIntoPCLs`): a loaded dep that
+    /// turns out active is promoted, and deps of loaded active CLs become deps
+    /// (loaded by a later invocation if not tracked yet).
+    pub fn load_active(&mut self, cat: &mut Categories) {
+        if cat.unloaded.is_empty() {
+            return;
+        }
+        let to_load: Vec<i64> = cat.unloaded.iter().copied().collect();
+        self.eval_cls(&to_load);
+        for p in &self.pstate.pcls {
+            if !cat.unloaded.remove(&p.clid) {
+                continue;
+            }
+            if !cat.active.contains(&p.clid) {
+                if !is_active_standalone(p, &self.now) {
+                    continue;
+                }
+                cat.deps.remove(&p.clid);
+                cat.active.insert(p.clid);
+            }
+            for d in &p.deps {
+                if !cat.active.contains(&d.clid) && !cat.deps.contains(&d.clid) {
+                    cat.deps.insert(d.clid);
+                    if !cat.unused.remove(&d.clid) {
+                        cat.unloaded.insert(d.clid);
+                    }
+                }
+            }
+        }
+        if let Some(id) = cat.unloaded.iter().find(|id| cat.active.contains(id)) {
+            panic!("BUG: CL {id} is active but was not loaded");
+        }
+    }
+
+    /// Recomputes the components (`repartition`): CLs of a Run together,
+    /// active CLs with their active deps; unchanged components are kept as
+    /// they are, the others are created with `triage_required`; components in
+    /// canonical order (by first CL id); unused PCLs dropped.
+    pub fn repartition(&mut self, cat: &Categories) {
+        let index: BTreeMap<i64, usize> = self
+            .pstate
+            .pcls
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clid, i))
+            .collect();
+        let position = |clid: i64| -> usize {
+            *index.get(&clid).unwrap_or_else(|| {
+                panic!("BUG: CL {clid} of an incomplete Run has no PCL after loading")
+            })
+        };
+        let mut sets = DisjointSet::new(self.pstate.pcls.len());
+        let runs = self
+            .pstate
+            .components
+            .iter()
+            .flat_map(|c| c.pruns.iter())
+            .chain(self.pstate.created_pruns.iter());
+        for run in runs {
+            if let Some((&first, rest)) = run.clids.split_first() {
+                let first = position(first);
+                for &id in rest {
+                    sets.merge(first, position(id));
+                }
+            }
+        }
+        for (i, p) in self.pstate.pcls.iter().enumerate() {
+            if cat.active.contains(&p.clid) {
+                for d in &p.deps {
+                    if let Some(&j) = index.get(&d.clid) {
+                        if cat.active.contains(&d.clid) {
+                            sets.merge(i, j);
+                        }
+                    }
+                }
+            }
+        }
+
+        let old_components = std::mem::take(&mut self.pstate.components);
+        let mut reused: BTreeMap<usize, Component> = BTreeMap::new();
+        let mut deleted: Vec<Component> = Vec::new();
+        for c in old_components {
+            match reusable_root(&c, &index, &mut sets, cat) {
+                Some(root) => {
+                    reused.insert(root, c);
+                }
+                None => deleted.push(c),
+            }
+        }
+        let mut created: BTreeMap<usize, Component> = BTreeMap::new();
+        for (i, p) in self.pstate.pcls.iter().enumerate() {
+            if !cat.active.contains(&p.clid) {
+                continue;
+            }
+            let root = sets.root(i);
+            if reused.contains_key(&root) {
+                continue;
+            }
+            created
+                .entry(root)
+                .or_insert_with(|| Component {
+                    triage_required: true,
+                    ..Default::default()
+                })
+                .clids
+                .push(p.clid);
+        }
+        let created_runs = std::mem::take(&mut self.pstate.created_pruns);
+        let orphan_runs = created_runs
+            .into_iter()
+            .chain(deleted.into_iter().flat_map(|c| c.pruns));
+        for run in orphan_runs {
+            let Some(&first) = run.clids.first() else {
+                continue;
+            };
+            let root = sets.root(position(first));
+            if let Some(c) = created.get_mut(&root) {
+                c.pruns.push(run);
+            } else if let Some(c) = reused.get_mut(&root) {
+                // Not reachable through events (a Run whose CLs all sit in an
+                // existing component is placed there when created); the
+                // original would crash. Keep the Run, in order.
+                let at = c.pruns.partition_point(|r| r.id <= run.id);
+                c.pruns.insert(at, run);
+                c.triage_required = true;
+            } else {
+                panic!("BUG: Run {} has no component to go to", run.id);
+            }
+        }
+        let mut components: Vec<Component> = reused.into_values().collect();
+        for mut c in created.into_values() {
+            c.pruns.sort_by(|a, b| a.id.cmp(&b.id));
+            components.push(c);
+        }
+        components.sort_by_key(|c| c.clids.first().copied());
+        self.pstate.components = components;
+        self.pstate.pcls.retain(|p| !cat.unused.contains(&p.clid));
+        self.pstate.repartition_required = false;
+    }
+}
+
+/// The disjoint set an old component can be kept as: exactly its CLs, none
+/// unused, at least one active.
+fn reusable_root(
+    c: &Component,
+    index: &BTreeMap<i64, usize>,
+    sets: &mut DisjointSet,
+    cat: &Categories,
+) -> Option<usize> {
+    let first = *index.get(c.clids.first()?)?;
+    let root = sets.root(first);
+    if sets.size_of(root) != c.clids.len() {
+        return None;
+    }
+    for id in &c.clids[1..] {
+        if sets.root(*index.get(id)?) != root {
+            return None;
+        }
+    }
+    if c.clids.iter().any(|id| cat.unused.contains(id)) {
+        return None;
+    }
+    c.clids
+        .iter()
+        .any(|id| cat.active.contains(id))
+        .then_some(root)
+}

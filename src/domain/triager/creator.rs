@@ -1,0 +1,348 @@
+//! Building the `CreateRun` action for a combo of CLs (domain/luci-pm.md
+//! §7.5.1, the original's `makeCreator` and the Run creator's RunID).
+
+use std::collections::BTreeMap;
+
+use crate::domain::triage_api::{PmView, TriageError};
+use crate::proto::{Component, CreateRun, InputCl, RunOptions, Snapshot, Trigger};
+
+use super::cls::ClInfo;
+use super::run_id::{self, RunIdCl};
+use super::time::{opt_ts_nanos, round_to_micros, to_timestamp};
+use super::{TriggerKind, DRY_RUN, FULL_RUN, NEW_PATCHSET_RUN, QUICK_DRY_RUN};
+
+/// The Gerrit label whose positive vote makes the owner pay for a full Run.
+pub(crate) const AUTO_SUBMIT_LABEL: &str = "Auto-Submit";
+/// The Commit-Queue vote value of FULL_RUN.
+const FULL_RUN_CQ_VOTE: i32 = 2;
+
+/// The CLs of a Run to create, with the one triggered last.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Combo {
+    /// Member CLIDs, ascending.
+    pub(crate) all: Vec<i64>,
+    /// Members that are not `cq_ready`.
+    pub(crate) not_ready: Vec<i64>,
+    /// Some member with not-yet-loaded deps (the last one in clid order).
+    pub(crate) with_not_yet_loaded_deps: Option<i64>,
+    /// The member with the latest chosen-trigger time (first in clid order on ties).
+    pub(crate) latest_triggered: Option<i64>,
+    /// That latest trigger time.
+    pub(crate) max_triggered_time: Option<i128>,
+}
+
+impl Combo {
+    /// Builds a combo from members, visited in ascending clid order.
+    pub(crate) fn new<'b, 'a: 'b>(
+        members: impl IntoIterator<Item = &'b ClInfo<'a>>,
+        kind: TriggerKind,
+    ) -> Combo {
+        let mut combo = Combo {
+            all: Vec::new(),
+            not_ready: Vec::new(),
+            with_not_yet_loaded_deps: None,
+            latest_triggered: None,
+            max_triggered_time: None,
+        };
+        for info in members {
+            let clid = info.pcl.clid;
+            combo.all.push(clid);
+            if !info.cq_ready {
+                combo.not_ready.push(clid);
+            }
+            if info
+                .deps
+                .as_ref()
+                .is_some_and(|d| !d.not_yet_loaded.is_empty())
+            {
+                combo.with_not_yet_loaded_deps = Some(clid);
+            }
+            if let Some(t) = kind
+                .choose(info.pcl.triggers.as_ref())
+                .and_then(|t| opt_ts_nanos(t.time.as_ref()))
+            {
+                if combo.max_triggered_time.map_or(true, |max| t > max) {
+                    combo.max_triggered_time = Some(t);
+                    combo.latest_triggered = Some(clid);
+                }
+            }
+        }
+        combo
+    }
+}
+
+/// Builds the fully populated `CreateRun` for a combo (without `dep_runs`).
+///
+/// The trigger of each CL is its PCL's (PCL triggers carry email and Gerrit
+/// account id), so the original's re-extraction from the snapshot and its
+/// mode-consistency check are not needed.
+pub(crate) fn make_creator(
+    view: &PmView<'_>,
+    component: &Component,
+    cls: &BTreeMap<i64, ClInfo<'_>>,
+    combo: &Combo,
+    cg_index: i32,
+    kind: TriggerKind,
+) -> Result<CreateRun, TriageError> {
+    let cg = view.config_group(cg_index).ok_or_else(|| {
+        TriageError::Bug(format!("config group index {cg_index} is out of range"))
+    })?;
+    let latest = combo
+        .latest_triggered
+        .ok_or_else(|| TriageError::Bug(format!("combo {:?} has no triggered CL", combo.all)))?;
+
+    // Load the CL entities. A CL unknown to the fold is a stale view: the PM
+    // state will drop it soon (the original treats this as transient).
+    let mut entities = Vec::with_capacity(combo.all.len());
+    for clid in &combo.all {
+        let cl = view.cl(*clid).ok_or_else(|| {
+            TriageError::OutdatedPmState(format!("failed to load CLs: CL {clid} not found"))
+        })?;
+        entities.push(cl);
+    }
+    let latest_entity = view.cl(latest).ok_or_else(|| {
+        TriageError::OutdatedPmState(format!("failed to load CLs: CL {latest} not found"))
+    })?;
+    let owner = owner_identity(latest, latest_entity.snapshot.as_ref())?;
+
+    let mut options = RunOptions::default();
+    let mut incomplete_runs = Vec::new();
+    let mut input_cls = Vec::with_capacity(combo.all.len());
+    for (clid, cl) in combo.all.iter().zip(&entities) {
+        let info = cls
+            .get(clid)
+            .ok_or_else(|| TriageError::Bug(format!("combo CL {clid} is not in the component")))?;
+        for &ri in &info.run_indexes {
+            incomplete_runs.push(component.pruns[ri].id.clone());
+        }
+        let (expected, actual) = (info.pcl.eversion, cl.eversion);
+        if expected != actual {
+            return Err(TriageError::OutdatedPmState(format!(
+                "CL {clid} EVersion changed {expected} => {actual}"
+            )));
+        }
+        merge_options(&mut options, cl.snapshot.as_ref());
+        input_cls.push(InputCl {
+            clid: *clid,
+            expected_eversion: info.pcl.eversion,
+            trigger: kind.choose(info.pcl.triggers.as_ref()).cloned(),
+        });
+    }
+
+    let latest_info = cls
+        .get(&latest)
+        .ok_or_else(|| TriageError::Bug(format!("combo CL {latest} is not in the component")))?;
+    let t = kind
+        .choose(latest_info.pcl.triggers.as_ref())
+        .ok_or_else(|| TriageError::Bug(format!("CL {latest} lost its trigger")))?;
+    let created_by = user_identity(&t.email).map_err(|e| {
+        TriageError::Bug(format!(
+            "failed to construct triggerer identity of {:?}: {e}",
+            t.email
+        ))
+    })?;
+    incomplete_runs.sort();
+    let billed_to = quota_payer(
+        latest,
+        &owner,
+        &created_by,
+        t,
+        latest_entity.snapshot.as_ref(),
+    )?;
+    let create_ns = opt_ts_nanos(t.time.as_ref())
+        .ok_or_else(|| TriageError::Bug(format!("CL {latest}: trigger without time")))?;
+    let create_time = to_timestamp(round_to_micros(create_ns))?;
+
+    let mut rc = CreateRun {
+        run_id: String::new(),
+        config_group_id: format!("{}/{}", view.pstate.config_hash, cg.name),
+        mode: t.mode.clone(),
+        create_time: Some(create_time),
+        owner,
+        created_by,
+        billed_to,
+        input_cls,
+        dep_runs: Vec::new(),
+        expected_incomplete_run_ids: incomplete_runs,
+        options: Some(options),
+        operation_id: String::new(),
+        mode_definition: t.mode_definition.clone(),
+        luci_project: view.luci_project.to_string(),
+    };
+    rc.run_id = expected_run_id(&rc, &entities)?;
+    rc.operation_id = run_id::operation_id(&rc.luci_project, &rc.run_id);
+    Ok(rc)
+}
+
+/// The RunID of a `CreateRun`, after the Run creator's own validation (the
+/// original's `prepare`, which panics on violations).
+fn expected_run_id(
+    rc: &CreateRun,
+    entities: &[&crate::proto::ChangeList],
+) -> Result<String, TriageError> {
+    let bug = |msg: &str| Err(TriageError::Bug(format!("run creator: {msg}")));
+    let standard = [DRY_RUN, FULL_RUN, NEW_PATCHSET_RUN, QUICK_DRY_RUN];
+    if rc.luci_project.is_empty() {
+        return bug("LUCIProject is required");
+    }
+    if rc.input_cls.is_empty() {
+        return bug("At least 1 CL is required");
+    }
+    if rc.mode.is_empty() {
+        return bug("Mode is required");
+    }
+    if !standard.contains(&rc.mode.as_str()) && rc.mode_definition.is_none() {
+        return bug("ModeDefinition is required for non-standard mode");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut digest_cls = Vec::with_capacity(rc.input_cls.len());
+    for (input, cl) in rc.input_cls.iter().zip(entities) {
+        if input.clid == 0 {
+            return bug("ID of the CL is required");
+        }
+        if input.expected_eversion == 0 {
+            return bug("expectedEversion of the CL is required");
+        }
+        let Some(snapshot) = cl.snapshot.as_ref() else {
+            return bug("cl snapshot must not be nil");
+        };
+        if input.trigger.is_none() {
+            return bug("cl trigger info is required");
+        }
+        if !seen.insert(input.clid) {
+            return bug(&format!("duplicate input CL ID {}", input.clid));
+        }
+        let gerrit = snapshot.gerrit.as_ref();
+        digest_cls.push(RunIdCl {
+            host: gerrit.map_or("", |g| g.host.as_str()),
+            change: gerrit.map_or(0, |g| g.change),
+            current_revision: gerrit.map_or("", |g| g.current_revision.as_str()),
+            trigger: input.trigger.as_ref(),
+        });
+    }
+    let create_time = rc.create_time.unwrap_or_default();
+    run_id::run_id(&rc.luci_project, &create_time, &digest_cls).map_err(TriageError::Bug)
+}
+
+/// `user:<email>` after the original's identity validation.
+pub(crate) fn user_identity(email: &str) -> Result<String, String> {
+    let Some((local, domain)) = email.split_once('@') else {
+        return Err(format!("bad value {email:?} for identity kind \"user\""));
+    };
+    let local_ok = !local.is_empty()
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.+%".contains(c));
+    let domain_ok = !domain.is_empty()
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if local_ok && domain_ok {
+        Ok(format!("user:{email}"))
+    } else {
+        Err(format!("bad value {email:?} for identity kind \"user\""))
+    }
+}
+
+/// The owner identity of a CL from its snapshot.
+fn owner_identity(clid: i64, snapshot: Option<&Snapshot>) -> Result<String, TriageError> {
+    let email = snapshot
+        .and_then(|s| s.gerrit.as_ref())
+        .map(|g| g.owner_email.as_str())
+        .unwrap_or_default();
+    if email.is_empty() {
+        return Err(TriageError::Bug(format!(
+            "failed to get OwnerIdentity of {clid}: CL owner has no email"
+        )));
+    }
+    user_identity(email)
+        .map_err(|e| TriageError::Bug(format!("failed to get OwnerIdentity of {clid}: {e}")))
+}
+
+/// Whether the CL has a positive Auto-Submit vote.
+pub(crate) fn has_auto_submit(snapshot: Option<&Snapshot>) -> bool {
+    snapshot.and_then(|s| s.gerrit.as_ref()).is_some_and(|g| {
+        g.votes
+            .iter()
+            .any(|v| v.label == AUTO_SUBMIT_LABEL && v.value > 0)
+    })
+}
+
+/// Who is charged for the Run (the original's `quotaPayer`).
+///
+/// Full runs (FULL_RUN, or a custom mode with CQ value 2) of a CL with an
+/// Auto-Submit vote are charged to the owner; everything else to the
+/// triggerer. An empty or anonymous owner is a bug.
+pub(crate) fn quota_payer(
+    clid: i64,
+    owner: &str,
+    triggerer: &str,
+    trigger: &Trigger,
+    snapshot: Option<&Snapshot>,
+) -> Result<String, TriageError> {
+    match owner {
+        "" => {
+            return Err(TriageError::Bug(format!(
+                "CL {clid}: empty owner was given: {owner:?}"
+            )))
+        }
+        "anonymous:anonymous" => {
+            return Err(TriageError::Bug(format!(
+                "CL {clid}: the CL owner is anonymous"
+            )))
+        }
+        _ => {}
+    }
+    let cq_value = trigger
+        .mode_definition
+        .as_ref()
+        .map_or(0, |m| m.cq_label_value);
+    if trigger.mode != FULL_RUN && cq_value != FULL_RUN_CQ_VOTE {
+        return Ok(triggerer.to_string());
+    }
+    if has_auto_submit(snapshot) {
+        Ok(owner.to_string())
+    } else {
+        Ok(triggerer.to_string())
+    }
+}
+
+/// Merges the Run options of one CL's footers into `options`.
+///
+/// Boolean options are set by a footer value `true` (case-insensitive) under
+/// the footer key or its legacy key; list options collect values in order.
+pub(crate) fn merge_options(options: &mut RunOptions, snapshot: Option<&Snapshot>) {
+    let footers = snapshot.map_or(&[][..], |s| s.metadata.as_slice());
+    let values_of = |key: &str, legacy: &str| -> Vec<String> {
+        let mut out: Vec<String> = footers
+            .iter()
+            .filter(|f| f.key == key)
+            .map(|f| f.value.clone())
+            .collect();
+        if !legacy.is_empty() {
+            out.extend(
+                footers
+                    .iter()
+                    .filter(|f| f.key == legacy)
+                    .map(|f| f.value.clone()),
+            );
+        }
+        out
+    };
+    let is_true = |key: &str, legacy: &str| {
+        values_of(key, legacy)
+            .iter()
+            .any(|v| v.to_lowercase() == "true")
+    };
+    options.skip_equivalent_builders |= is_true("No-Equivalent-Builders", "NO_EQUIVALENT_BUILDERS");
+    options.avoid_cancelling_tryjobs |= is_true("Cq-Do-Not-Cancel-Tryjobs", "");
+    options.skip_tree_checks |= is_true("No-Tree-Checks", "NOTREECHECKS");
+    options.skip_tryjobs |= is_true("No-Try", "NOTRY");
+    options.skip_presubmit |= is_true("No-Presubmit", "NOPRESUBMIT");
+    options
+        .include_trybots
+        .extend(values_of("Cq-Include-Trybots", "CQ_INCLUDE_TRYBOTS"));
+    options
+        .custom_tryjob_tags
+        .extend(values_of("Cq-Cl-Tag", ""));
+}

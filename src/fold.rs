@@ -1,0 +1,128 @@
+//! The one fold of a project stream: decodes a stored event, checks its
+//! revision, applies it to the state (input event) or runs the invocation it
+//! marks (`Evaluated`), and fills in or checks the marker's eversion and
+//! state digest.
+//!
+//! This lives outside `domain` because it handles bytes (decoding events,
+//! encoding the state for its digest); the decisions are all in
+//! [`crate::domain`].
+
+use prost::Message;
+
+use crate::domain::{self, Evaluation, FoldError};
+use crate::events;
+use crate::proto::{input_event::Event, Evaluated, ProjectState};
+use crate::store::RecordedEvent;
+
+/// The `state_digest` of a state: BLAKE3 of prost's encoding of the `ProjectState`.
+pub fn state_digest(state: &ProjectState) -> Vec<u8> {
+    blake3::hash(&state.encode_to_vec()).as_bytes().to_vec()
+}
+
+/// The stream of a project's input events and markers.
+pub fn project_stream(project: &str) -> String {
+    format!("project-{project}")
+}
+
+/// The revision the fold expects next: 0 for a state that folded nothing,
+/// else the revision after the last one folded.
+pub fn next_revision(state: &ProjectState) -> u64 {
+    let fresh = state.last_revision == 0 && state.eversion == 0 && state.pending.is_empty();
+    if fresh {
+        0
+    } else {
+        state.last_revision + 1
+    }
+}
+
+/// A recorded marker that disagrees with the recomputation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Divergence {
+    /// The eversion the marker carries.
+    pub recorded_eversion: i64,
+    /// The eversion recomputed.
+    pub computed_eversion: i64,
+    /// The digest the marker carries.
+    pub recorded_digest: Vec<u8>,
+    /// The digest recomputed.
+    pub computed_digest: Vec<u8>,
+}
+
+/// What folding an `Evaluated` marker produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldOutcome {
+    /// Revision of the marker.
+    pub revision: u64,
+    /// The invocation's decisions.
+    pub evaluation: Evaluation,
+    /// The marker as it should be stored: `now`, the new eversion and the
+    /// digest of the resulting state.
+    pub marker: Evaluated,
+    /// The recorded marker left eversion and digest to be filled in.
+    pub filled: bool,
+    /// The recorded marker disagrees with the recomputation (the recomputed
+    /// state is kept).
+    pub divergence: Option<Divergence>,
+}
+
+/// Folds one stored event of the project's stream into `state`.
+///
+/// Returns `Ok(None)` for an input event and the outcome for a marker. A
+/// marker whose eversion and digest are unset (0 and empty) is filled in; a
+/// marker that disagrees is a divergence, reported in the outcome, not an
+/// error.
+pub fn apply_recorded(
+    state: &mut ProjectState,
+    event: &RecordedEvent,
+) -> Result<Option<FoldOutcome>, FoldError> {
+    let revision = event.revision;
+    let stream = project_stream(&state.luci_project);
+    if event.stream != stream {
+        return Err(FoldError::WrongProject {
+            revision,
+            stream: event.stream.clone(),
+            project: state.luci_project.clone(),
+        });
+    }
+    let expected = next_revision(state);
+    if revision != expected {
+        return Err(FoldError::RevisionOutOfOrder {
+            expected,
+            actual: revision,
+        });
+    }
+    let decoded =
+        events::decode(&event.event_type, &event.data).map_err(|err| FoldError::Undecodable {
+            revision,
+            message: err.to_string(),
+        })?;
+    let Event::Evaluated(recorded) = decoded else {
+        domain::apply_event(state, revision, &decoded)?;
+        return Ok(None);
+    };
+    let now = recorded
+        .now
+        .ok_or(FoldError::MarkerWithoutNow { revision })?;
+    let evaluation = domain::evaluate(state, revision, now);
+    let digest = state_digest(state);
+    let filled = recorded.eversion == 0 && recorded.state_digest.is_empty();
+    let eversion_differs = recorded.eversion != 0 && recorded.eversion != evaluation.eversion;
+    let digest_differs = !recorded.state_digest.is_empty() && recorded.state_digest != digest;
+    let divergence = (eversion_differs || digest_differs).then(|| Divergence {
+        recorded_eversion: recorded.eversion,
+        computed_eversion: evaluation.eversion,
+        recorded_digest: recorded.state_digest.clone(),
+        computed_digest: digest.clone(),
+    });
+    Ok(Some(FoldOutcome {
+        revision,
+        marker: Evaluated {
+            now: Some(now),
+            eversion: evaluation.eversion,
+            state_digest: digest,
+        },
+        evaluation,
+        filled,
+        divergence,
+    }))
+}

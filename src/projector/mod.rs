@@ -1,0 +1,780 @@
+//! The projector: keeps every project's state current from its stream, writes
+//! the derived streams, and schedules the `Evaluated` markers.
+//!
+//! One task owns all in-memory project states. It consumes one catch-up
+//! subscription over all `project-*` streams and folds every event through
+//! the one fold ([`crate::fold`]). For a marker it writes the derived streams
+//! (actions, `ProjectLog`, offload, snapshot) with deterministic ids, so a
+//! re-write after a crash creates no duplicate. Progress is checkpointed in
+//! the stream [`CHECKPOINT_STREAM`]; after a restart the projector resumes
+//! there and reloads each project from its newest snapshot plus the tail.
+//!
+//! The scheduler lives in the same task: a project with new input events is
+//! evaluated at most once per [`BATCH_INTERVAL`] (the original's task
+//! interval), and at its `next_eval_time`. A marker is appended with the
+//! expected revision the projector has folded through; a conflict means new
+//! events arrived, and the project is simply evaluated again later. So two
+//! service processes on one store never append two markers for one eversion.
+
+pub mod derived;
+pub mod load;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pbjson_types::Timestamp;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::domain;
+use crate::fold::{self, FoldOutcome};
+use crate::notifier::{self, project_stream};
+use crate::proto::{self, input_event::Event};
+use crate::store::{
+    Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom, RecordedEvent, StoreError,
+    StreamFilter, StreamMetadata,
+};
+
+use derived::{derived_writes, project_of_stream, snapshot_stream};
+use load::{load, LoadError, Target};
+
+/// A project is evaluated at most once per this interval (the original's
+/// `PMTaskInterval`).
+pub const BATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Added to "now" before rounding a dispatch up to the next whole second, as
+/// the original's dispatcher does.
+pub const DISPATCH_DRIFT: Duration = Duration::from_millis(100);
+
+/// The stream where the projector records how far it got.
+pub const CHECKPOINT_STREAM: &str = "projector-checkpoint";
+
+/// How often the checkpoint is written (when it moved).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The checkpoint stream keeps this many events.
+pub const CHECKPOINT_STREAM_MAX_COUNT: u64 = 16;
+
+/// Longest wait between retries of a failed store call.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Settings of the projector.
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    /// At most this many project states stay in memory; idle ones are evicted.
+    pub max_cached_projects: usize,
+    /// Whether the projector appends markers (a read-only replica would not).
+    pub schedule_markers: bool,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        Self {
+            max_cached_projects: 10_000,
+            schedule_markers: true,
+        }
+    }
+}
+
+/// A question or command for the projector task.
+#[derive(Debug)]
+pub enum Request {
+    /// The latest folded state of a project (`None` if it has no events).
+    State {
+        /// The project.
+        project: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Option<proto::ProjectState>, String>>,
+    },
+    /// Append a marker now (or at `now`): replies with the marker's revision.
+    Evaluate {
+        /// The project.
+        project: String,
+        /// The marker's clock; `None`: the wall clock.
+        now: Option<Timestamp>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+}
+
+/// A handle to talk to a running projector.
+#[derive(Debug, Clone)]
+pub struct ProjectorHandle {
+    requests: mpsc::Sender<Request>,
+}
+
+impl ProjectorHandle {
+    /// The latest folded state of a project.
+    pub async fn state(&self, project: &str) -> Result<Option<proto::ProjectState>, String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::State {
+                project: project.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| "the projector has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the projector has stopped".to_string())?
+    }
+
+    /// Appends a marker for the project now; returns its revision.
+    pub async fn evaluate(&self, project: &str, now: Option<Timestamp>) -> Result<u64, String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Evaluate {
+                project: project.to_string(),
+                now,
+                reply,
+            })
+            .await
+            .map_err(|_| "the projector has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the projector has stopped".to_string())?
+    }
+}
+
+/// Creates the request channel of a projector.
+pub fn channel() -> (ProjectorHandle, mpsc::Receiver<Request>) {
+    let (requests, receiver) = mpsc::channel(1024);
+    (ProjectorHandle { requests }, receiver)
+}
+
+/// The wall clock as a protobuf timestamp, truncated to microseconds (the
+/// original's datastore precision); the shell's only clock read.
+pub fn wall_clock() -> Timestamp {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_micros() * 1_000).unwrap_or(0),
+    }
+}
+
+fn to_nanos(t: &Timestamp) -> i128 {
+    i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)
+}
+
+fn from_nanos(n: i128) -> Timestamp {
+    Timestamp {
+        seconds: i64::try_from(n.div_euclid(1_000_000_000)).unwrap_or(i64::MAX),
+        nanos: i32::try_from(n.rem_euclid(1_000_000_000)).unwrap_or(0),
+    }
+}
+
+/// When the original would run a task asked for at `eta` (now if unset):
+/// never before `now + 100 ms`, rounded down to the second, plus one second.
+pub fn dispatch_eta(now: &Timestamp, eta: Option<&Timestamp>) -> Timestamp {
+    let earliest = to_nanos(now) + DISPATCH_DRIFT.as_nanos() as i128;
+    let eta = eta.map_or(earliest, to_nanos).max(earliest);
+    let second = 1_000_000_000;
+    from_nanos(eta.div_euclid(second) * second + second)
+}
+
+/// The marker that evaluates `state` at `now` (never before the state's last
+/// update: the clock of a stream does not go backwards), and the expected
+/// revision to append it with: the last revision the state has folded.
+pub fn prepare_marker(
+    state: &proto::ProjectState,
+    now: Timestamp,
+) -> (ExpectedRevision, proto::Evaluated) {
+    let now = match &state.update_time {
+        Some(last) if to_nanos(last) > to_nanos(&now) => *last,
+        _ => now,
+    };
+    let revision = fold::next_revision(state);
+    let expected = match revision.checked_sub(1) {
+        Some(last) => ExpectedRevision::Exact(last),
+        None => ExpectedRevision::NoStream,
+    };
+    let mut next_state = state.clone();
+    let evaluation = domain::evaluate(&mut next_state, revision, now);
+    let marker = proto::Evaluated {
+        now: Some(now),
+        eversion: evaluation.eversion,
+        state_digest: fold::state_digest(&next_state),
+    };
+    (expected, marker)
+}
+
+/// One project's in-memory state and scheduling.
+#[derive(Debug)]
+struct Entry {
+    state: proto::ProjectState,
+    /// When a marker is due (wall clock).
+    due: Option<Timestamp>,
+    /// A marker append is under way.
+    marker_in_flight: bool,
+    /// The fold rejected an event; the project is not folded further.
+    broken: Option<String>,
+    /// Whether the snapshot stream's max count was set by this process.
+    snapshot_metadata_set: bool,
+    /// Last time the entry was used (an ordinal, for eviction).
+    last_used: u64,
+}
+
+/// The outcome of a marker append task.
+struct MarkerResult {
+    project: String,
+    result: Result<u64, StoreError>,
+    reply: Option<oneshot::Sender<Result<u64, String>>>,
+}
+
+/// The projector task's data.
+struct Projector<S> {
+    store: S,
+    config: ProjectorConfig,
+    projects: BTreeMap<String, Entry>,
+    /// Projects by due time, for the scheduler.
+    schedule: BTreeSet<(i128, String)>,
+    markers: JoinSet<MarkerResult>,
+    /// Position of the last event fully processed (derived streams written).
+    processed_position: u64,
+    checkpointed_position: u64,
+    checkpointed_due: Vec<(String, i128)>,
+    clock: u64,
+}
+
+/// Runs the projector until `shutdown` turns true, then finishes in-flight
+/// marker appends, folds what they produced, writes the checkpoint and
+/// returns.
+pub async fn run<S: EventStore>(
+    store: S,
+    config: ProjectorConfig,
+    mut requests: mpsc::Receiver<Request>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let checkpoint = read_checkpoint(&store).await?;
+    let start = checkpoint.position;
+    store
+        .set_stream_metadata(
+            CHECKPOINT_STREAM,
+            StreamMetadata {
+                max_count: Some(CHECKPOINT_STREAM_MAX_COUNT),
+                truncate_before: None,
+            },
+        )
+        .await?;
+    tracing::info!(from_position = start + 1, "projector starting");
+    let mut projector = Projector {
+        store: store.clone(),
+        config,
+        projects: BTreeMap::new(),
+        schedule: BTreeSet::new(),
+        markers: JoinSet::new(),
+        processed_position: start,
+        checkpointed_position: start,
+        checkpointed_due: checkpoint.due.clone(),
+        clock: 0,
+    };
+    // Projects that were due when the checkpoint was written are evaluated
+    // again; their states are loaded when their time comes.
+    for (project, due) in checkpoint.due {
+        projector.schedule.insert((due, project));
+    }
+    let mut subscription = store.subscribe_all(start + 1, StreamFilter::prefix("project-"));
+    let mut checkpoint_tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+    checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let sleep = projector.time_to_next_due();
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            Some(done) = projector.markers.join_next(), if !projector.markers.is_empty() => {
+                projector.marker_done(done);
+            }
+            event = subscription.next() => match event {
+                Some(Ok(event)) => {
+                    projector.handle_event(&event).await;
+                    backoff = Duration::from_millis(100);
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "subscription failed; resubscribing");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+                    subscription = store.subscribe_all(
+                        projector.processed_position + 1,
+                        StreamFilter::prefix("project-"),
+                    );
+                }
+                None => {
+                    tracing::info!("store closed; projector stopping");
+                    break;
+                }
+            },
+            Some(request) = requests.recv() => projector.handle_request(request).await,
+            _ = tokio::time::sleep(sleep) => projector.fire_due().await,
+            _ = checkpoint_tick.tick() => projector.write_checkpoint().await,
+        }
+    }
+    projector.drain(&mut subscription).await;
+    Ok(())
+}
+
+/// What the checkpoint stream records: how far the projector got, and
+/// which projects were due for a marker then (so that a restart still
+/// evaluates them, including a `next_eval_time` far in the future).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Checkpoint {
+    /// Global position of the last event fully processed.
+    position: u64,
+    /// Due projects: (project, due time in unix nanoseconds).
+    #[serde(default)]
+    due: Vec<(String, i128)>,
+}
+
+async fn read_checkpoint<S: EventStore>(store: &S) -> Result<Checkpoint, StoreError> {
+    let last = store
+        .read_stream(CHECKPOINT_STREAM, ReadFrom::End, Direction::Backwards, 1)
+        .await?;
+    let Some(event) = last.first() else {
+        return Ok(Checkpoint::default());
+    };
+    serde_json::from_slice(&event.data).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "{CHECKPOINT_STREAM} revision {}: {e}",
+            event.revision
+        ))
+    })
+}
+
+/// Appends with retries on transient errors; other errors are returned.
+async fn append_with_retry<S: EventStore>(
+    store: &S,
+    stream: &str,
+    events: Vec<NewEvent>,
+) -> Result<(), StoreError> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store
+            .append(stream, ExpectedRevision::Any, events.clone())
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(err) if err.is_transient() => {
+                tracing::warn!(stream, error = %err, "derived append failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+impl<S: EventStore> Projector<S> {
+    fn time_to_next_due(&self) -> Duration {
+        let Some((due, _)) = self.schedule.first() else {
+            return Duration::from_secs(3600);
+        };
+        let wait = due - to_nanos(&wall_clock());
+        Duration::from_nanos(u64::try_from(wait.max(0)).unwrap_or(u64::MAX))
+    }
+
+    /// Makes sure the project's state has folded exactly the revisions before
+    /// `revision`; returns false if `revision` was already folded (a
+    /// re-delivery after a restart) or the project is broken.
+    async fn prepare(&mut self, project: &str, revision: u64) -> bool {
+        self.clock += 1;
+        if let Some(entry) = self.projects.get_mut(project) {
+            entry.last_used = self.clock;
+            if entry.broken.is_some() {
+                return false;
+            }
+            let next = fold::next_revision(&entry.state);
+            if next == revision {
+                return true;
+            }
+            if next > revision {
+                return false;
+            }
+        }
+        let target = match revision.checked_sub(1) {
+            Some(r) => Target::Revision(r),
+            None => {
+                self.insert(project, domain::new_project(project));
+                return true;
+            }
+        };
+        match load(&self.store, project, target).await {
+            Ok(loaded) => {
+                let next = fold::next_revision(&loaded.state);
+                self.insert(project, loaded.state);
+                next == revision
+            }
+            Err(err) => {
+                tracing::error!(project, error = %err, "cannot load project state");
+                let mut entry = Entry::new(domain::new_project(project), self.clock);
+                entry.broken = Some(err.to_string());
+                self.projects.insert(project.to_string(), entry);
+                false
+            }
+        }
+    }
+
+    fn insert(&mut self, project: &str, state: proto::ProjectState) {
+        self.evict_if_full();
+        let mut entry = Entry::new(state, self.clock);
+        // A project scheduled before it was loaded (from the checkpoint).
+        entry.due = self
+            .schedule
+            .iter()
+            .find(|(_, p)| p == project)
+            .map(|(at, _)| from_nanos(*at));
+        self.projects.insert(project.to_string(), entry);
+    }
+
+    /// Evicts the least recently used idle project when the cache is full.
+    fn evict_if_full(&mut self) {
+        if self.projects.len() < self.config.max_cached_projects.max(1) {
+            return;
+        }
+        let victim = self
+            .projects
+            .iter()
+            .filter(|(_, e)| e.due.is_none() && !e.marker_in_flight)
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(p, _)| p.clone());
+        if let Some(project) = victim {
+            tracing::debug!(project, "evicting idle project state");
+            self.projects.remove(&project);
+        }
+    }
+
+    async fn handle_event(&mut self, event: &RecordedEvent) {
+        let Some(project) = project_of_stream(&event.stream).map(str::to_string) else {
+            self.processed_position = event.position;
+            return;
+        };
+        if self.prepare(&project, event.revision).await {
+            let entry = self.projects.get_mut(&project).expect("prepared");
+            match fold::apply_recorded(&mut entry.state, event) {
+                Ok(None) => {
+                    if self.config.schedule_markers {
+                        self.schedule_batch(&project);
+                    }
+                }
+                Ok(Some(outcome)) => self.after_marker(&project, event, outcome).await,
+                Err(err) => {
+                    tracing::error!(project, error = %err, "the fold rejected an event; the project is no longer folded");
+                    entry.broken = Some(err.to_string());
+                }
+            }
+        }
+        self.processed_position = event.position;
+    }
+
+    /// Schedules a marker for new input events: at most once per second.
+    fn schedule_batch(&mut self, project: &str) {
+        let now = wall_clock();
+        let entry = &self.projects[project];
+        let earliest = entry
+            .state
+            .update_time
+            .as_ref()
+            .map(|last| from_nanos(to_nanos(last) + BATCH_INTERVAL.as_nanos() as i128));
+        let due = dispatch_eta(&now, earliest.as_ref());
+        self.set_due(project, due);
+    }
+
+    /// Sets a project's due time, keeping the earlier one if already due.
+    fn set_due(&mut self, project: &str, due: Timestamp) {
+        let entry = self.projects.get_mut(project).expect("known project");
+        if let Some(existing) = &entry.due {
+            if to_nanos(existing) <= to_nanos(&due) {
+                return;
+            }
+            self.schedule
+                .remove(&(to_nanos(existing), project.to_string()));
+        }
+        self.schedule.insert((to_nanos(&due), project.to_string()));
+        entry.due = Some(due);
+    }
+
+    /// Loads a project's latest state if it is not in memory; false if it
+    /// has no events or cannot be folded.
+    async fn ensure_latest(&mut self, project: &str) -> Result<bool, StoreError> {
+        if self.projects.contains_key(project) {
+            return Ok(true);
+        }
+        match self.store.stream_revision(&project_stream(project)).await? {
+            Some(head) => Ok(self.prepare(project, head + 1).await),
+            None => Ok(false),
+        }
+    }
+
+    async fn after_marker(&mut self, project: &str, event: &RecordedEvent, outcome: FoldOutcome) {
+        let entry = self.projects.get_mut(project).expect("prepared");
+        if let Some(divergence) = &outcome.divergence {
+            tracing::error!(
+                project,
+                revision = event.revision,
+                recorded_eversion = divergence.recorded_eversion,
+                computed_eversion = divergence.computed_eversion,
+                "DIVERGENCE: the marker's digest disagrees with the recomputed state; keeping the recomputed state"
+            );
+        }
+        for line in &outcome.evaluation.trace {
+            tracing::warn!(project, eversion = outcome.evaluation.eversion, "{line}");
+        }
+        let eversion = outcome.evaluation.eversion;
+        let snapshot = (eversion % derived::SNAPSHOT_INTERVAL_EVERSIONS == 0).then(|| {
+            proto::ProjectSnapshot {
+                eversion,
+                source_revision: event.revision,
+                state_digest: outcome.marker.state_digest.clone(),
+                state: Some(entry.state.clone()),
+            }
+        });
+        let next_eval_time = entry
+            .state
+            .pstate
+            .as_ref()
+            .and_then(|p| p.next_eval_time);
+        let needs_snapshot_metadata = snapshot.is_some() && !entry.snapshot_metadata_set;
+        if needs_snapshot_metadata {
+            entry.snapshot_metadata_set = true;
+        }
+        if needs_snapshot_metadata {
+            let result = self
+                .store
+                .set_stream_metadata(
+                    &snapshot_stream(project),
+                    StreamMetadata {
+                        max_count: Some(derived::SNAPSHOT_STREAM_MAX_COUNT),
+                        truncate_before: None,
+                    },
+                )
+                .await;
+            if let Err(err) = result {
+                tracing::warn!(project, error = %err, "cannot set the snapshot stream's max count");
+            }
+        }
+        for (stream, events) in
+            derived_writes(project, &outcome.evaluation, snapshot.as_ref(), event.id)
+        {
+            if let Err(err) = append_with_retry(&self.store, &stream, events).await {
+                tracing::error!(project, stream, error = %err, "cannot write a derived stream");
+            }
+        }
+        if self.config.schedule_markers {
+            if let Some(next) = next_eval_time {
+                let due = dispatch_eta(&wall_clock(), Some(&next));
+                self.set_due(project, due);
+            }
+        }
+    }
+
+    /// Appends markers for every project whose time has come.
+    async fn fire_due(&mut self) {
+        let now = to_nanos(&wall_clock());
+        while let Some((due, project)) = self.schedule.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.schedule.pop_first();
+            if let Some(entry) = self.projects.get_mut(&project) {
+                entry.due = None;
+            }
+            match self.ensure_latest(&project).await {
+                Ok(true) => self.start_marker(&project, None, None),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(project, error = %err, "cannot load a due project; retrying later");
+                    self.schedule
+                        .insert((now + BATCH_INTERVAL.as_nanos() as i128, project));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Computes and appends a marker for the project's current state.
+    fn start_marker(
+        &mut self,
+        project: &str,
+        now: Option<Timestamp>,
+        reply: Option<oneshot::Sender<Result<u64, String>>>,
+    ) {
+        let Some(entry) = self.projects.get_mut(project) else {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(format!("project {project:?} has no events")));
+            }
+            return;
+        };
+        if let Some(broken) = &entry.broken {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(format!(
+                    "project {project:?} cannot be folded: {broken}"
+                )));
+            }
+            return;
+        }
+        if entry.marker_in_flight {
+            // The marker under way covers this request; evaluate again after it.
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(format!(
+                    "a marker for project {project:?} is already being appended; retry"
+                )));
+            }
+            return;
+        }
+        let (expected, marker) = prepare_marker(&entry.state, now.unwrap_or_else(wall_clock));
+        entry.marker_in_flight = true;
+        let id = Uuid::new_v4();
+        let event = notifier::new_event(&Event::Evaluated(marker), id, "scheduler");
+        let store = self.store.clone();
+        let project = project.to_string();
+        self.markers.spawn(async move {
+            let result = store
+                .append(&project_stream(&project), expected, vec![event])
+                .await
+                .map(|r| r.next_revision);
+            MarkerResult {
+                project,
+                result,
+                reply,
+            }
+        });
+    }
+
+    fn marker_done(&mut self, done: Result<MarkerResult, tokio::task::JoinError>) {
+        let done = match done {
+            Ok(done) => done,
+            Err(err) => {
+                tracing::error!(error = %err, "a marker append task failed");
+                return;
+            }
+        };
+        if let Some(entry) = self.projects.get_mut(&done.project) {
+            entry.marker_in_flight = false;
+        }
+        match &done.result {
+            Ok(revision) => {
+                tracing::debug!(project = done.project, revision, "marker appended");
+            }
+            Err(StoreError::WrongExpectedVersion { .. }) => {
+                // New events arrived (or another process evaluated): the
+                // subscription brings them, and the project is evaluated again.
+                if self.config.schedule_markers && self.projects.contains_key(&done.project) {
+                    self.schedule_batch(&done.project);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(project = done.project, error = %err, "marker append failed; retrying later");
+                if self.config.schedule_markers && self.projects.contains_key(&done.project) {
+                    self.schedule_batch(&done.project);
+                }
+            }
+        }
+        if let Some(reply) = done.reply {
+            let _ = reply.send(done.result.map_err(|e| e.to_string()));
+        }
+    }
+
+    async fn handle_request(&mut self, request: Request) {
+        match request {
+            Request::State { project, reply } => {
+                let answer = match self.projects.get(&project) {
+                    Some(entry) => Ok(Some(entry.state.clone())),
+                    None => match load(&self.store, &project, Target::Latest).await {
+                        Ok(loaded) if fold::next_revision(&loaded.state) == 0 => Ok(None),
+                        Ok(loaded) => Ok(Some(loaded.state)),
+                        Err(LoadError::Store(err)) => Err(err.to_string()),
+                        Err(err) => Err(err.to_string()),
+                    },
+                };
+                let _ = reply.send(answer);
+            }
+            Request::Evaluate {
+                project,
+                now,
+                reply,
+            } => {
+                if let Err(err) = self.ensure_latest(&project).await {
+                    let _ = reply.send(Err(err.to_string()));
+                    return;
+                }
+                self.start_marker(&project, now, Some(reply));
+            }
+        }
+    }
+
+    async fn write_checkpoint(&mut self) {
+        let due: Vec<(String, i128)> = self
+            .schedule
+            .iter()
+            .map(|(at, project)| (project.clone(), *at))
+            .collect();
+        if self.processed_position == self.checkpointed_position && due == self.checkpointed_due {
+            return;
+        }
+        let checkpoint = Checkpoint {
+            position: self.processed_position,
+            due,
+        };
+        let data = serde_json::to_vec(&checkpoint).expect("checkpoint JSON");
+        let event = NewEvent {
+            id: Uuid::new_v4(),
+            event_type: "Checkpoint".into(),
+            data,
+            metadata: notifier::metadata(Uuid::nil(), "projector"),
+        };
+        match self
+            .store
+            .append(CHECKPOINT_STREAM, ExpectedRevision::Any, vec![event])
+            .await
+        {
+            Ok(_) => {
+                self.checkpointed_position = checkpoint.position;
+                self.checkpointed_due = checkpoint.due;
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot write the projector checkpoint"),
+        }
+    }
+
+    /// Finishes in-flight marker appends and folds every event already in
+    /// the store, then writes the checkpoint.
+    async fn drain(&mut self, subscription: &mut crate::store::Subscription) {
+        while let Some(done) = self.markers.join_next().await {
+            self.marker_done(done);
+        }
+        let head = match self
+            .store
+            .read_all(
+                self.processed_position + 1,
+                usize::MAX,
+                &StreamFilter::prefix("project-"),
+            )
+            .await
+        {
+            Ok(rest) => rest.last().map_or(self.processed_position, |e| e.position),
+            Err(_) => self.processed_position,
+        };
+        while self.processed_position < head {
+            match tokio::time::timeout(Duration::from_secs(10), subscription.next()).await {
+                Ok(Some(Ok(event))) => self.handle_event(&event).await,
+                _ => break,
+            }
+        }
+        self.write_checkpoint().await;
+        tracing::info!(position = self.processed_position, "projector stopped");
+    }
+}
+
+impl Entry {
+    fn new(state: proto::ProjectState, clock: u64) -> Self {
+        Self {
+            state,
+            due: None,
+            marker_in_flight: false,
+            broken: None,
+            snapshot_metadata_set: false,
+            last_used: clock,
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The imperative shell: the gRPC server (`prjmanager.v1.ProjectManager` and
+//! the standard health service), bearer-token auth and graceful shutdown.
+//!
+//! `serve` opens the store, starts the projector, listens, and on SIGINT or
+//! SIGTERM stops accepting, finishes in-flight appends and folds, and
+//! returns.
+
+pub mod auth;
+mod rpc;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::notifier::Notifier;
+use crate::projector::{self, ProjectorConfig};
+use crate::proto::project_manager_server::ProjectManagerServer;
+use crate::store::any::{AnyStore, StoreUrl};
+
+pub use rpc::{project_log_of as rpc_project_log, PmService};
+
+/// After SIGINT/SIGTERM, in-flight RPCs get this long to finish before the
+/// remaining connections are closed.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The address the service listens on by default (loopback only).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50551";
+
+/// Settings of `prjmanager serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where the events are stored.
+    pub store: StoreUrl,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// A file holding the bearer token every RPC but health must carry.
+    pub token_file: Option<PathBuf>,
+    /// Projector settings.
+    pub projector: ProjectorConfig,
+}
+
+/// Why the service could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A setting is wrong (exit code 2).
+    #[error("{0}")]
+    Config(String),
+    /// The service failed while running (exit code 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// Runs the service until `shutdown` resolves.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let token = match &config.token_file {
+        Some(path) => Some(auth::read_token(path).map_err(ServeError::Config)?),
+        None => None,
+    };
+    let store = AnyStore::open(&config.store)
+        .map_err(|e| ServeError::Failed(format!("cannot open the store: {e}")))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError::Config(format!("cannot listen on {}: {e}", config.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| ServeError::Failed(e.to_string()))?;
+
+    let (handle, requests) = projector::channel();
+    let (stop_projector, projector_stopped) = watch::channel(false);
+    let projector_task = tokio::spawn(projector::run(
+        store.clone(),
+        config.projector.clone(),
+        requests,
+        projector_stopped,
+    ));
+
+    let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ProjectManagerServer<PmService<AnyStore>>>()
+        .await;
+    let service = PmService::new(Notifier::new(store.clone(), "grpc"), handle, store.clone());
+    let interceptor = auth::BearerAuth::new(token);
+    tracing::info!(address = %local, store = ?config.store, auth = interceptor.enabled(), "prjmanager listening");
+    // The line tests and scripts wait for; the address is the bound one.
+    eprintln!("prjmanager listening on {local}");
+
+    let (stop_accepting, stopped_accepting) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(ProjectManagerServer::with_interceptor(service, interceptor))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped_accepting.await;
+        });
+    tokio::pin!(server);
+    let result = tokio::select! {
+        result = &mut server => result,
+        () = shutdown => {
+            let _ = stop_accepting.send(());
+            // Graceful shutdown waits for every connection to close; a client
+            // that keeps an idle connection open must not hold the service.
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+                    Ok(())
+                }
+            }
+        }
+    };
+    tracing::info!("no longer accepting requests; finishing folds");
+    let _ = stop_projector.send(true);
+    match projector_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::error!(error = %err, "projector failed"),
+        Err(err) => tracing::error!(error = %err, "projector task failed"),
+    }
+    if let AnyStore::Embedded(embedded) = &store {
+        if let Err(err) = embedded.close().await {
+            tracing::error!(error = %err, "closing the store failed");
+        }
+    }
+    result.map_err(|e| ServeError::Failed(format!("gRPC server failed: {e}")))?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! The `ProjectManager` RPCs: the Notifier calls, the marker request and the
+//! read side (state, logs, actions).
+
+// `tonic::Status` is the error type every RPC returns; boxing it in the
+// helpers would only move the allocation.
+#![allow(clippy::result_large_err)]
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::notifier::{Appended, Notifier, NotifyError};
+use crate::projector::derived::{action_stream, log_stream};
+use crate::projector::load::{load, LoadError, Target};
+use crate::projector::ProjectorHandle;
+use crate::proto::{self, input_event::Event, project_manager_server::ProjectManager};
+use crate::store::{Direction, EventStore, ReadFrom, RecordedEvent, StoreError};
+
+/// Page size of the list RPCs when the request asks for none.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// Largest page the list RPCs return.
+pub const MAX_PAGE_SIZE: usize = 1_000;
+
+/// The `ProjectManager` service over a store and a running projector.
+#[derive(Debug, Clone)]
+pub struct PmService<S> {
+    notifier: Notifier<S>,
+    projector: ProjectorHandle,
+    store: S,
+}
+
+impl<S: EventStore> PmService<S> {
+    /// The service.
+    pub fn new(notifier: Notifier<S>, projector: ProjectorHandle, store: S) -> Self {
+        Self {
+            notifier,
+            projector,
+            store,
+        }
+    }
+}
+
+/// Maps a store failure to a gRPC status.
+pub fn store_status(err: StoreError) -> Status {
+    match err {
+        StoreError::WrongExpectedVersion { .. } | StoreError::DuplicateEventId { .. } => {
+            Status::failed_precondition(err.to_string())
+        }
+        StoreError::InvalidArgument(_) => Status::invalid_argument(err.to_string()),
+        StoreError::Unavailable(_) | StoreError::Closed => Status::unavailable(err.to_string()),
+        StoreError::Corrupt(_) => Status::data_loss(err.to_string()),
+    }
+}
+
+fn notify_status(err: NotifyError) -> Status {
+    match err {
+        NotifyError::Invalid(e) => Status::invalid_argument(e.to_string()),
+        NotifyError::Store(e) => store_status(e),
+    }
+}
+
+fn ack(result: Result<Appended, NotifyError>) -> Result<Response<proto::NotifyResponse>, Status> {
+    let appended = result.map_err(notify_status)?;
+    Ok(Response::new(proto::NotifyResponse {
+        revision: appended.revision,
+        project: appended.project,
+    }))
+}
+
+fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
+    value.ok_or_else(|| Status::invalid_argument(format!("invalid {field}: is required")))
+}
+
+fn check_project(project: &str) -> Result<(), Status> {
+    crate::notifier::validate_project(project).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn page_size(requested: i32) -> Result<usize, Status> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n < 0 => Err(Status::invalid_argument(format!(
+            "invalid page_size: {n} is negative"
+        ))),
+        n => Ok((n as usize).min(MAX_PAGE_SIZE)),
+    }
+}
+
+fn page_start(token: &str) -> Result<u64, Status> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .parse()
+        .map_err(|_| Status::invalid_argument(format!("invalid page_token: {token:?}")))
+}
+
+/// The `ProjectLog` shape of a state (reasons as given).
+pub fn project_log_of(
+    state: &proto::ProjectState,
+    reasons: &[proto::project_log::LogReason],
+) -> proto::ProjectLog {
+    let pstate = state.pstate.clone().unwrap_or_default();
+    proto::ProjectLog {
+        eversion: state.eversion,
+        status: pstate.status,
+        config_hash: pstate.config_hash.clone(),
+        update_time: state.update_time,
+        state: Some(pstate),
+        reasons: reasons.iter().map(|r| *r as i32).collect(),
+    }
+}
+
+/// Reads up to `max` events of a stream from revision `from`.
+async fn read_page<S: EventStore>(
+    store: &S,
+    stream: &str,
+    from: u64,
+    max: usize,
+) -> Result<Vec<RecordedEvent>, Status> {
+    store
+        .read_stream(stream, ReadFrom::Revision(from), Direction::Forwards, max)
+        .await
+        .map_err(store_status)
+}
+
+fn decode<M: Message + Default>(event: &RecordedEvent) -> Result<M, Status> {
+    M::decode(event.data.as_slice()).map_err(|e| {
+        Status::data_loss(format!(
+            "{} revision {} does not decode: {e}",
+            event.stream, event.revision
+        ))
+    })
+}
+
+#[tonic::async_trait]
+impl<S: EventStore> ProjectManager for PmService<S> {
+    async fn update_config(
+        &self,
+        request: Request<proto::UpdateConfigRequest>,
+    ) -> Result<Response<proto::NotifyResponse>, Status> {
+        let r = request.into_inner();
+        let config = required(r.config, "config")?;
+        ack(self.notifier.update_config(&r.project, config).await)
+    }
+
+    async fn poke(
+        &self,
+        request: Request<proto::PokeRequest>,
+    ) -> Result<Response<proto::NotifyResponse>, Status> {
+        ack(self.notifier.poke(&request.into_inner().project).await)
+    }
+
+    async fn notify_cls_updated(
+        &self,
+        request: Request<proto::NotifyClsUpdatedRequest>,
+    ) -> Result<Response<proto::NotifyResponse>, Status> {
+        let r = request.into_inner();
+        let event = required(r.event, "event")?;
+        ack(self
+            .notifier
+            .notify_cls_updated(&r.project, event.cls)
+            .await)
+    }
+
+    async fn notify_run_created(
+        &self,
+        request: Request<proto::NotifyRunCreatedRequest>,
+    ) -> Result<Response<proto::NotifyResponse>, Status> {
+        let run = required(request.into_inner().run, "run")?;
+        ack(self.notifier.notify_run_created(run).await)
+    }
+
+    async fn notify_run_finished(
+        &self,
+        request: Request<proto::NotifyRunFinishedRequest>,
+    ) -> Result<Response<proto::NotifyResponse>, Status> {
+        let event = required(request.into_inner().event, "event")?;
+        let project = crate::notifier::run_project(&event.run_id, "event.run_id")
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .to_string();
+        ack(self
+            .notifier
+            .send_now(&project, Event::RunFinished(event))
+            .await)
+    }
+
+    async fn notify_purge_completed(
+        &self,
+        request: Request<proto::NotifyPurgeCompletedRequest>,
+    ) -> Result<Response<proto::NotifyResponse>, Status> {
+        let r = request.into_inner();
+        let event = required(r.event, "event")?;
+        ack(self
+            .notifier
+            .notify_purge_completed(&r.project, event)
+            .await)
+    }
+
+    async fn notify_triggering_cl_deps_completed(
+        &self,
+        request: Request<proto::NotifyTriggeringClDepsCompletedRequest>,
+    ) -> Result<Response<proto::NotifyResponse>, Status> {
+        let r = request.into_inner();
+        let event = required(r.event, "event")?;
+        ack(self
+            .notifier
+            .notify_triggering_cl_deps_completed(&r.project, event)
+            .await)
+    }
+
+    async fn send_now(
+        &self,
+        request: Request<proto::SendNowRequest>,
+    ) -> Result<Response<proto::NotifyResponse>, Status> {
+        let r = request.into_inner();
+        let event = required(r.event.and_then(|e| e.event), "event")?;
+        ack(self.notifier.send_now(&r.project, event).await)
+    }
+
+    async fn evaluate(
+        &self,
+        request: Request<proto::EvaluateRequest>,
+    ) -> Result<Response<proto::NotifyResponse>, Status> {
+        let r = request.into_inner();
+        check_project(&r.project)?;
+        let revision = self
+            .projector
+            .evaluate(&r.project, r.now)
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(proto::NotifyResponse {
+            revision,
+            project: r.project,
+        }))
+    }
+
+    async fn get_project(
+        &self,
+        request: Request<proto::GetProjectRequest>,
+    ) -> Result<Response<proto::ProjectLog>, Status> {
+        let r = request.into_inner();
+        check_project(&r.project)?;
+        if r.eversion < 0 {
+            return Err(Status::invalid_argument("invalid eversion: negative"));
+        }
+        if r.eversion == 0 {
+            let state = self
+                .projector
+                .state(&r.project)
+                .await
+                .map_err(Status::unavailable)?
+                .ok_or_else(|| {
+                    Status::not_found(format!("project {:?} has no events", r.project))
+                })?;
+            return Ok(Response::new(project_log_of(&state, &[])));
+        }
+        let loaded = load(&self.store, &r.project, Target::Eversion(r.eversion))
+            .await
+            .map_err(|e| match e {
+                LoadError::Store(s) => store_status(s),
+                LoadError::NoSuchEversion { .. } => Status::not_found(e.to_string()),
+                LoadError::Fold { .. } => Status::data_loss(e.to_string()),
+            })?;
+        let reasons = loaded
+            .last_outcome
+            .map(|o| o.evaluation.reasons)
+            .unwrap_or_default();
+        Ok(Response::new(project_log_of(&loaded.state, &reasons)))
+    }
+
+    async fn get_project_log(
+        &self,
+        request: Request<proto::GetProjectLogRequest>,
+    ) -> Result<Response<proto::ProjectLog>, Status> {
+        let r = request.into_inner();
+        check_project(&r.project)?;
+        let stream = log_stream(&r.project);
+        let mut next = 0;
+        loop {
+            let page = read_page(&self.store, &stream, next, MAX_PAGE_SIZE).await?;
+            let Some(last) = page.last() else { break };
+            next = last.revision + 1;
+            for event in &page {
+                let log: proto::ProjectLog = decode(event)?;
+                if log.eversion == r.eversion {
+                    return Ok(Response::new(log));
+                }
+            }
+        }
+        Err(Status::not_found(format!(
+            "project {:?} has no ProjectLog at eversion {}",
+            r.project, r.eversion
+        )))
+    }
+
+    async fn list_project_logs(
+        &self,
+        request: Request<proto::ListProjectLogsRequest>,
+    ) -> Result<Response<proto::ListProjectLogsResponse>, Status> {
+        let r = request.into_inner();
+        check_project(&r.project)?;
+        let size = page_size(r.page_size)?;
+        let from = page_start(&r.page_token)?;
+        let page = read_page(&self.store, &log_stream(&r.project), from, size).await?;
+        let logs = page.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let next_page_token = match page.last() {
+            Some(last) if page.len() == size => (last.revision + 1).to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::ListProjectLogsResponse {
+            logs,
+            next_page_token,
+        }))
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<proto::ListActionsRequest>,
+    ) -> Result<Response<proto::ListActionsResponse>, Status> {
+        let r = request.into_inner();
+        check_project(&r.project)?;
+        let size = page_size(r.page_size)?;
+        let mut next = page_start(&r.page_token)?;
+        let stream = action_stream(&r.project);
+        let mut actions = Vec::new();
+        let mut exhausted = false;
+        while actions.len() < size {
+            let page = read_page(&self.store, &stream, next, MAX_PAGE_SIZE).await?;
+            if page.is_empty() {
+                exhausted = true;
+                break;
+            }
+            for event in &page {
+                next = event.revision + 1;
+                let action: proto::Action = decode(event)?;
+                if action.eversion >= r.from_eversion {
+                    actions.push(action);
+                    if actions.len() == size {
+                        break;
+                    }
+                }
+            }
+        }
+        let next_page_token = if exhausted {
+            String::new()
+        } else {
+            next.to_string()
+        };
+        Ok(Response::new(proto::ListActionsResponse {
+            actions,
+            next_page_token,
+        }))
+    }
+}

@@ -1,0 +1,131 @@
+//! Store URLs and a store chosen at run time.
+//!
+//! `sqlite://PATH` opens the embedded store (the default,
+//! `sqlite://./data/prjmanager.db`); `memory://` an empty in-memory store.
+
+use std::path::PathBuf;
+
+use super::embedded::EmbeddedStore;
+use super::memory::MemoryStore;
+use super::{
+    AppendResult, Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom, RecordedEvent,
+    StoreError, StreamFilter, StreamMetadata, Subscription,
+};
+
+/// The store used when no `--store` is given.
+pub const DEFAULT_STORE_URL: &str = "sqlite://./data/prjmanager.db";
+
+/// A parsed `--store` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// The embedded SQLite store at this path.
+    Sqlite(PathBuf),
+    /// A fresh in-memory store.
+    Memory,
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(format!("store URL {url:?} has no file path"));
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if url == "memory://" || url == "memory" {
+            return Ok(Self::Memory);
+        }
+        if url.starts_with("esdb://") || url.starts_with("esdb+discover://") {
+            return Err(format!(
+                "store URL {url:?}: the EventStoreDB backend is not built into this version yet"
+            ));
+        }
+        Err(format!(
+            "unknown store URL {url:?}: expected sqlite://PATH or memory://"
+        ))
+    }
+}
+
+/// One of the store implementations, chosen by URL.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// The embedded SQLite store.
+    Embedded(EmbeddedStore),
+    /// The in-memory store.
+    Memory(MemoryStore),
+}
+
+impl AnyStore {
+    /// Opens the store a URL names (creating the SQLite file and its folder).
+    pub fn open(url: &StoreUrl) -> Result<Self, StoreError> {
+        Ok(match url {
+            StoreUrl::Sqlite(path) => Self::Embedded(EmbeddedStore::open(path)?),
+            StoreUrl::Memory => Self::Memory(MemoryStore::new()),
+        })
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Embedded($s) => $e,
+            AnyStore::Memory($s) => $e,
+        }
+    };
+}
+
+impl EventStore for AnyStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        dispatch!(self, s => s.append(stream, expected, events).await)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: ReadFrom,
+        direction: Direction,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        dispatch!(self, s => s.read_stream(stream, from, direction, max).await)
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        max: usize,
+        filter: &StreamFilter,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        dispatch!(self, s => s.read_all(from_position, max, filter).await)
+    }
+
+    async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+        dispatch!(self, s => s.stream_revision(stream).await)
+    }
+
+    async fn set_stream_metadata(
+        &self,
+        stream: &str,
+        metadata: StreamMetadata,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_stream_metadata(stream, metadata).await)
+    }
+
+    async fn stream_metadata(&self, stream: &str) -> Result<StreamMetadata, StoreError> {
+        dispatch!(self, s => s.stream_metadata(stream).await)
+    }
+
+    fn subscribe_all(&self, from_position: u64, filter: StreamFilter) -> Subscription {
+        dispatch!(self, s => s.subscribe_all(from_position, filter))
+    }
+
+    fn subscribe_stream(&self, stream: &str, from_revision: u64) -> Subscription {
+        dispatch!(self, s => s.subscribe_stream(stream, from_revision))
+    }
+}

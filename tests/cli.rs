@@ -1,0 +1,367 @@
+//! The `prjmanager` command line: notify, import, export and events, with
+//! their exit codes (0 ok, 1 failure, 2 bad input) and error messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn store(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("pm.db").display())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, "")
+    }
+
+    fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_prjmanager"))
+            .arg("--store")
+            .arg(self.store())
+            .args(args)
+            .env_remove("PRJMANAGER_STORE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// The project's events as listed by `events`, or `None` if it has none.
+    fn events(&self, project: &str) -> Option<String> {
+        let out = self.run(&["events", project]);
+        match out.status.code() {
+            Some(0) => Some(String::from_utf8(out.stdout).unwrap()),
+            Some(1) => None,
+            other => panic!("events exited with {other:?}: {}", stderr(&out)),
+        }
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_exit(out: &Output, code: i32, stderr_contains: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    );
+    assert!(
+        stderr(out).contains(stderr_contains),
+        "stderr {:?} does not contain {stderr_contains:?}",
+        stderr(out)
+    );
+}
+
+const CONFIG: &str = r#"{"config":{"state":"ENABLED","hash":"h1","configGroups":[{"name":"g0"}]}}"#;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/handwritten.jsonl")
+}
+
+#[test]
+fn notify_appends_and_events_lists() {
+    let env = Env::new();
+    let config = env.write("config.json", CONFIG);
+    let out = env.run(&[
+        "notify",
+        "config",
+        "--project",
+        "p",
+        "--json",
+        config.to_str().unwrap(),
+    ]);
+    assert_exit(&out, 0, "");
+    let ack: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ack["revision"], 0);
+    assert_eq!(ack["project"], "p");
+
+    let out = env.run(&["notify", "poke", "--project", "p"]);
+    assert_exit(&out, 0, "");
+    let out = env.run_with_stdin(
+        &["notify", "run-finished", "--json", "-"],
+        r#"{"runId":"p/1-1-ab","status":"FAILED","endTime":"2020-01-01T00:00:00Z"}"#,
+    );
+    assert_exit(&out, 0, "");
+
+    let listed = env.events("p").unwrap();
+    let types: Vec<String> = listed
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(types, ["ConfigUpdated", "Poked", "RunFinished"]);
+}
+
+#[test]
+fn notify_rejects_bad_input_and_writes_nothing() {
+    let env = Env::new();
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["notify", "config", "--project", "p", "--json", "-"],
+            "{not json",
+            "not valid JSON",
+        ),
+        (
+            &["notify", "config", "--project", "p", "--json", "-"],
+            r#"{"config":{"state":"ENABLED","configGroups":[{"name":"g"}]}}"#,
+            "config.hash",
+        ),
+        (
+            &["notify", "config", "--project", "p", "--json", "-"],
+            r#"{"config":{"state":"BOGUS"}}"#,
+            "ConfigUpdated",
+        ),
+        (
+            &["notify", "config", "--project", "P!", "--json", "-"],
+            CONFIG,
+            "project",
+        ),
+        (
+            &["notify", "config", "--json", "-"],
+            CONFIG,
+            "--project is required",
+        ),
+        (
+            &["notify", "cls-updated", "--project", "p", "--json", "-"],
+            r#"{"cls":[{"clid":"1","eversion":"0"}]}"#,
+            "cls[0].eversion",
+        ),
+        (
+            &["notify", "run-created", "--project", "q", "--json", "-"],
+            r#"{"run":{"id":"p/1-1-ab","mode":"DRY_RUN","clids":["1"],"createTime":"2020-01-01T00:00:00Z"}}"#,
+            "does not match",
+        ),
+        (
+            &["notify", "run-finished", "--json", "-"],
+            r#"{"runId":"p/1-1-ab","status":"RUNNING","endTime":"2020-01-01T00:00:00Z"}"#,
+            "terminal status",
+        ),
+        (
+            &["notify", "purge-completed", "--project", "p", "--json", "-"],
+            r#"{"operationId":"","clid":"1"}"#,
+            "operation_id",
+        ),
+        (
+            &["notify", "deps-completed", "--project", "p", "--json", "-"],
+            r#"{"operationId":"x","origin":"0"}"#,
+            "origin",
+        ),
+        (
+            &["notify", "config", "--project", "p"],
+            "",
+            "--json FILE is required",
+        ),
+        (
+            &[
+                "notify",
+                "config",
+                "--project",
+                "p",
+                "--json",
+                "/nonexistent/file.json",
+            ],
+            "",
+            "cannot read",
+        ),
+    ];
+    for (args, stdin, message) in cases {
+        let out = env.run_with_stdin(args, stdin);
+        assert_exit(&out, 2, message);
+    }
+    assert_eq!(env.events("p"), None);
+    assert_eq!(env.events("q"), None);
+}
+
+#[test]
+fn import_then_export_reproduces_the_events() {
+    let env = Env::new();
+    let out = env.run(&["import", fixture().to_str().unwrap()]);
+    assert_exit(&out, 0, "imported 6 events into project-test");
+    let exported = env.path("exported.jsonl");
+    let out = env.run(&["export", "test", "--output", exported.to_str().unwrap()]);
+    assert_exit(&out, 0, "");
+    let first = std::fs::read_to_string(&exported).unwrap();
+    assert_eq!(first.lines().count(), 7);
+    assert!(first.starts_with(r#"{"format":"prjmanager-stream","version":1,"project":"test"}"#));
+
+    // Importing the export into a fresh store and exporting again gives the same bytes.
+    let other = Env::new();
+    assert_exit(&other.run(&["import", exported.to_str().unwrap()]), 0, "");
+    let again = other.run(&["export", "test"]);
+    assert_exit(&again, 0, "");
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), first);
+
+    // Re-importing the same file is idempotent.
+    assert_exit(&env.run(&["import", fixture().to_str().unwrap()]), 0, "");
+    assert_exit(&env.run(&["import", exported.to_str().unwrap()]), 0, "");
+    assert_eq!(env.events("test").unwrap().lines().count(), 6);
+
+    // --to-revision cuts the export.
+    let cut = env.run(&["export", "test", "--to-revision", "2"]);
+    assert_exit(&cut, 0, "");
+    let cut = String::from_utf8(cut.stdout).unwrap();
+    assert_eq!(cut.lines().count(), 4);
+    assert!(first.starts_with(&cut));
+}
+
+#[test]
+fn import_rejects_bad_files_naming_the_line_and_writes_nothing() {
+    let env = Env::new();
+    let good = std::fs::read_to_string(fixture()).unwrap();
+    let lines: Vec<&str> = good.lines().collect();
+    let with_line = |n: usize, text: &str| {
+        let mut l = lines.clone();
+        l[n - 1] = text;
+        l.join("\n")
+    };
+    let cases = [
+        ("empty.jsonl", String::new(), ":1: the file is empty"),
+        (
+            "version.jsonl",
+            with_line(
+                1,
+                r#"{"format":"prjmanager-stream","version":2,"project":"test"}"#,
+            ),
+            ":1: header version is 2",
+        ),
+        (
+            "format.jsonl",
+            with_line(1, r#"{"format":"other","version":1,"project":"test"}"#),
+            ":1: header format",
+        ),
+        (
+            "garbled.jsonl",
+            with_line(3, r#"{"type":"Evaluated","data":{"now":"#),
+            ":3: malformed event line",
+        ),
+        (
+            "unknown.jsonl",
+            with_line(4, r#"{"type":"Bogus","data":{}}"#),
+            ":4: unknown event type \"Bogus\"",
+        ),
+        (
+            "badfield.jsonl",
+            with_line(
+                4,
+                r#"{"type":"ClsUpdated","data":{"cls":[{"clid":"0","eversion":"1"}]}}"#,
+            ),
+            ":4: ClsUpdated event: invalid cls[0].clid",
+        ),
+        (
+            "otherproject.jsonl",
+            with_line(
+                6,
+                r#"{"type":"RunFinished","data":{"runId":"other/1-1-ab","status":"FAILED","endTime":"2020-01-01T00:00:00Z"}}"#,
+            ),
+            ":6: RunFinished event: invalid run_id",
+        ),
+        (
+            "extra.jsonl",
+            with_line(7, r#"{"type":"Poked","color":"red"}"#),
+            ":7: malformed event line: unknown field `color`",
+        ),
+    ];
+    for (name, text, message) in cases {
+        let path = env.write(name, &text);
+        let out = env.run(&["import", path.to_str().unwrap()]);
+        assert_exit(&out, 2, &format!("{name}{message}"));
+    }
+    let out = env.run(&["import", env.path("missing.jsonl").to_str().unwrap()]);
+    assert_exit(&out, 2, "cannot open");
+    assert_eq!(env.events("test"), None);
+}
+
+#[test]
+fn import_rejects_revisions_out_of_order() {
+    let env = Env::new();
+    let file = concat!(
+        r#"{"format":"prjmanager-stream","version":1,"project":"p"}"#,
+        "\n",
+        r#"{"revision":0,"type":"Poked"}"#,
+        "\n",
+        r#"{"revision":2,"type":"Poked"}"#,
+        "\n",
+    );
+    let path = env.write("gap.jsonl", file);
+    assert_exit(
+        &env.run(&["import", path.to_str().unwrap()]),
+        2,
+        "gap.jsonl:3: revision 2 does not follow revision 0",
+    );
+    let mixed = concat!(
+        r#"{"format":"prjmanager-stream","version":1,"project":"p"}"#,
+        "\n",
+        r#"{"revision":0,"type":"Poked"}"#,
+        "\n",
+        r#"{"type":"Poked"}"#,
+        "\n",
+    );
+    let path = env.write("mixed.jsonl", mixed);
+    assert_exit(
+        &env.run(&["import", path.to_str().unwrap()]),
+        2,
+        "mixed.jsonl:3:",
+    );
+    // A file starting at revision 5 does not fit an empty stream.
+    let late = concat!(
+        r#"{"format":"prjmanager-stream","version":1,"project":"p"}"#,
+        "\n",
+        r#"{"revision":5,"type":"Poked"}"#,
+        "\n",
+    );
+    let path = env.write("late.jsonl", late);
+    assert_exit(
+        &env.run(&["import", path.to_str().unwrap()]),
+        2,
+        "does not continue",
+    );
+    assert_eq!(env.events("p"), None);
+}
+
+#[test]
+fn export_of_an_unknown_project_fails() {
+    let env = Env::new();
+    assert_exit(&env.run(&["export", "nothing"]), 1, "has no events");
+    assert_exit(&env.run(&["export", "Bad Name"]), 2, "project");
+    let out = Command::new(env!("CARGO_BIN_EXE_prjmanager"))
+        .args(["--store", "ftp://x", "events", "p"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 2, "unknown store URL");
+}

@@ -1,0 +1,632 @@
+//! Laws of the fold, as properties over random project streams:
+//! * folding a stream twice gives the same bytes (state, digest, decisions)
+//!   and never panics;
+//! * encoding the state at any cut point and folding the tail from the
+//!   decoded state gives the same bytes as the full fold;
+//! * through `fold::apply_recorded`, markers left to be filled are filled
+//!   and a re-fold of the filled stream reports no divergence, while a
+//!   tampered digest is reported as one;
+//! * invalid inputs (a completion for an unknown CL, a Run finishing twice,
+//!   a Run of another project, a zero clid…) leave a trace and never panic.
+
+use pbjson_types::Timestamp;
+use proptest::prelude::*;
+use prost::Message;
+
+use prjmanager::domain::triage_api::{PmView, TriageError, TriageResult};
+use prjmanager::domain::{self, evaluate_with, Evaluation, TriageFn};
+use prjmanager::proto::{
+    self, cl_error, dep, gerrit_change, input_event::Event, project_config, purge_reason,
+    purging_cl, run, ApplicableConfig, ApplicableProject, ChangeList, ClError, ClsUpdated,
+    Component, ConfigGroup, ConfigUpdated, Dep, Evaluated, GerritChange, GerritWatch, Poked,
+    ProjectConfig, PurgeCl, PurgeCompleted, PurgeReason, PurgingCl, RepoWatch, Run, RunCreated,
+    RunFinished, Snapshot, TriggeringClDeps, TriggeringClDepsCompleted, Vote,
+};
+use prjmanager::{events, fold, store::RecordedEvent};
+
+const PROJECT: &str = "test";
+const T: i64 = 1_580_639_400;
+const HOST: &str = "c-review.example.com";
+
+fn ts(seconds: i64) -> Timestamp {
+    Timestamp { seconds, nanos: 0 }
+}
+
+// ---------------------------------------------------------------------------
+// Triagers: the stub, and a "chaos" triager that exercises every kind of
+// result (and invalid ones) as a pure function of its inputs.
+
+const TRIAGERS: [TriageFn; 2] = [domain::TRIAGER, chaos];
+
+fn chaos(c: &Component, view: &PmView<'_>) -> Result<TriageResult, TriageError> {
+    let seed = c.clids.iter().sum::<i64>() + view.now.seconds / 60;
+    let mut result = TriageResult {
+        new_value: c.triage_required.then(|| Component {
+            triage_required: false,
+            ..c.clone()
+        }),
+        ..Default::default()
+    };
+    let first = c.clids[0];
+    match seed.rem_euclid(7) {
+        0 if view.purging_cl(first).is_none() => {
+            result.cls_to_purge = vec![PurgeCl {
+                purging_cl: Some(PurgingCl {
+                    clid: first,
+                    apply_to: Some(purging_cl::ApplyTo::AllActiveTriggers(true)),
+                    ..Default::default()
+                }),
+                purge_reasons: vec![PurgeReason {
+                    cl_error: Some(ClError {
+                        kind: Some(cl_error::Kind::OwnerLacksEmail(true)),
+                    }),
+                    apply_to: Some(purge_reason::ApplyTo::AllActiveTriggers(true)),
+                }],
+                ..Default::default()
+            }];
+        }
+        1 if view.triggering_cl_deps(first).is_none() => {
+            let deps = view
+                .pcl(first)
+                .map(|p| p.deps.iter().map(|d| d.clid).collect())
+                .unwrap_or_default();
+            result.cls_to_trigger_deps = vec![TriggeringClDeps {
+                origin_clid: first,
+                dep_clids: deps,
+                config_group_name: "g0".into(),
+                ..Default::default()
+            }];
+        }
+        2 => {
+            result.runs_to_create = vec![proto::CreateRun {
+                run_id: format!(
+                    "{}/{}-1-{first:x}",
+                    view.luci_project,
+                    9_000_000 - view.now.seconds / 60
+                ),
+                mode: "DRY_RUN".into(),
+                ..Default::default()
+            }];
+        }
+        3 => {
+            result.new_value = Some(Component {
+                triage_required: false,
+                decision_time: Some(ts(view.now.seconds + 120)),
+                ..c.clone()
+            });
+        }
+        4 => return Err(TriageError::Bug("chaos".into())),
+        5 => return Err(TriageError::OutdatedPmState("chaos".into())),
+        // An invalid result: purging a CL outside the component.
+        6 => {
+            result.cls_to_purge = vec![PurgeCl {
+                purging_cl: Some(PurgingCl {
+                    clid: 10_000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }];
+        }
+        _ => {}
+    }
+    Ok(result)
+}
+
+// ---------------------------------------------------------------------------
+// Random streams.
+
+/// What one step of a stream does; indexes are resolved against the state
+/// when the stream is first folded, so that completions can name real
+/// operations.
+#[derive(Debug, Clone)]
+enum Step {
+    Config {
+        variant: u8,
+    },
+    Poke,
+    Cls(Vec<ClSpec>),
+    RunCreated {
+        run: u8,
+        clids: Vec<i64>,
+        status: u8,
+    },
+    RunFinished {
+        run: u8,
+        status: u8,
+    },
+    PurgeCompleted {
+        pick: u8,
+    },
+    DepsCompleted {
+        pick: u8,
+        fail: bool,
+    },
+    Marker {
+        advance_seconds: i64,
+        triager: u8,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct ClSpec {
+    clid: i64,
+    eversion: i64,
+    main: bool,
+    vote: i32,
+    dep: Option<(i64, bool)>,
+    status: u8,
+    outdated: bool,
+    foreign: bool,
+}
+
+fn cl_spec() -> impl Strategy<Value = ClSpec> {
+    (
+        1..=8i64,
+        1..=6i64,
+        any::<bool>(),
+        0..=2i32,
+        proptest::option::of((1..=9i64, any::<bool>())),
+        0..=5u8,
+        proptest::bool::weighted(0.1),
+        proptest::bool::weighted(0.1),
+    )
+        .prop_map(
+            |(clid, eversion, main, vote, dep, status, outdated, foreign)| ClSpec {
+                clid,
+                eversion,
+                main,
+                vote,
+                dep,
+                status,
+                outdated,
+                foreign,
+            },
+        )
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        1 => (0..4u8).prop_map(|variant| Step::Config { variant }),
+        1 => Just(Step::Poke),
+        4 => proptest::collection::vec(cl_spec(), 1..4).prop_map(Step::Cls),
+        2 => (0..5u8, proptest::collection::vec(1..=9i64, 0..3), 0..4u8)
+            .prop_map(|(run, clids, status)| Step::RunCreated { run, clids, status }),
+        2 => (0..5u8, 0..4u8).prop_map(|(run, status)| Step::RunFinished { run, status }),
+        1 => any::<u8>().prop_map(|pick| Step::PurgeCompleted { pick }),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(pick, fail)| Step::DepsCompleted { pick, fail }),
+        3 => (0..900i64, 0..2u8).prop_map(|(advance_seconds, triager)| Step::Marker { advance_seconds, triager }),
+    ]
+}
+
+fn config(variant: u8) -> ProjectConfig {
+    let group = |name: &str, refs: &[&str], fallback: bool| ConfigGroup {
+        name: name.into(),
+        gerrit: vec![GerritWatch {
+            host: HOST.into(),
+            projects: vec![RepoWatch {
+                name: "repo/a".into(),
+                ref_regexp: refs.iter().map(|r| r.to_string()).collect(),
+                ref_regexp_exclude: vec![],
+            }],
+        }],
+        fallback,
+        ..Default::default()
+    };
+    let state = if variant == 3 {
+        project_config::State::Disabled
+    } else {
+        project_config::State::Enabled
+    };
+    ProjectConfig {
+        state: state as i32,
+        hash: format!("h{variant}"),
+        eversion: i64::from(variant) + 1,
+        config_groups: vec![
+            group("g0", &["refs/heads/main"], false),
+            group("g1", &["refs/heads/.+"], variant != 1),
+        ],
+    }
+}
+
+fn change_list(spec: &ClSpec, now: i64) -> ChangeList {
+    let git_ref = if spec.main {
+        "refs/heads/main"
+    } else {
+        "refs/heads/dev"
+    };
+    let group = if spec.main { "h0/g0" } else { "h0/g1" };
+    let mut projects = vec![ApplicableProject {
+        name: PROJECT.into(),
+        config_group_ids: vec![group.into()],
+    }];
+    if spec.foreign {
+        projects.push(ApplicableProject {
+            name: "other".into(),
+            config_group_ids: vec!["x/y".into()],
+        });
+    }
+    let status = match spec.status {
+        4 => gerrit_change::ChangeStatus::Merged,
+        5 => gerrit_change::ChangeStatus::Abandoned,
+        _ => gerrit_change::ChangeStatus::New,
+    };
+    let votes = (spec.vote > 0)
+        .then(|| Vote {
+            label: "Commit-Queue".into(),
+            value: spec.vote,
+            email: "user@example.com".into(),
+            account_id: 7,
+            time: Some(ts(now - 30)),
+        })
+        .into_iter()
+        .collect();
+    ChangeList {
+        clid: spec.clid,
+        eversion: spec.eversion,
+        applicable_config: Some(ApplicableConfig { projects }),
+        snapshot: Some(Snapshot {
+            luci_project: PROJECT.into(),
+            outdated: spec.outdated,
+            patchset: 1,
+            deps: spec
+                .dep
+                .map(|(clid, hard)| Dep {
+                    clid,
+                    kind: if hard {
+                        dep::DepKind::Hard
+                    } else {
+                        dep::DepKind::Soft
+                    } as i32,
+                })
+                .into_iter()
+                .collect(),
+            gerrit: Some(GerritChange {
+                host: HOST.into(),
+                change: spec.clid,
+                project: "repo/a".into(),
+                r#ref: git_ref.into(),
+                status: status as i32,
+                owner_email: "owner@example.com".into(),
+                current_revision: "r".into(),
+                current_revision_created: Some(ts(now - 60)),
+                votes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// One item of a concrete stream.
+#[derive(Debug, Clone, PartialEq)]
+enum Item {
+    Input(Event),
+    Marker { now: Timestamp, triager: usize },
+}
+
+fn run_status(n: u8) -> i32 {
+    [
+        run::Status::Running,
+        run::Status::Succeeded,
+        run::Status::Failed,
+        run::Status::Cancelled,
+    ][usize::from(n % 4)] as i32
+}
+
+/// Folds the steps once, resolving them into a concrete stream.
+fn materialize(steps: &[Step]) -> Vec<Item> {
+    let mut state = domain::new_project(PROJECT);
+    let mut now = T;
+    let mut items = Vec::new();
+    for (revision, s) in steps.iter().enumerate() {
+        let revision = revision as u64;
+        let item = match s {
+            Step::Marker {
+                advance_seconds,
+                triager,
+            } => {
+                now += advance_seconds;
+                Item::Marker {
+                    now: ts(now),
+                    triager: usize::from(*triager) % TRIAGERS.len(),
+                }
+            }
+            Step::Config { variant } => Item::Input(Event::ConfigUpdated(ConfigUpdated {
+                config: Some(config(*variant)),
+            })),
+            Step::Poke => Item::Input(Event::Poked(Poked {})),
+            Step::Cls(specs) => Item::Input(Event::ClsUpdated(ClsUpdated {
+                cls: specs.iter().map(|spec| change_list(spec, now)).collect(),
+            })),
+            Step::RunCreated { run, clids, status } => Item::Input(Event::RunCreated(RunCreated {
+                run: Some(Run {
+                    id: format!("{PROJECT}/{run}-1-aa"),
+                    mode: if run % 2 == 0 { "FULL_RUN" } else { "DRY_RUN" }.into(),
+                    clids: clids.clone(),
+                    create_time: Some(ts(now)),
+                    status: run_status(*status),
+                    ..Default::default()
+                }),
+            })),
+            Step::RunFinished { run, status } => Item::Input(Event::RunFinished(RunFinished {
+                run_id: format!("{PROJECT}/{run}-1-aa"),
+                status: run_status(status.max(&1).to_owned()),
+                end_time: Some(ts(now)),
+            })),
+            Step::PurgeCompleted { pick } => {
+                let purging = &state.pstate.as_ref().unwrap().purging_cls;
+                let (op, clid) = match purging.get(usize::from(*pick) % (purging.len() + 1)) {
+                    Some(p) => (p.operation_id.clone(), p.clid),
+                    None => ("unknown-op".to_string(), i64::from(*pick % 9) + 1),
+                };
+                Item::Input(Event::PurgeCompleted(PurgeCompleted {
+                    operation_id: op,
+                    clid,
+                }))
+            }
+            Step::DepsCompleted { pick, fail } => {
+                let ops = &state.pstate.as_ref().unwrap().triggering_cl_deps;
+                let (op, origin, deps) = match ops.get(usize::from(*pick) % (ops.len() + 1)) {
+                    Some(o) => (o.operation_id.clone(), o.origin_clid, o.dep_clids.clone()),
+                    None => ("unknown-op".to_string(), i64::from(*pick % 9) + 1, vec![]),
+                };
+                let (succeeded, failed) = match (fail, deps.split_first()) {
+                    (true, Some((first, rest))) => (
+                        rest.to_vec(),
+                        vec![cl_error::TriggerDeps {
+                            not_found: vec![*first],
+                            ..Default::default()
+                        }],
+                    ),
+                    _ => (deps, vec![]),
+                };
+                Item::Input(Event::TriggeringClDepsCompleted(
+                    TriggeringClDepsCompleted {
+                        operation_id: op,
+                        origin,
+                        succeeded,
+                        failed,
+                        incompleted: vec![],
+                    },
+                ))
+            }
+        };
+        match &item {
+            Item::Input(e) => domain::apply_event(&mut state, revision, e).expect("input event"),
+            Item::Marker { now, triager } => {
+                evaluate_with(&mut state, revision, *now, TRIAGERS[*triager]);
+            }
+        }
+        items.push(item);
+    }
+    items
+}
+
+/// Folds a concrete stream from `state`, starting at `revision`.
+fn fold_from(
+    mut state: proto::ProjectState,
+    first_revision: u64,
+    items: &[Item],
+) -> (proto::ProjectState, Vec<Evaluation>) {
+    let mut evaluations = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let revision = first_revision + i as u64;
+        match item {
+            Item::Input(e) => domain::apply_event(&mut state, revision, e).expect("input event"),
+            Item::Marker { now, triager } => {
+                evaluations.push(evaluate_with(
+                    &mut state,
+                    revision,
+                    *now,
+                    TRIAGERS[*triager],
+                ));
+            }
+        }
+    }
+    (state, evaluations)
+}
+
+fn recorded(revision: u64, event: &Event) -> RecordedEvent {
+    RecordedEvent {
+        stream: fold::project_stream(PROJECT),
+        revision,
+        position: revision + 1,
+        id: uuid::Uuid::nil(),
+        event_type: events::type_name(event).to_string(),
+        data: events::encode(event),
+        metadata: vec![],
+    }
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    // Start the project first most of the time, so that most steps matter.
+    (any::<bool>(), proptest::collection::vec(step(), 1..40)).prop_map(|(start, mut rest)| {
+        if start {
+            rest.insert(0, Step::Config { variant: 0 });
+            rest.insert(
+                1,
+                Step::Marker {
+                    advance_seconds: 0,
+                    triager: 0,
+                },
+            );
+        }
+        rest
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn folding_twice_gives_the_same_bytes(steps in steps()) {
+        let items = materialize(&steps);
+        let (a, ea) = fold_from(domain::new_project(PROJECT), 0, &items);
+        let (b, eb) = fold_from(domain::new_project(PROJECT), 0, &items);
+        prop_assert_eq!(a.encode_to_vec(), b.encode_to_vec());
+        prop_assert_eq!(fold::state_digest(&a), fold::state_digest(&b));
+        prop_assert_eq!(ea, eb);
+    }
+
+    #[test]
+    fn snapshot_plus_tail_equals_full_fold(steps in steps(), cut in any::<proptest::sample::Index>()) {
+        let items = materialize(&steps);
+        let cut = cut.index(items.len() + 1);
+        let (full, full_evaluations) = fold_from(domain::new_project(PROJECT), 0, &items);
+        let (prefix, prefix_evaluations) = fold_from(domain::new_project(PROJECT), 0, &items[..cut]);
+        let snapshot = proto::ProjectState::decode(prefix.encode_to_vec().as_slice()).expect("decodes");
+        let (resumed, tail_evaluations) = fold_from(snapshot, cut as u64, &items[cut..]);
+        prop_assert_eq!(full.encode_to_vec(), resumed.encode_to_vec());
+        let mut evaluations = prefix_evaluations;
+        evaluations.extend(tail_evaluations);
+        prop_assert_eq!(full_evaluations, evaluations);
+    }
+
+    #[test]
+    fn recorded_markers_are_filled_then_verified(steps in steps()) {
+        let items = materialize(&steps);
+        let mut state = domain::new_project(PROJECT);
+        let mut stored = Vec::new();
+        for (revision, item) in items.iter().enumerate() {
+            let revision = revision as u64;
+            // Only the default triager runs through `fold::apply_recorded`.
+            let event = match item {
+                Item::Input(e) => e.clone(),
+                Item::Marker { now, .. } => Event::Evaluated(Evaluated { now: Some(*now), ..Default::default() }),
+            };
+            let outcome = fold::apply_recorded(&mut state, &recorded(revision, &event)).expect("folds");
+            match outcome {
+                None => stored.push(event),
+                Some(o) => {
+                    prop_assert!(o.filled && o.divergence.is_none());
+                    prop_assert_eq!(o.marker.state_digest.clone(), fold::state_digest(&state));
+                    stored.push(Event::Evaluated(o.marker));
+                }
+            }
+        }
+        let mut again = domain::new_project(PROJECT);
+        let mut tampered_at = None;
+        for (revision, event) in stored.iter().enumerate() {
+            let outcome = fold::apply_recorded(&mut again, &recorded(revision as u64, event)).expect("folds");
+            if let Some(o) = outcome {
+                prop_assert!(!o.filled && o.divergence.is_none());
+                tampered_at.get_or_insert(revision);
+            }
+        }
+        prop_assert_eq!(again.encode_to_vec(), state.encode_to_vec());
+        // A marker with a wrong digest is a divergence, not an error.
+        if let Some(at) = tampered_at {
+            let mut replay = domain::new_project(PROJECT);
+            for (revision, event) in stored.iter().enumerate().take(at + 1) {
+                let mut event = event.clone();
+                if revision == at {
+                    if let Event::Evaluated(m) = &mut event {
+                        m.state_digest = vec![0; 32];
+                    }
+                }
+                let outcome = fold::apply_recorded(&mut replay, &recorded(revision as u64, &event)).expect("folds");
+                if revision == at {
+                    prop_assert!(outcome.unwrap().divergence.is_some());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_inputs_leave_a_trace_and_never_panic(steps in steps(), kind in 0..6u8) {
+        let items = materialize(&steps);
+        let (mut state, _) = fold_from(domain::new_project(PROJECT), 0, &items);
+        let mut revision = items.len() as u64;
+        let now = ts(T + 100_000);
+        let mut send = |state: &mut proto::ProjectState, e: Event| {
+            domain::apply_event(state, revision, &e).expect("input event");
+            revision += 1;
+        };
+        let (invalid, needle) = match kind {
+            0 => (Event::PurgeCompleted(PurgeCompleted { operation_id: "nope".into(), clid: 4242 }), "PurgeCompleted"),
+            1 => (Event::TriggeringClDepsCompleted(TriggeringClDepsCompleted {
+                operation_id: "nope".into(), origin: 4242, ..Default::default()
+            }), "TriggeringClDepsCompleted"),
+            2 => (Event::RunCreated(RunCreated { run: Some(Run {
+                id: "another/1-1-aa".into(), clids: vec![1], status: run::Status::Running as i32, ..Default::default()
+            }) }), "another/1-1-aa"),
+            3 => (Event::RunFinished(RunFinished {
+                run_id: "another/1-1-aa".into(), status: run::Status::Failed as i32, end_time: Some(now),
+            }), "another/1-1-aa"),
+            4 => (Event::ClsUpdated(ClsUpdated { cls: vec![ChangeList { clid: 0, eversion: 1, ..Default::default() }] }), "clid 0"),
+            _ => {
+                // A Run finishing twice: the second finish is not tracked.
+                let finish = Event::RunFinished(RunFinished {
+                    run_id: "test/twice-1-aa".into(), status: run::Status::Failed as i32, end_time: Some(now),
+                });
+                send(&mut state, finish.clone());
+                evaluate_with(&mut state, revision, now, domain::TRIAGER);
+                revision += 1;
+                (finish, "test/twice-1-aa")
+            }
+        };
+        let mut send = |state: &mut proto::ProjectState, e: Event| {
+            domain::apply_event(state, revision, &e).expect("input event");
+            revision += 1;
+        };
+        send(&mut state, invalid);
+        let e = evaluate_with(&mut state, revision, now, domain::TRIAGER);
+        prop_assert!(e.trace.iter().any(|w| w.contains(needle)), "no trace naming {}: {:?}", needle, e.trace);
+        let leftover = state.pending.iter().any(|p| matches!(
+            &p.event,
+            Some(proto::pending_event::Event::RunCreated(id)) if id.starts_with("another/")
+        ));
+        prop_assert!(!leftover, "an ignored input does not stay pending");
+    }
+}
+
+#[test]
+fn apply_recorded_rejects_out_of_order_and_foreign_events() {
+    let mut state = domain::new_project(PROJECT);
+    let poke = Event::Poked(Poked {});
+    let err = fold::apply_recorded(&mut state, &recorded(1, &poke)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            domain::FoldError::RevisionOutOfOrder {
+                expected: 0,
+                actual: 1
+            }
+        ),
+        "{err}"
+    );
+    fold::apply_recorded(&mut state, &recorded(0, &poke)).unwrap();
+    let err = fold::apply_recorded(&mut state, &recorded(0, &poke)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            domain::FoldError::RevisionOutOfOrder {
+                expected: 1,
+                actual: 0
+            }
+        ),
+        "{err}"
+    );
+    let mut foreign = recorded(1, &poke);
+    foreign.stream = "project-other".into();
+    assert!(matches!(
+        fold::apply_recorded(&mut state, &foreign).unwrap_err(),
+        domain::FoldError::WrongProject { .. }
+    ));
+    let mut garbage = recorded(1, &poke);
+    garbage.event_type = "Bogus".into();
+    assert!(matches!(
+        fold::apply_recorded(&mut state, &garbage).unwrap_err(),
+        domain::FoldError::Undecodable { revision: 1, .. }
+    ));
+    let marker = Event::Evaluated(Evaluated::default());
+    assert!(matches!(
+        fold::apply_recorded(&mut state, &recorded(1, &marker)).unwrap_err(),
+        domain::FoldError::MarkerWithoutNow { revision: 1 }
+    ));
+    assert!(matches!(
+        domain::apply_event(&mut state, 1, &marker).unwrap_err(),
+        domain::FoldError::UnexpectedMarker { revision: 1 }
+    ));
+}
