@@ -33,5 +33,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?
         .build(&[".prjmanager"])?;
+
+    compile_esdb_wire(&out_dir)?;
+    Ok(())
+}
+
+/// Compiles our own description of EventStoreDB's `Streams` wire contract
+/// (`proto/esdb/`) into `$OUT_DIR/esdb_wire/`, server side only. Nothing in
+/// the library includes it: the test double (`tests/common/esdb_double.rs`)
+/// does, so the generated code stays out of the public API.
+fn compile_esdb_wire(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let target = out_dir.join("esdb_wire");
+    std::fs::create_dir_all(&target)?;
+    let descriptors = protox::compile(
+        ["event_store/shared.proto", "event_store/streams.proto"],
+        ["proto/esdb"],
+    )?;
+    tonic_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .out_dir(&target)
+        .skip_protoc_run()
+        .compile_fds(descriptors)?;
     Ok(())
 }

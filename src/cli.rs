@@ -74,6 +74,10 @@ pub enum Command {
         /// Keep at most this many project states in memory.
         #[arg(long, default_value_t = 10_000)]
         max_cached_projects: usize,
+        /// Append no markers on a timer: markers come only from `Evaluate`
+        /// (`prjmanager evaluate P --now T --server ADDR`), for recordings.
+        #[arg(long)]
+        no_scheduler: bool,
     },
     /// Print a project's state (the `ProjectLog` shape) as JSON.
     State {
@@ -261,6 +265,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve {
             listen,
             max_cached_projects,
+            no_scheduler,
         } => {
             let config = ServeConfig {
                 store: cli.store,
@@ -268,7 +273,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 token_file: cli.token_file,
                 projector: ProjectorConfig {
                     max_cached_projects,
-                    ..ProjectorConfig::default()
+                    schedule_markers: !no_scheduler,
                 },
             };
             service::serve(config, service::shutdown_signal())

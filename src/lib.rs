@@ -13,5 +13,7 @@ pub mod jsonl;
 pub mod notifier;
 pub mod projector;
 pub mod proto;
+pub mod replay;
 pub mod service;
 pub mod store;
+pub mod testing;

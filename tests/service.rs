@@ -2,366 +2,38 @@
 //! temporary store and a free loopback port, driven over gRPC, and checked
 //! against the same stream folded directly.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pbjson_types::Timestamp;
-use prjmanager::fold;
-use prjmanager::projector::derived::{action_stream, log_stream, offload_stream};
-use prjmanager::proto::{self, project_manager_client::ProjectManagerClient};
+use prjmanager::proto;
 use prjmanager::store::embedded::EmbeddedStore;
-use prjmanager::store::{Direction, EventStore, ReadFrom, RecordedEvent};
-use prost::Message;
+use prjmanager::store::{Direction, EventStore, ReadFrom};
 use tonic::transport::Channel;
 
-/// A running `prjmanager serve`.
-struct Service {
-    child: Child,
-    address: String,
-    log: Arc<Mutex<String>>,
-}
+#[path = "common/service_harness.rs"]
+mod service_harness;
+
+use service_harness::{
+    cl, config, pcl_clids, read_all, scenario_first_half, scenario_second_half, wait_for, Folded,
+};
+
+/// `prjmanager serve` on the embedded store at `db`.
+/// Starts services on the embedded store.
+struct Service;
 
 impl Service {
-    fn start(db: &Path, token_file: Option<&Path>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_prjmanager"));
-        command
-            .arg("--store")
-            .arg(format!("sqlite://{}", db.display()))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .env_remove("PRJMANAGER_STORE")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(token_file) = token_file {
-            command.arg("--token-file").arg(token_file);
-        }
-        let mut child = command.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (address_sender, address) = std::sync::mpsc::channel();
-        let log_writer = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(address) = line.strip_prefix("prjmanager listening on ") {
-                    let _ = address_sender.send(address.to_string());
-                }
-                let mut log = log_writer.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let address = address
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("the service did not start: {}", log.lock().unwrap()));
-        Self {
-            child,
-            address,
-            log,
-        }
-    }
-
-    async fn client(&self) -> ProjectManagerClient<Channel> {
-        ProjectManagerClient::connect(format!("http://{}", self.address))
-            .await
-            .unwrap()
-    }
-
-    /// SIGTERM, and the exit status must be success.
-    fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = self.child.wait().unwrap();
-        let log = self.log.lock().unwrap().clone();
-        assert!(status.success(), "serve exited with {status}: {log}");
-        log
-    }
-
-    /// SIGKILL.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    fn start(db: &Path, token_file: Option<&Path>) -> service_harness::Service {
+        service_harness::Service::start(&format!("sqlite://{}", db.display()), token_file)
     }
 }
 
-fn ts(seconds: i64) -> Option<Timestamp> {
-    Some(Timestamp { seconds, nanos: 0 })
-}
-
-/// Seconds since the epoch, `ago` seconds before the wall clock: markers use
-/// the wall clock, and votes older than 7 days do not make a CL active.
-fn unix_now(ago: i64) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    now - ago
-}
-
-fn config(hash: &str) -> proto::ProjectConfig {
-    proto::ProjectConfig {
-        state: proto::project_config::State::Enabled as i32,
-        hash: hash.into(),
-        eversion: 1,
-        config_groups: vec![proto::ConfigGroup {
-            name: "main".into(),
-            gerrit: vec![proto::GerritWatch {
-                host: "c-review.example.com".into(),
-                projects: vec![proto::RepoWatch {
-                    name: "repo/a".into(),
-                    ref_regexp: vec!["refs/heads/main".into()],
-                    ref_regexp_exclude: vec![],
-                }],
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
-/// A CL watched by `project` with a Commit-Queue vote of `cq` (0: none).
-fn cl(project: &str, clid: i64, eversion: i64, cq: i32, deps: &[i64]) -> proto::ChangeList {
-    let votes = if cq > 0 {
-        vec![proto::Vote {
-            label: "Commit-Queue".into(),
-            value: cq,
-            email: "user-1@example.com".into(),
-            account_id: 1,
-            time: ts(unix_now(60)),
-        }]
-    } else {
-        vec![]
-    };
-    proto::ChangeList {
-        clid,
-        eversion,
-        applicable_config: Some(proto::ApplicableConfig {
-            projects: vec![proto::ApplicableProject {
-                name: project.into(),
-                config_group_ids: vec!["h1/main".into()],
-            }],
-        }),
-        snapshot: Some(proto::Snapshot {
-            luci_project: project.into(),
-            patchset: 1,
-            deps: deps
-                .iter()
-                .map(|&d| proto::Dep {
-                    clid: d,
-                    kind: proto::dep::DepKind::Hard as i32,
-                })
-                .collect(),
-            gerrit: Some(proto::GerritChange {
-                host: "c-review.example.com".into(),
-                change: clid,
-                project: "repo/a".into(),
-                r#ref: "refs/heads/main".into(),
-                status: proto::gerrit_change::ChangeStatus::New as i32,
-                owner_email: "owner@example.com".into(),
-                owner_account_id: 9,
-                current_revision: format!("rev-{clid}-{eversion}"),
-                current_revision_created: ts(unix_now(3600)),
-                votes,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn run(id: &str, clids: &[i64]) -> proto::Run {
-    proto::Run {
-        id: id.into(),
-        mode: "DRY_RUN".into(),
-        clids: clids.to_vec(),
-        create_time: ts(unix_now(30)),
-        status: proto::run::Status::Running as i32,
-        ..Default::default()
-    }
-}
-
-async fn read_all(store: &EmbeddedStore, stream: &str) -> Vec<RecordedEvent> {
-    store
-        .read_stream(stream, ReadFrom::Start, Direction::Forwards, usize::MAX)
-        .await
-        .unwrap()
-}
-
-/// What folding a stream directly produces.
-#[derive(Debug, PartialEq)]
-struct Folded {
-    state: proto::ProjectState,
-    logs: Vec<proto::ProjectLog>,
-    actions: Vec<proto::Action>,
-    offloads: Vec<proto::ProjectStateOffload>,
-}
-
-fn fold_directly(project: &str, events: &[RecordedEvent]) -> Folded {
-    let mut state = prjmanager::domain::new_project(project);
-    let mut folded = Folded {
-        state: proto::ProjectState::default(),
-        logs: vec![],
-        actions: vec![],
-        offloads: vec![],
-    };
-    for event in events {
-        if let Some(outcome) = fold::apply_recorded(&mut state, event).unwrap() {
-            assert!(
-                outcome.divergence.is_none(),
-                "marker at revision {} diverges",
-                event.revision
-            );
-            folded.logs.extend(outcome.evaluation.project_log.clone());
-            folded.offloads.extend(outcome.evaluation.offload.clone());
-            folded.actions.extend(outcome.evaluation.wrapped_actions());
-        }
-    }
-    folded.state = state;
-    folded
-}
-
-/// Decodes a derived stream, asserting that no event id appears twice.
-async fn derived<M: Message + Default>(store: &EmbeddedStore, stream: &str) -> Vec<M> {
-    let events = read_all(store, stream).await;
-    let mut ids: Vec<_> = events.iter().map(|e| e.id).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), events.len(), "{stream} has a duplicated event");
-    events
-        .iter()
-        .map(|e| M::decode(e.data.as_slice()).unwrap())
-        .collect()
-}
-
-/// Checks that the derived streams of `project` are exactly what folding its
-/// stream directly produces, and returns the direct fold.
+/// [`service_harness::assert_derived_match`] on the embedded store at `db`.
 async fn assert_derived_match(db: &Path, project: &str) -> Folded {
     let store = EmbeddedStore::open(db).unwrap();
-    let events = read_all(&store, &format!("project-{project}")).await;
-    let folded = fold_directly(project, &events);
-    let logs: Vec<proto::ProjectLog> = derived(&store, &log_stream(project)).await;
-    let actions: Vec<proto::Action> = derived(&store, &action_stream(project)).await;
-    let offloads: Vec<proto::ProjectStateOffload> = derived(&store, &offload_stream(project)).await;
-    assert_eq!(logs, folded.logs, "ProjectLogs of {project}");
-    assert_eq!(actions, folded.actions, "actions of {project}");
-    assert_eq!(offloads, folded.offloads, "offloads of {project}");
-    let mut eversions: Vec<i64> = events
-        .iter()
-        .filter(|e| e.event_type == "Evaluated")
-        .map(
-            |e| match prjmanager::events::decode(&e.event_type, &e.data).unwrap() {
-                proto::input_event::Event::Evaluated(m) => m.eversion,
-                _ => unreachable!(),
-            },
-        )
-        .collect();
-    let count = eversions.len();
-    eversions.dedup();
-    assert_eq!(eversions.len(), count, "two markers for one eversion");
-    assert_eq!(eversions, (1..=count as i64).collect::<Vec<_>>());
+    let folded = service_harness::assert_derived_match(&store, project).await;
     store.close().await.unwrap();
     folded
-}
-
-/// Polls until the project's state (from the service) satisfies `done`.
-async fn wait_for(
-    service: &Service,
-    client: &mut ProjectManagerClient<Channel>,
-    project: &str,
-    what: &str,
-    done: impl Fn(&proto::ProjectLog) -> bool,
-) -> proto::ProjectLog {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = client
-            .get_project(proto::GetProjectRequest {
-                project: project.into(),
-                eversion: 0,
-            })
-            .await;
-        let answer = answer.map(tonic::Response::into_inner);
-        if let Ok(log) = &answer {
-            if done(log) {
-                return log.clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last answer {answer:?}; service log:\n{}",
-            service.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn pcl_clids(log: &proto::ProjectLog) -> Vec<i64> {
-    log.state
-        .as_ref()
-        .map(|s| s.pcls.iter().map(|p| p.clid).collect())
-        .unwrap_or_default()
-}
-
-/// Sends the first half of the scenario.
-async fn scenario_first_half(client: &mut ProjectManagerClient<Channel>, project: &str) {
-    client
-        .update_config(proto::UpdateConfigRequest {
-            project: project.into(),
-            config: Some(config("h1")),
-        })
-        .await
-        .unwrap();
-    client
-        .notify_cls_updated(proto::NotifyClsUpdatedRequest {
-            project: project.into(),
-            event: Some(proto::ClsUpdated {
-                cls: vec![
-                    cl(project, 101, 1, 1, &[]),
-                    cl(project, 102, 1, 0, &[]),
-                    cl(project, 103, 1, 2, &[102]),
-                ],
-            }),
-        })
-        .await
-        .unwrap();
-}
-
-/// Sends the second half: runs created and finished, a config change.
-async fn scenario_second_half(client: &mut ProjectManagerClient<Channel>, project: &str) {
-    let run_id = format!("{project}/9042327596854-1-42e0a59099a0f673");
-    client
-        .notify_run_created(proto::NotifyRunCreatedRequest {
-            run: Some(run(&run_id, &[101])),
-        })
-        .await
-        .unwrap();
-    client
-        .notify_cls_updated(proto::NotifyClsUpdatedRequest {
-            project: project.into(),
-            event: Some(proto::ClsUpdated {
-                cls: vec![cl(project, 101, 2, 1, &[])],
-            }),
-        })
-        .await
-        .unwrap();
-    client
-        .notify_run_finished(proto::NotifyRunFinishedRequest {
-            event: Some(proto::RunFinished {
-                run_id,
-                status: proto::run::Status::Succeeded as i32,
-                end_time: ts(unix_now(0)),
-            }),
-        })
-        .await
-        .unwrap();
-    client
-        .update_config(proto::UpdateConfigRequest {
-            project: project.into(),
-            config: Some(config("h2")),
-        })
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use prjmanager::store::embedded::{
     raw_insert_benchmark, EmbeddedStore, RawInsertPlan, APPLICATION_ID,
 };
+use prjmanager::store::esdb::EsdbStore;
 use prjmanager::store::memory::MemoryStore;
 use prjmanager::store::{
     AppendResult, Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom, RecordedEvent,
@@ -17,6 +18,13 @@ use prjmanager::store::{
 };
 use tempfile::TempDir;
 use uuid::Uuid;
+
+#[path = "common/esdb_double.rs"]
+mod esdb_double;
+#[path = "common/namespaced.rs"]
+mod namespaced;
+use esdb_double::EsdbDouble;
+use namespaced::Namespaced;
 
 /// How long a subscription may take to deliver the next event before the
 /// test fails instead of hanging.
@@ -91,8 +99,11 @@ async fn take(subscription: &mut Subscription, count: usize) -> Vec<RecordedEven
     received
 }
 
-/// Instantiates every case for every store, as `memory::<case>` and
-/// `embedded::<case>` test functions.
+/// Instantiates every case for every store, as `memory::<case>`,
+/// `embedded::<case>`, `esdb::<case>` (the EventStoreDB adapter talking to
+/// the in-process double of `tests/common/esdb_double.rs`) and
+/// `esdb_real::<case>` (a real node, when `PRJMANAGER_TEST_ESDB` is set)
+/// test functions.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -113,6 +124,33 @@ macro_rules! conformance {
                     let store = EmbeddedStore::open(folder.path().join("store.db")).unwrap();
                     super::$case(store.clone()).await;
                     store.close().await.unwrap();
+                }
+            )*
+        }
+        mod esdb {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let double = EsdbDouble::start();
+                    super::$case(EsdbStore::connect(&double.url()).unwrap()).await;
+                }
+            )*
+        }
+        /// Against a real EventStoreDB/KurrentDB node named by
+        /// `PRJMANAGER_TEST_ESDB` (a connection string), each case in a
+        /// fresh namespace of streams; skipped when it is not set.
+        mod esdb_real {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Ok(url) = std::env::var("PRJMANAGER_TEST_ESDB") else {
+                        println!("skipped: PRJMANAGER_TEST_ESDB is not set (no real EventStoreDB)");
+                        return;
+                    };
+                    let store = EsdbStore::connect(&url).unwrap();
+                    super::$case(Namespaced::new(store).await).await;
                 }
             )*
         }

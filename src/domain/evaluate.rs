@@ -231,10 +231,13 @@ pub fn evaluate(
     triage: TriageFn,
 ) -> Evaluation {
     let project = state.luci_project.clone();
-    let loaded: PState = state.pstate.clone().unwrap_or_else(|| PState {
+    // The state at the start of the invocation: restored if the invocation
+    // fails, and compared with the saved one for the offload rule.
+    let loaded: PState = state.pstate.take().unwrap_or_else(|| PState {
         luci_project: project.clone(),
         ..Default::default()
     });
+    let (loaded_status, loaded_hash) = (loaded.status, loaded.config_hash.clone());
     let eversion = state.eversion + 1;
     prune_known(state, &now);
 
@@ -298,7 +301,7 @@ pub fn evaluate(
             // consumed except semantic garbage; effects already performed
             // before the failure (pokes) stand. The eversion still advances.
             trace.push(format!("invocation failed, state kept as it was: {err}"));
-            state.pstate = Some(loaded.clone());
+            state.pstate = Some(loaded);
             (Vec::new(), immediate, batch.garbage.clone())
         }
     };
@@ -328,15 +331,14 @@ pub fn evaluate(
         state: Some(saved.clone()),
         reasons: reasons.iter().map(|&r| r as i32).collect(),
     });
-    let offload =
-        (saved.status != loaded.status || saved.config_hash != loaded.config_hash).then(|| {
-            ProjectStateOffload {
-                status: saved.status,
-                config_hash: saved.config_hash.clone(),
-                update_time: Some(now),
-                eversion,
-            }
-        });
+    let offload = (saved.status != loaded_status || saved.config_hash != loaded_hash).then(|| {
+        ProjectStateOffload {
+            status: saved.status,
+            config_hash: saved.config_hash.clone(),
+            update_time: Some(now),
+            eversion,
+        }
+    });
     Evaluation {
         eversion,
         reasons,

@@ -13,7 +13,7 @@ use crate::notifier::project_stream;
 use crate::proto::{ProjectSnapshot, ProjectState};
 use crate::store::{Direction, EventStore, ReadFrom, StoreError};
 
-use super::derived::snapshot_stream;
+use super::derived::{snapshot_stream, SNAPSHOT_INTERVAL_EVERSIONS};
 
 /// How many events a load reads per page.
 pub const LOAD_PAGE_EVENTS: usize = 4_096;
@@ -79,6 +79,26 @@ fn fits(snapshot: &ProjectSnapshot, target: Target) -> bool {
     }
 }
 
+/// How many snapshots one read of the snapshot stream returns.
+const SNAPSHOT_PAGE: usize = 8;
+
+/// Where to start looking for a snapshot of an eversion below `n`: the
+/// projector writes one every [`SNAPSHOT_INTERVAL_EVERSIONS`], so revision
+/// `k` normally holds eversion `(k + 1) × 100`. The guess only saves reads: a
+/// stream written otherwise is still searched backwards from the guess and
+/// gives a correct, maybe older, snapshot.
+fn first_candidate(target: Target, last: u64) -> u64 {
+    match target {
+        Target::Eversion(n) => {
+            let below = u64::try_from((n - 1).max(0)).unwrap_or(0);
+            (below / SNAPSHOT_INTERVAL_EVERSIONS as u64)
+                .saturating_sub(1)
+                .min(last)
+        }
+        Target::Latest | Target::Revision(_) => last,
+    }
+}
+
 /// The newest valid snapshot that fits the target, with warnings about the
 /// invalid ones skipped.
 pub async fn newest_snapshot<S: EventStore>(
@@ -88,35 +108,53 @@ pub async fn newest_snapshot<S: EventStore>(
 ) -> Result<(Option<ProjectSnapshot>, Vec<String>), StoreError> {
     let stream = snapshot_stream(project);
     let mut warnings = Vec::new();
-    let records = store
-        .read_stream(&stream, ReadFrom::End, Direction::Backwards, usize::MAX)
-        .await?;
-    for record in records {
-        let snapshot = match ProjectSnapshot::decode(record.data.as_slice()) {
-            Ok(snapshot) => snapshot,
-            Err(err) => {
+    let Some(last) = store.stream_revision(&stream).await? else {
+        return Ok((None, warnings));
+    };
+    let mut next = Some(first_candidate(target, last));
+    while let Some(from) = next {
+        let records = store
+            .read_stream(
+                &stream,
+                ReadFrom::Revision(from),
+                Direction::Backwards,
+                SNAPSHOT_PAGE,
+            )
+            .await?;
+        next = match records.last() {
+            Some(oldest) if oldest.revision > 0 && records.len() == SNAPSHOT_PAGE => {
+                Some(oldest.revision - 1)
+            }
+            _ => None,
+        };
+        for record in records {
+            let snapshot = match ProjectSnapshot::decode(record.data.as_slice()) {
+                Ok(snapshot) => snapshot,
+                Err(err) => {
+                    warnings.push(format!(
+                        "{stream} revision {}: snapshot does not decode ({err}); skipped",
+                        record.revision
+                    ));
+                    continue;
+                }
+            };
+            if !fits(&snapshot, target) {
+                continue;
+            }
+            let Some(state) = &snapshot.state else {
                 warnings.push(format!(
-                    "{stream} revision {}: snapshot does not decode ({err}); skipped",
+                    "{stream} revision {}: snapshot has no state; skipped",
                     record.revision
                 ));
                 continue;
+            };
+            if state.luci_project != project || fold::state_digest(state) != snapshot.state_digest {
+                warnings.push(format!(
+                    "{stream} revision {}: snapshot of eversion {} does not match its digest; skipped",
+                    record.revision, snapshot.eversion
+                ));
+                continue;
             }
-        };
-        let Some(state) = &snapshot.state else {
-            warnings.push(format!(
-                "{stream} revision {}: snapshot has no state; skipped",
-                record.revision
-            ));
-            continue;
-        };
-        if state.luci_project != project || fold::state_digest(state) != snapshot.state_digest {
-            warnings.push(format!(
-                "{stream} revision {}: snapshot of eversion {} does not match its digest; skipped",
-                record.revision, snapshot.eversion
-            ));
-            continue;
-        }
-        if fits(&snapshot, target) {
             return Ok((Some(snapshot), warnings));
         }
     }

@@ -10,8 +10,8 @@
 //! there and reloads each project from its newest snapshot plus the tail.
 //!
 //! The scheduler lives in the same task: a project with new input events is
-//! evaluated at most once per [`BATCH_INTERVAL`] (the original's task
-//! interval), and at its `next_eval_time`. A marker is appended with the
+//! evaluated at the next whole second (at most once per [`BATCH_INTERVAL`],
+//! the original's task interval), and at its `next_eval_time`. A marker is appended with the
 //! expected revision the projector has folded through; a conflict means new
 //! events arrived, and the project is simply evaluated again later. So two
 //! service processes on one store never append two markers for one eversion.
@@ -468,16 +468,11 @@ impl<S: EventStore> Projector<S> {
         self.processed_position = event.position;
     }
 
-    /// Schedules a marker for new input events: at most once per second.
+    /// Schedules a marker for new input events at the next whole second, as
+    /// the original's deduplicated task dispatch does: at most one marker per
+    /// wall-clock second.
     fn schedule_batch(&mut self, project: &str) {
-        let now = wall_clock();
-        let entry = &self.projects[project];
-        let earliest = entry
-            .state
-            .update_time
-            .as_ref()
-            .map(|last| from_nanos(to_nanos(last) + BATCH_INTERVAL.as_nanos() as i128));
-        let due = dispatch_eta(&now, earliest.as_ref());
+        let due = dispatch_eta(&wall_clock(), None);
         self.set_due(project, due);
     }
 
@@ -530,11 +525,7 @@ impl<S: EventStore> Projector<S> {
                 state: Some(entry.state.clone()),
             }
         });
-        let next_eval_time = entry
-            .state
-            .pstate
-            .as_ref()
-            .and_then(|p| p.next_eval_time);
+        let next_eval_time = entry.state.pstate.as_ref().and_then(|p| p.next_eval_time);
         let needs_snapshot_metadata = snapshot.is_some() && !entry.snapshot_metadata_set;
         if needs_snapshot_metadata {
             entry.snapshot_metadata_set = true;

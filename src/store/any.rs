@@ -1,11 +1,15 @@
 //! Store URLs and a store chosen at run time.
 //!
 //! `sqlite://PATH` opens the embedded store (the default,
-//! `sqlite://./data/prjmanager.db`); `memory://` an empty in-memory store.
+//! `sqlite://./data/prjmanager.db`); `memory://` an empty in-memory store;
+//! `esdb://…` and `esdb+discover://…` an EventStoreDB/KurrentDB node or
+//! cluster (the connection string is the `eventstore` client's, e.g.
+//! `esdb://127.0.0.1:2113?tls=false`; see `store::esdb`).
 
 use std::path::PathBuf;
 
 use super::embedded::EmbeddedStore;
+use super::esdb::EsdbStore;
 use super::memory::MemoryStore;
 use super::{
     AppendResult, Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom, RecordedEvent,
@@ -22,6 +26,32 @@ pub enum StoreUrl {
     Sqlite(PathBuf),
     /// A fresh in-memory store.
     Memory,
+    /// An EventStoreDB connection string (`esdb://` or `esdb+discover://`).
+    Esdb(EsdbUrl),
+}
+
+/// An EventStoreDB connection string, checked by the client's parser; its
+/// `Debug` hides any password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EsdbUrl(String);
+
+impl EsdbUrl {
+    /// The connection string as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for EsdbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = match (self.0.find("://"), self.0.find('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &self.0[..scheme], &self.0[at + 1..])
+            }
+            _ => self.0.clone(),
+        };
+        f.debug_tuple("EsdbUrl").field(&shown).finish()
+    }
 }
 
 impl std::str::FromStr for StoreUrl {
@@ -38,12 +68,13 @@ impl std::str::FromStr for StoreUrl {
             return Ok(Self::Memory);
         }
         if url.starts_with("esdb://") || url.starts_with("esdb+discover://") {
-            return Err(format!(
-                "store URL {url:?}: the EventStoreDB backend is not built into this version yet"
-            ));
+            return match url.parse::<eventstore::ClientSettings>() {
+                Ok(_) => Ok(Self::Esdb(EsdbUrl(url.to_string()))),
+                Err(e) => Err(format!("bad EventStoreDB store URL: {e}")),
+            };
         }
         Err(format!(
-            "unknown store URL {url:?}: expected sqlite://PATH or memory://"
+            "unknown store URL {url:?}: expected sqlite://PATH, memory:// or esdb://HOST:PORT"
         ))
     }
 }
@@ -55,6 +86,8 @@ pub enum AnyStore {
     Embedded(EmbeddedStore),
     /// The in-memory store.
     Memory(MemoryStore),
+    /// An EventStoreDB node or cluster.
+    Esdb(EsdbStore),
 }
 
 impl AnyStore {
@@ -63,6 +96,7 @@ impl AnyStore {
         Ok(match url {
             StoreUrl::Sqlite(path) => Self::Embedded(EmbeddedStore::open(path)?),
             StoreUrl::Memory => Self::Memory(MemoryStore::new()),
+            StoreUrl::Esdb(url) => Self::Esdb(EsdbStore::connect(url.as_str())?),
         })
     }
 }
@@ -72,6 +106,7 @@ macro_rules! dispatch {
         match $self {
             AnyStore::Embedded($s) => $e,
             AnyStore::Memory($s) => $e,
+            AnyStore::Esdb($s) => $e,
         }
     };
 }

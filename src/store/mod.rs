@@ -1,5 +1,5 @@
 //! The event store: one narrow trait modelled on EventStoreDB, and its
-//! implementations (`memory`, `embedded`).
+//! implementations (`memory`, `embedded`, `esdb`).
 //!
 //! # Contract
 //!
@@ -33,6 +33,7 @@
 pub mod any;
 mod catchup;
 pub mod embedded;
+pub mod esdb;
 pub mod memory;
 
 use std::future::Future;

@@ -7,7 +7,18 @@
 //!   `ack <seq> <revision>` after each acknowledged append (the crash test
 //!   kills it with SIGKILL).
 //!
+//! * `pm-bench fold`: input events/s of the pure fold on one core, for a
+//!   project with 1,000 active CLs in 50 components, markers every 20 events.
+//! * `pm-bench memory`: resident memory of 1,000 projects of 100 active CLs.
+//! * `pm-bench service`: concurrent gRPC notifiers against `prjmanager serve`.
+//! * `pm-bench replay`: rebuilds of a 1,000,000-event stream, and a full replay.
+//!
 //! Numbers are printed, never asserted: benchmarks are run by hand.
+
+mod fold;
+mod record;
+mod replay_bench;
+mod service;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +58,66 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         projects: usize,
     },
+    /// Fold throughput of the pure fold on one core.
+    Fold {
+        /// Input events to fold.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Active CLs of the project.
+        #[arg(long, default_value_t = 1_000)]
+        cls: i64,
+        /// Components (stacks) they form.
+        #[arg(long, default_value_t = 50)]
+        components: i64,
+        /// A marker after every this many input events.
+        #[arg(long, default_value_t = 20)]
+        markers_every: u64,
+    },
+    /// Concurrent gRPC notifiers against a running service.
+    Service {
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 32)]
+        callers: usize,
+        /// How long to measure.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Projects the events are spread over.
+        #[arg(long, default_value_t = 16)]
+        projects: usize,
+    },
+    /// Rebuild of random eversions of a long stream, and a full replay.
+    Replay {
+        /// Events in the stream (input events and markers).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Random eversions to rebuild.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        /// Active CLs of the project.
+        #[arg(long, default_value_t = 100)]
+        cls: i64,
+        /// Stacks they form.
+        #[arg(long, default_value_t = 10)]
+        components: i64,
+    },
+    /// Resident memory of many projects' states.
+    Memory {
+        /// Projects.
+        #[arg(long, default_value_t = 1_000)]
+        projects: usize,
+        /// Active CLs per project.
+        #[arg(long, default_value_t = 100)]
+        cls: i64,
+    },
+    /// Record a scenario of the replays/ corpus through a running service.
+    Record {
+        /// The scenario (lifecycle, dry-run, chained-votes-denied, parent-run-fails,
+        /// combine-cls, reused-trigger, purge-expires, busy).
+        scenario: String,
+        /// The replay file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Append ClsUpdated events forever, printing each acknowledgement.
     AppendLoop {
         /// The embedded store file.
@@ -74,6 +145,51 @@ fn main() -> Result<()> {
             dir,
             projects,
         } => runtime.block_on(append(callers, seconds, dir, projects)),
+        Command::Fold {
+            events,
+            cls,
+            components,
+            markers_every,
+        } => {
+            let (folded, elapsed, left) = fold::run_fold(events, cls, components, markers_every);
+            println!(
+                "pm-bench fold: {folded} input events ({cls} active CLs in {components} stacks, marker every {markers_every}) in {:.3} s on one core: {:.0} events/s; {left} components at the end",
+                elapsed.as_secs_f64(),
+                folded as f64 / elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Service {
+            callers,
+            seconds,
+            projects,
+        } => runtime.block_on(service::run(callers, seconds, projects)),
+        Command::Replay {
+            events,
+            samples,
+            cls,
+            components,
+        } => runtime.block_on(replay_bench::run(events, samples, cls, components)),
+        Command::Memory { projects, cls } => {
+            let before = fold::resident_bytes().unwrap_or(0);
+            let states: Vec<_> = (0..projects)
+                .map(|i| fold::active_project(&format!("p{i}"), 10, cls / 10, 1_700_000_000).0)
+                .collect();
+            let after = fold::resident_bytes().unwrap_or(0);
+            let pcls: usize = states
+                .iter()
+                .map(|s| s.pstate.as_ref().map_or(0, |p| p.pcls.len()))
+                .sum();
+            println!(
+                "pm-bench memory: {projects} projects, {pcls} PCLs in all: resident {:.1} MiB before, {:.1} MiB after, {:.1} MiB for the states",
+                before as f64 / 1048576.0,
+                after as f64 / 1048576.0,
+                after.saturating_sub(before) as f64 / 1048576.0
+            );
+            drop(states);
+            Ok(())
+        }
+        Command::Record { scenario, out } => runtime.block_on(record::record(&scenario, &out)),
         Command::AppendLoop {
             db,
             project,
@@ -133,12 +249,12 @@ pub fn bench_cl(seq: u64) -> proto::ChangeList {
     }
 }
 
-struct Percentiles {
-    p50: Duration,
-    p99: Duration,
+pub(crate) struct Percentiles {
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
 }
 
-fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
+pub(crate) fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
     samples.sort_unstable();
     let at = |q: f64| {
         if samples.is_empty() {
@@ -153,7 +269,7 @@ fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
     }
 }
 
-fn millis(d: Duration) -> f64 {
+pub(crate) fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 

@@ -12,8 +12,8 @@ use crate::proto::{
 };
 
 use super::deps::{triage_deps, TriagedDeps};
-use super::time::{opt_ts_nanos, Nanos};
 use super::{cq_trigger, npr_trigger, DRY_RUN, FULL_RUN, NEW_PATCHSET_RUN, QUICK_DRY_RUN};
+use crate::domain::time::{nanos_if_set, Nanos};
 
 /// One CL of the component being triaged, with the result of its triage.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +61,7 @@ impl<'a> ClInfo<'a> {
 
     /// The latest CQ-vote trigger time among this CL and its deps.
     pub(crate) fn last_cq_vote_triggered(&self) -> Option<Nanos> {
-        let this = cq_trigger(self.pcl).and_then(|t| opt_ts_nanos(t.time.as_ref()));
+        let this = cq_trigger(self.pcl).and_then(|t| nanos_if_set(t.time.as_ref()));
         let deps = self.deps.as_ref().and_then(|d| d.last_cq_vote_triggered);
         match (this, deps) {
             (Some(a), Some(b)) => Some(a.max(b)),

@@ -8,8 +8,9 @@ use crate::proto::{Component, CreateRun, InputCl, RunOptions, Snapshot, Trigger}
 
 use super::cls::ClInfo;
 use super::run_id::{self, RunIdCl};
-use super::time::{opt_ts_nanos, round_to_micros, to_timestamp};
+use super::to_timestamp;
 use super::{TriggerKind, DRY_RUN, FULL_RUN, NEW_PATCHSET_RUN, QUICK_DRY_RUN};
+use crate::domain::time::{nanos_if_set, round_nanos_to_micros};
 
 /// The Gerrit label whose positive vote makes the owner pay for a full Run.
 pub(crate) const AUTO_SUBMIT_LABEL: &str = "Auto-Submit";
@@ -59,7 +60,7 @@ impl Combo {
             }
             if let Some(t) = kind
                 .choose(info.pcl.triggers.as_ref())
-                .and_then(|t| opt_ts_nanos(t.time.as_ref()))
+                .and_then(|t| nanos_if_set(t.time.as_ref()))
             {
                 if combo.max_triggered_time.map_or(true, |max| t > max) {
                     combo.max_triggered_time = Some(t);
@@ -149,9 +150,9 @@ pub(crate) fn make_creator(
         t,
         latest_entity.snapshot.as_ref(),
     )?;
-    let create_ns = opt_ts_nanos(t.time.as_ref())
+    let create_ns = nanos_if_set(t.time.as_ref())
         .ok_or_else(|| TriageError::Bug(format!("CL {latest}: trigger without time")))?;
-    let create_time = to_timestamp(round_to_micros(create_ns))?;
+    let create_time = to_timestamp(round_nanos_to_micros(create_ns))?;
 
     let mut rc = CreateRun {
         run_id: String::new(),

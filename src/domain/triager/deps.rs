@@ -9,8 +9,8 @@ use crate::proto::cl_error::invalid_deps::TooMany;
 use crate::proto::cl_error::{InvalidDeps, Kind};
 use crate::proto::{dep::DepKind, pcl, ClError, ConfigGroup, Dep, Pcl, Trigger};
 
-use super::time::{opt_ts_nanos, Nanos};
 use super::{cq_trigger, FULL_RUN, MAX_ALLOWED_DEPS};
+use crate::domain::time::{nanos_if_set, Nanos};
 
 /// The deps of one CL, by category (categories are exclusive).
 ///
@@ -84,7 +84,7 @@ pub(crate) fn triage_deps(
         res.categorize(pcl, cg_index, cg, dep_pcl, dep, position)?;
         if let Some(t) = dep_pcl
             .and_then(cq_trigger)
-            .and_then(|t| opt_ts_nanos(t.time.as_ref()))
+            .and_then(|t| nanos_if_set(t.time.as_ref()))
         {
             if res.last_cq_vote_triggered.map_or(true, |last| last < t) {
                 res.last_cq_vote_triggered = Some(t);

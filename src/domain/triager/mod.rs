@@ -25,7 +25,6 @@ pub(crate) mod deps;
 pub(crate) mod purges;
 pub mod run_id;
 pub(crate) mod runs;
-pub(crate) mod time;
 pub(crate) mod trigger_deps;
 
 #[cfg(test)]
@@ -34,7 +33,7 @@ mod tests;
 use crate::domain::triage_api::{PmView, TriageError, TriageResult};
 use crate::proto::{self, Pcl, Trigger, Triggers};
 
-use time::{earliest, is_same_time, to_timestamp};
+use crate::domain::time::{checked_from_nanos, earliest, is_same_time, Nanos};
 
 /// Run mode of a CQ+1 vote.
 pub(crate) const DRY_RUN: &str = "DRY_RUN";
@@ -65,6 +64,13 @@ impl TriggerKind {
             TriggerKind::NewPatchset => triggers.new_patchset_run_trigger.as_ref(),
         }
     }
+}
+
+/// The normalised timestamp of an instant; an instant beyond the `i64`
+/// seconds range is a bug of the data, reported rather than panicked on.
+pub(crate) fn to_timestamp(n: Nanos) -> Result<pbjson_types::Timestamp, TriageError> {
+    checked_from_nanos(n)
+        .ok_or_else(|| TriageError::Bug(format!("time {n}ns is out of the timestamp range")))
 }
 
 /// The CQ-vote trigger of a PCL.

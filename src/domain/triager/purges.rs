@@ -8,15 +8,15 @@ use crate::domain::triage_api::{PmView, TriageError};
 use crate::proto::{purge_reason, purging_cl, PurgeCl, PurgingCl, Triggers};
 
 use super::cls::ClInfo;
-use super::time::{duration_nanos, earliest, ts_nanos, Nanos};
 use super::{cq_trigger, npr_trigger};
+use crate::domain::time::{duration_nanos, earliest, to_nanos, Nanos};
 
 /// Purges to do now (ascending clid) and the earliest future purge time.
 pub(crate) fn stage_purges(
     cls: &BTreeMap<i64, ClInfo<'_>>,
     view: &PmView<'_>,
 ) -> Result<(Vec<PurgeCl>, Option<Nanos>), TriageError> {
-    let now = ts_nanos(&view.now);
+    let now = to_nanos(&view.now);
     let mut out = Vec::new();
     let mut next = None;
     for (&clid, info) in cls {

@@ -13,14 +13,16 @@ use crate::proto::{dep::DepKind, pcl, ClError, Component, CreateRun, Pcl};
 
 use super::cls::ClInfo;
 use super::creator::{make_creator, Combo};
-use super::time::{duration_nanos, opt_ts_nanos, ts_nanos, Nanos, MINUTE, SECOND};
 use super::{TriggerKind, FULL_RUN, NEW_PATCHSET_RUN};
+use crate::domain::time::{
+    duration_nanos, nanos_if_set, to_nanos, Nanos, MINUTE_NANOS, SECOND_NANOS,
+};
 
 /// How long to wait before re-checking a Run that exists but is not yet known
 /// as a component Run.
-pub(crate) const EXISTING_RUN_RECHECK_DELAY: Nanos = 5 * SECOND;
+pub(crate) const EXISTING_RUN_RECHECK_DELAY: Nanos = 5 * SECOND_NANOS;
 /// How long after a Run ended (or was requested) before acting on its trigger again.
-pub(crate) const RECENT_RUN_WAIT: Nanos = MINUTE;
+pub(crate) const RECENT_RUN_WAIT: Nanos = MINUTE_NANOS;
 
 /// The Runs staged for creation and the earliest time to triage again.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -61,7 +63,7 @@ pub(crate) fn stage_new_runs(
     for &clid in &component.clids {
         let (runs, t) = stage.stage_new_runs_from(clid, cls)?;
         if runs.is_empty() {
-            next = super::time::earliest(next, t);
+            next = crate::domain::time::earliest(next, t);
         } else {
             candidates.extend(runs);
         }
@@ -114,12 +116,12 @@ impl RunStage<'_, '_> {
         if cq_ready {
             let (cq_runs, t) = self.stage_new_cq_vote_runs_from(clid, cls)?;
             runs.extend(cq_runs);
-            next = super::time::earliest(t, next);
+            next = crate::domain::time::earliest(t, next);
         }
         if npr_ready {
             let (npr_runs, t) = self.stage_new_patchset_runs_from(clid, cls)?;
             runs.extend(npr_runs);
-            next = super::time::earliest(t, next);
+            next = crate::domain::time::earliest(t, next);
         }
         Ok((runs, next))
     }
@@ -181,7 +183,7 @@ impl RunStage<'_, '_> {
                 .map_or(0, duration_nanos);
             if let Some(max) = combo.max_triggered_time {
                 let next = max + delay;
-                if next > ts_nanos(&self.view.now) {
+                if next > to_nanos(&self.view.now) {
                     // Users may still change their mind: decide later.
                     return Ok((Vec::new(), Some(next)));
                 }
@@ -332,11 +334,11 @@ fn first_config_group(pcl: &Pcl) -> Result<i32, TriageError> {
 /// Whether the Run to create already exists or was just requested
 /// (the original's `checkExisting` plus the run-request rule of DESIGN §6).
 fn check_existing(rc: &CreateRun, view: &PmView<'_>) -> Existing {
-    let now = ts_nanos(&view.now);
+    let now = to_nanos(&view.now);
     match view.run(&rc.run_id) {
         None => match view
             .run_request(&rc.run_id)
-            .and_then(|r| opt_ts_nanos(r.requested_at.as_ref()))
+            .and_then(|r| nanos_if_set(r.requested_at.as_ref()))
         {
             // Requested recently and not yet seen: do not ask again too soon.
             Some(at) if now - at < RECENT_RUN_WAIT => Existing::Wait(Some(at + RECENT_RUN_WAIT)),
@@ -344,7 +346,7 @@ fn check_existing(rc: &CreateRun, view: &PmView<'_>) -> Existing {
         },
         // Most likely created by an earlier request and not yet in the state.
         Some(run) if run.status & 64 == 0 => Existing::Wait(Some(now + EXISTING_RUN_RECHECK_DELAY)),
-        Some(run) => match opt_ts_nanos(run.end_time.as_ref()) {
+        Some(run) => match nanos_if_set(run.end_time.as_ref()) {
             Some(end) if now - end < RECENT_RUN_WAIT => Existing::Wait(Some(end + RECENT_RUN_WAIT)),
             // Ended long ago (an unset end time counts as long ago).
             _ => Existing::Reused(run.id.clone()),

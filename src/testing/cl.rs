@@ -1,0 +1,304 @@
+//! Builder of CL entity versions (`ChangeList`) for scenarios.
+
+use pbjson_types::Timestamp;
+
+use super::{t, HOST};
+use crate::proto::{
+    dep::DepKind, gerrit_change::ChangeStatus, ApplicableConfig, ApplicableProject, ChangeList,
+    ClError, Dep, Footer, GerritChange, NoAccess, Snapshot, Vote,
+};
+
+/// The Gerrit account id used for an email: `N` for `user-N@…`, otherwise
+/// a stable hash of the email (FNV-1a, 6 digits), so that votes and owners
+/// need only an email in scenarios.
+pub fn account_id(email: &str) -> i64 {
+    let local = email.split('@').next().unwrap_or_default();
+    if let Some(n) = local.strip_prefix("user-").and_then(|n| n.parse().ok()) {
+        return n;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in email.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::try_from(hash % 900_000).expect("below 900000") + 100_000
+}
+
+/// How the CL's applicable config (the projects watching it) is set.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Watching {
+    /// Watched by the scenario's project; the groups are the explicit ones
+    /// or, if none, those the latest config's watches match.
+    ThisProject,
+    /// Watched by these projects (the scenario's project among them or not).
+    Projects(Vec<String>),
+    /// No applicable config: the PM's access to the CL is unknown.
+    Unknown,
+}
+
+/// Builds the next version of one CL entity.
+///
+/// A CL's first version has these defaults: patchset 1 of change `clid` on
+/// `g-review.example.com`, repo `repo/a`, ref `refs/heads/main`, revision
+/// `rev-<clid:06>-<patchset:03>` uploaded at `T0-1h`, owner
+/// `user-1@example.com`, status NEW, no votes, no deps, eversion 1. A later
+/// version starts from the previous one with the eversion bumped and the
+/// snapshot fresh (not outdated).
+#[derive(Debug, Clone)]
+pub struct ClBuilder {
+    pub(crate) cl: ChangeList,
+    pub(crate) groups: Vec<String>,
+    pub(crate) watching: Watching,
+}
+
+impl ClBuilder {
+    /// The first version of a CL.
+    pub(crate) fn first(project: &str, clid: i64) -> ClBuilder {
+        let mut b = ClBuilder {
+            cl: ChangeList {
+                clid,
+                eversion: 1,
+                snapshot: Some(Snapshot {
+                    luci_project: project.to_string(),
+                    gerrit: Some(GerritChange {
+                        host: HOST.to_string(),
+                        change: clid,
+                        project: "repo/a".to_string(),
+                        r#ref: "refs/heads/main".to_string(),
+                        status: ChangeStatus::New as i32,
+                        current_revision_created: Some(t(-60)),
+                        ..GerritChange::default()
+                    }),
+                    ..Snapshot::default()
+                }),
+                ..ChangeList::default()
+            },
+            groups: Vec::new(),
+            watching: Watching::ThisProject,
+        };
+        b = b.owner("user-1@example.com").patchset(1);
+        b
+    }
+
+    /// The next version of a CL, from its previous one.
+    pub(crate) fn next(previous: &ClBuilder) -> ClBuilder {
+        let mut b = previous.clone();
+        b.cl.eversion += 1;
+        b.snapshot().outdated = false;
+        b
+    }
+
+    fn snapshot(&mut self) -> &mut Snapshot {
+        self.cl.snapshot.get_or_insert_with(Snapshot::default)
+    }
+
+    fn gerrit(&mut self) -> &mut GerritChange {
+        self.snapshot()
+            .gerrit
+            .get_or_insert_with(GerritChange::default)
+    }
+
+    /// Sets the current patchset (and the revision name `rev-<clid:06>-<ps:03>`).
+    pub fn patchset(mut self, patchset: i32) -> Self {
+        let clid = self.cl.clid;
+        let snapshot = self.snapshot();
+        snapshot.patchset = patchset;
+        snapshot.min_equivalent_patchset = patchset;
+        self.gerrit().current_revision = format!("rev-{clid:06}-{patchset:03}");
+        self
+    }
+
+    /// Sets when the current revision was uploaded (default `T0-1h`).
+    pub fn uploaded(mut self, at: Timestamp) -> Self {
+        self.gerrit().current_revision_created = Some(at);
+        self
+    }
+
+    /// Sets the owner's email ("" = an owner without email) and account id.
+    pub fn owner(mut self, email: &str) -> Self {
+        let gerrit = self.gerrit();
+        gerrit.owner_email = email.to_string();
+        gerrit.owner_account_id = if email.is_empty() {
+            1
+        } else {
+            account_id(email)
+        };
+        self
+    }
+
+    /// Sets the Gerrit host.
+    pub fn host(mut self, host: &str) -> Self {
+        self.gerrit().host = host.to_string();
+        self
+    }
+
+    /// Sets the Gerrit repo.
+    pub fn repo(mut self, repo: &str) -> Self {
+        self.gerrit().project = repo.to_string();
+        self
+    }
+
+    /// Sets the target ref.
+    pub fn git_ref(mut self, git_ref: &str) -> Self {
+        self.gerrit().r#ref = git_ref.to_string();
+        self
+    }
+
+    /// Adds a config group of the latest config to the CL's applicable config
+    /// (without any, the groups are those the config's watches match).
+    pub fn group(mut self, name: &str) -> Self {
+        self.groups.push(name.to_string());
+        self
+    }
+
+    /// Adds a vote on `label` by `email` at `at`.
+    pub fn vote(mut self, label: &str, value: i32, email: &str, at: Timestamp) -> Self {
+        self.gerrit().votes.push(Vote {
+            label: label.to_string(),
+            value,
+            email: email.to_string(),
+            account_id: account_id(email),
+            time: Some(at),
+        });
+        self
+    }
+
+    /// Adds a `Commit-Queue` vote (1: dry run, 2: full run).
+    pub fn cq_vote(self, value: i32, email: &str, at: Timestamp) -> Self {
+        self.vote("Commit-Queue", value, email, at)
+    }
+
+    /// Adds an `Auto-Submit` +1 vote.
+    pub fn auto_submit(self, email: &str, at: Timestamp) -> Self {
+        self.vote("Auto-Submit", 1, email, at)
+    }
+
+    /// Removes every vote (as a purge or a vote removal does).
+    pub fn no_votes(mut self) -> Self {
+        self.gerrit().votes.clear();
+        self
+    }
+
+    /// Appends HARD deps (git parents), in order.
+    pub fn deps_hard(self, clids: &[i64]) -> Self {
+        self.deps(clids, DepKind::Hard)
+    }
+
+    /// Appends SOFT deps (`Cq-Depend:` footers), in order.
+    pub fn deps_soft(self, clids: &[i64]) -> Self {
+        self.deps(clids, DepKind::Soft)
+    }
+
+    fn deps(mut self, clids: &[i64], kind: DepKind) -> Self {
+        self.snapshot().deps.extend(clids.iter().map(|&clid| Dep {
+            clid,
+            kind: kind as i32,
+        }));
+        self
+    }
+
+    /// Adds a footer to the snapshot metadata (e.g. `Commit: false`).
+    pub fn footer(mut self, key: &str, value: &str) -> Self {
+        self.snapshot().metadata.push(Footer {
+            key: key.to_string(),
+            value: value.to_string(),
+        });
+        self
+    }
+
+    /// Adds a snapshot ingestion error (e.g. `corrupt_gerrit_metadata`).
+    pub fn snapshot_error(mut self, kind: crate::proto::cl_error::Kind) -> Self {
+        self.snapshot().errors.push(ClError { kind: Some(kind) });
+        self
+    }
+
+    /// Marks the change merged.
+    pub fn status_merged(mut self) -> Self {
+        self.gerrit().status = ChangeStatus::Merged as i32;
+        self
+    }
+
+    /// Marks the change abandoned.
+    pub fn status_abandoned(mut self) -> Self {
+        self.gerrit().status = ChangeStatus::Abandoned as i32;
+        self
+    }
+
+    /// Marks the change open (NEW) again.
+    pub fn status_new(mut self) -> Self {
+        self.gerrit().status = ChangeStatus::New as i32;
+        self
+    }
+
+    /// Marks the change submittable.
+    pub fn submittable(mut self) -> Self {
+        self.snapshot().submittable = true;
+        self
+    }
+
+    /// Marks the snapshot outdated (a CV mutation happened since it was taken).
+    pub fn outdated(mut self) -> Self {
+        self.snapshot().outdated = true;
+        self
+    }
+
+    /// Leaves the CL without applicable config: the PM's access is unknown.
+    pub fn access_unknown(mut self) -> Self {
+        self.watching = Watching::Unknown;
+        self
+    }
+
+    /// Makes the CL watched by the scenario's project again (the default).
+    pub fn watched(mut self) -> Self {
+        self.watching = Watching::ThisProject;
+        self
+    }
+
+    /// Makes the CL watched by exactly these projects (`&[]`: by none).
+    pub fn watched_by_projects(mut self, projects: &[&str]) -> Self {
+        self.watching = Watching::Projects(projects.iter().map(|p| p.to_string()).collect());
+        self
+    }
+
+    /// Records that the project has no access to the CL (since `at`; until
+    /// then access is only "probably" denied).
+    pub fn no_access(mut self, project: &str, at: Timestamp) -> Self {
+        self.cl
+            .access
+            .get_or_insert_with(Default::default)
+            .no_access
+            .push(NoAccess {
+                project: project.to_string(),
+                no_access_time: Some(at),
+            });
+        self
+    }
+
+    /// Marks the CL entity deleted.
+    pub fn deleted(mut self) -> Self {
+        self.cl.deleted = true;
+        self
+    }
+
+    /// Sets the entity version explicitly.
+    pub fn eversion(mut self, eversion: i64) -> Self {
+        self.cl.eversion = eversion;
+        self
+    }
+
+    /// Sets the last patchset a NEW_PATCHSET_RUN ran on.
+    pub fn new_patchset_run_after(mut self, patchset: i32) -> Self {
+        self.cl.trigger_new_patchset_run_after_ps = patchset;
+        self
+    }
+
+    /// The applicable config for `project` with these group ids.
+    pub(crate) fn applicable(project: &str, group_ids: Vec<String>) -> ApplicableConfig {
+        ApplicableConfig {
+            projects: vec![ApplicableProject {
+                name: project.to_string(),
+                config_group_ids: group_ids,
+            }],
+        }
+    }
+}

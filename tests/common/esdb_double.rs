@@ -1,0 +1,985 @@
+//! An in-process EventStoreDB double: a tonic server speaking the
+//! `event_store.client.streams.Streams` service (Append, Read with counts and
+//! catch-up subscriptions, Delete, Tombstone) over an in-memory log, on a
+//! loopback port, so the real `eventstore` client talks to it unchanged.
+//!
+//! It is compiled from our own description of the wire contract
+//! (`proto/esdb/`, compiled by build.rs into `$OUT_DIR/esdb_wire/`). It
+//! mimics the server behaviour recorded in
+//! shared/reference/eventstore-client.md §3.4: conflicts as an `AppendResp`
+//! message, idempotent re-appends by event id at the expected position,
+//! `$maxCount`/`$tb` from the newest `$$stream` event applied on reads,
+//! `last_stream_position` after stream reads, subscriptions that start after
+//! the given revision/position (exclusive), confirm, catch up, send
+//! `caught_up`, go live and **never end with status OK** (the client
+//! busy-spins on OK), and no ServerFeatures service (the client accepts
+//! `Unimplemented` there).
+//!
+//! The global log position is the log index: commit = prepare = index
+//! (0-based), so the adapter's positions (commit + 1) are 1, 2, 3, ….
+//!
+//! Faults: [`EsdbDouble::restart`] shuts the server's runtime down (every
+//! connection and subscription drops, as when a node dies) and serves again
+//! on the same port with the same log; [`EsdbDouble::drop_after_next_append`]
+//! commits the next append and then restarts before answering (the client
+//! sees a dropped connection and does not know whether it landed);
+//! [`EsdbDouble::fail_next_appends`] answers appends with `Unavailable`
+//! without writing.
+//!
+//! Limits: one node (no gossip, no cluster, no leader changes), no TLS, no
+//! authentication check, no BatchAppend, no persistent subscriptions, no
+//! `$maxAge`, no links/projections, no scavenging; `$all` subscription
+//! filters support prefixes and the exclude-system-events regex only.
+#![allow(dead_code, clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The generated wire types (our own proto of the contract).
+#[allow(clippy::all, missing_docs)]
+pub mod wire {
+    /// Package `event_store`.
+    pub mod event_store {
+        /// Package `event_store.client`.
+        pub mod client {
+            include!(concat!(env!("OUT_DIR"), "/esdb_wire/event_store.client.rs"));
+            /// Package `event_store.client.streams`.
+            pub mod streams {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/esdb_wire/event_store.client.streams.rs"
+                ));
+            }
+        }
+    }
+}
+
+use wire::event_store::client as pb;
+use wire::event_store::client::streams as sp;
+
+/// One stored event.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    /// Stream name.
+    pub stream: String,
+    /// Revision in the stream.
+    pub revision: u64,
+    /// Commit (= prepare) position: the index in the log.
+    pub commit: u64,
+    /// Event id.
+    pub id: ::uuid::Uuid,
+    /// System metadata (`type`, `content-type`, `created`).
+    pub metadata: HashMap<String, String>,
+    /// Custom (user) metadata.
+    pub custom: Vec<u8>,
+    /// Payload.
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    indexes: Vec<usize>,
+    /// Soft delete: revisions below this are gone.
+    deleted_before: Option<u64>,
+    tombstoned: bool,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    log: Vec<Arc<Rec>>,
+    streams: HashMap<String, StreamState>,
+}
+
+impl Log {
+    fn last(&self, stream: &str) -> Option<u64> {
+        self.streams
+            .get(stream)
+            .and_then(|s| s.indexes.len().checked_sub(1))
+            .map(|r| r as u64)
+    }
+
+    /// The first visible revision, from `$$stream`'s newest event and deletes.
+    fn first_visible(&self, stream: &str, last: u64) -> u64 {
+        let mut first = self
+            .streams
+            .get(stream)
+            .and_then(|s| s.deleted_before)
+            .unwrap_or(0);
+        let meta = format!("$${stream}");
+        if let Some(newest) = self
+            .streams
+            .get(&meta)
+            .and_then(|s| s.indexes.last())
+            .map(|&i| &self.log[i])
+        {
+            if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&newest.data) {
+                if let Some(tb) = json.get("$tb").and_then(|v| v.as_u64()) {
+                    first = first.max(tb);
+                }
+                if let Some(n) = json.get("$maxCount").and_then(|v| v.as_u64()) {
+                    first = first.max((last + 1).saturating_sub(n.max(1)));
+                }
+            }
+        }
+        first
+    }
+
+    fn event(&self, stream: &str, revision: u64) -> &Arc<Rec> {
+        &self.log[self.streams[stream].indexes[revision as usize]]
+    }
+}
+
+#[derive(Debug)]
+enum Control {
+    Restart { down_for: Duration },
+    Stop,
+}
+
+struct Shared {
+    log: Mutex<Log>,
+    live: broadcast::Sender<Arc<Rec>>,
+    control: Mutex<std::sync::mpsc::Sender<Control>>,
+    drop_after_append: AtomicU32,
+    fail_appends: AtomicU32,
+    append_calls: AtomicU64,
+    subscriptions: AtomicU64,
+    restarts: AtomicU64,
+}
+
+/// A running double; dropping it stops the server.
+pub struct EsdbDouble {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    control: std::sync::mpsc::Sender<Control>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EsdbDouble {
+    /// Starts a double on a free loopback port.
+    pub fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts a double on this address (port 0: a free one).
+    pub fn start_on(addr: SocketAddr) -> Self {
+        let listener = std::net::TcpListener::bind(addr).expect("bind the double");
+        let addr = listener.local_addr().unwrap();
+        let (control, commands) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared {
+            log: Mutex::new(Log::default()),
+            live: broadcast::channel(1 << 16).0,
+            control: Mutex::new(control.clone()),
+            drop_after_append: AtomicU32::new(0),
+            fail_appends: AtomicU32::new(0),
+            append_calls: AtomicU64::new(0),
+            subscriptions: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+        });
+        let runtime = serve(listener, shared.clone());
+        let thread_shared = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let mut runtime = Some(runtime);
+            loop {
+                match commands.recv() {
+                    Ok(Control::Restart { down_for }) => {
+                        if let Some(rt) = runtime.take() {
+                            rt.shutdown_background();
+                        }
+                        std::thread::sleep(down_for);
+                        let listener = bind_again(addr);
+                        runtime = Some(serve(listener, thread_shared.clone()));
+                        thread_shared.restarts.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(Control::Stop) | Err(_) => {
+                        if let Some(rt) = runtime.take() {
+                            rt.shutdown_background();
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            shared,
+            control,
+            thread: Some(thread),
+        }
+    }
+
+    /// The address the double serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A connection string for the adapter / the service.
+    pub fn url(&self) -> String {
+        format!("esdb://{}?tls=false", self.addr)
+    }
+
+    /// Kills every connection and subscription, stays down for `down_for`,
+    /// then serves the same log on the same port again. Returns once it is
+    /// serving again.
+    pub fn restart(&self, down_for: Duration) {
+        let before = self.restarts();
+        self.control.send(Control::Restart { down_for }).unwrap();
+        while self.restarts() == before {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// How many restarts happened (including fault-triggered ones).
+    pub fn restarts(&self) -> u64 {
+        self.shared.restarts.load(Ordering::SeqCst)
+    }
+
+    /// The next `n` appends are committed, then the server restarts before
+    /// answering (the connection drops mid-append).
+    pub fn drop_after_next_append(&self, n: u32) {
+        self.shared.drop_after_append.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` appends are refused with `Unavailable`, writing nothing.
+    pub fn fail_next_appends(&self, n: u32) {
+        self.shared.fail_appends.store(n, Ordering::SeqCst);
+    }
+
+    /// How many Append calls reached the double.
+    pub fn append_calls(&self) -> u64 {
+        self.shared.append_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many subscriptions were opened.
+    pub fn subscriptions_opened(&self) -> u64 {
+        self.shared.subscriptions.load(Ordering::SeqCst)
+    }
+
+    /// A snapshot of the whole log.
+    pub fn log(&self) -> Vec<Rec> {
+        let log = self.shared.log.lock().unwrap();
+        log.log.iter().map(|r| (**r).clone()).collect()
+    }
+}
+
+impl Drop for EsdbDouble {
+    fn drop(&mut self) {
+        let _ = self.control.send(Control::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn bind_again(addr: SocketAddr) -> std::net::TcpListener {
+    for _ in 0..200 {
+        if let Ok(listener) = std::net::TcpListener::bind(addr) {
+            return listener;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("cannot bind {addr} again");
+}
+
+/// Serves on `listener` in a new runtime; shutting the runtime down drops
+/// every connection.
+fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> tokio::runtime::Runtime {
+    listener.set_nonblocking(true).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("esdb-double")
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let (sender, incoming) = mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((socket, _)) => {
+                        let _ = socket.set_nodelay(true);
+                        if sender.send(Ok::<_, std::io::Error>(socket)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        });
+        let service = sp::streams_server::StreamsServer::new(Double { shared })
+            .max_decoding_message_size(64 << 20);
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(ReceiverStream::new(incoming))
+            .await;
+    });
+    runtime
+}
+
+struct Double {
+    shared: Arc<Shared>,
+}
+
+fn empty() -> pb::Empty {
+    pb::Empty {}
+}
+
+fn stream_name(id: Option<pb::StreamIdentifier>) -> Result<String, Status> {
+    let id = id.ok_or_else(|| Status::invalid_argument("no stream identifier"))?;
+    String::from_utf8(id.stream_name).map_err(|_| Status::invalid_argument("stream name not UTF-8"))
+}
+
+fn parse_uuid(id: Option<pb::Uuid>) -> Result<::uuid::Uuid, Status> {
+    match id.and_then(|u| u.value) {
+        Some(pb::uuid::Value::Structured(s)) => Ok(::uuid::Uuid::from_u64_pair(
+            s.most_significant_bits as u64,
+            s.least_significant_bits as u64,
+        )),
+        Some(pb::uuid::Value::String(s)) => {
+            s.parse().map_err(|_| Status::invalid_argument("bad uuid"))
+        }
+        None => Err(Status::invalid_argument("no event id")),
+    }
+}
+
+fn stream_deleted(stream: &str) -> Status {
+    let mut status = Status::failed_precondition(format!("Event stream '{stream}' is deleted."));
+    status
+        .metadata_mut()
+        .insert("exception", "stream-deleted".parse().unwrap());
+    if let Ok(name) = stream.parse() {
+        status.metadata_mut().insert("stream-name", name);
+    }
+    status
+}
+
+/// The expected revision of an append/delete/tombstone.
+#[derive(Debug, Clone, Copy)]
+enum Expected {
+    Any,
+    NoStream,
+    StreamExists,
+    Exact(u64),
+}
+
+impl Expected {
+    fn holds(self, last: Option<u64>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::NoStream => last.is_none(),
+            Self::StreamExists => last.is_some(),
+            Self::Exact(n) => last == Some(n),
+        }
+    }
+}
+
+fn append_expected(option: Option<sp::append_req::options::ExpectedStreamRevision>) -> Expected {
+    use sp::append_req::options::ExpectedStreamRevision as E;
+    match option {
+        Some(E::Revision(n)) => Expected::Exact(n),
+        Some(E::NoStream(_)) => Expected::NoStream,
+        Some(E::StreamExists(_)) => Expected::StreamExists,
+        Some(E::Any(_)) | None => Expected::Any,
+    }
+}
+
+fn recorded(rec: &Rec, structured: bool) -> sp::read_resp::ReadEvent {
+    let id = if structured {
+        let (most, least) = rec.id.as_u64_pair();
+        pb::uuid::Value::Structured(pb::uuid::Structured {
+            most_significant_bits: most as i64,
+            least_significant_bits: least as i64,
+        })
+    } else {
+        pb::uuid::Value::String(rec.id.to_string())
+    };
+    sp::read_resp::ReadEvent {
+        event: Some(sp::read_resp::read_event::RecordedEvent {
+            id: Some(pb::Uuid { value: Some(id) }),
+            stream_identifier: Some(pb::StreamIdentifier {
+                stream_name: rec.stream.clone().into_bytes(),
+            }),
+            stream_revision: rec.revision,
+            prepare_position: rec.commit,
+            commit_position: rec.commit,
+            metadata: rec.metadata.clone(),
+            custom_metadata: rec.custom.clone(),
+            data: rec.data.clone(),
+        }),
+        link: None,
+        position: Some(sp::read_resp::read_event::Position::CommitPosition(
+            rec.commit,
+        )),
+    }
+}
+
+fn event_msg(rec: &Rec, structured: bool) -> sp::ReadResp {
+    sp::ReadResp {
+        content: Some(sp::read_resp::Content::Event(recorded(rec, structured))),
+    }
+}
+
+/// A `$all` filter: stream-name or event-type prefixes or a regex.
+struct AllFilter {
+    on_stream: bool,
+    prefixes: Vec<String>,
+    regex: Option<regex::Regex>,
+}
+
+impl AllFilter {
+    fn from_options(
+        option: Option<sp::read_req::options::FilterOption>,
+    ) -> Result<Option<Self>, Status> {
+        use sp::read_req::options::filter_options::Filter;
+        use sp::read_req::options::FilterOption;
+        let Some(FilterOption::Filter(filter)) = option else {
+            return Ok(None);
+        };
+        let (on_stream, expression) = match filter.filter {
+            Some(Filter::StreamIdentifier(e)) => (true, e),
+            Some(Filter::EventType(e)) => (false, e),
+            None => return Ok(None),
+        };
+        let regex = if expression.regex.is_empty() {
+            None
+        } else {
+            Some(
+                regex::Regex::new(&expression.regex)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            )
+        };
+        Ok(Some(Self {
+            on_stream,
+            prefixes: expression.prefix,
+            regex,
+        }))
+    }
+
+    fn matches(&self, rec: &Rec) -> bool {
+        let subject = if self.on_stream {
+            rec.stream.as_str()
+        } else {
+            rec.metadata.get("type").map_or("", String::as_str)
+        };
+        if !self.prefixes.is_empty() {
+            return self
+                .prefixes
+                .iter()
+                .any(|p| subject.starts_with(p.as_str()));
+        }
+        self.regex.as_ref().map_or(true, |r| r.is_match(subject))
+    }
+}
+
+type ReadStreamOut = ReceiverStream<Result<sp::ReadResp, Status>>;
+
+#[tonic::async_trait]
+impl sp::streams_server::Streams for Double {
+    type ReadStream = ReadStreamOut;
+
+    async fn read(&self, request: Request<sp::ReadReq>) -> Result<Response<ReadStreamOut>, Status> {
+        use sp::read_req::options::{CountOption, StreamOption};
+        let options = request
+            .into_inner()
+            .options
+            .ok_or_else(|| Status::invalid_argument("no read options"))?;
+        let structured = matches!(
+            options.uuid_option.as_ref().and_then(|u| u.content),
+            Some(sp::read_req::options::uuid_option::Content::Structured(_))
+        );
+        let backwards = options.read_direction == 1;
+        let filter = AllFilter::from_options(options.filter_option)?;
+        let (sender, receiver) = mpsc::channel(256);
+        match options.count_option {
+            Some(CountOption::Count(count)) => {
+                let messages = match options.stream_option {
+                    Some(StreamOption::Stream(s)) => {
+                        self.read_stream(s, backwards, count, structured)?
+                    }
+                    Some(StreamOption::All(a)) => {
+                        self.read_all(a, backwards, count, filter.as_ref(), structured)
+                    }
+                    None => return Err(Status::invalid_argument("no stream option")),
+                };
+                tokio::spawn(async move {
+                    for message in messages {
+                        if sender.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Some(CountOption::Subscription(_)) => {
+                self.shared.subscriptions.fetch_add(1, Ordering::SeqCst);
+                self.subscribe(options.stream_option, filter, structured, sender)?;
+            }
+            None => return Err(Status::invalid_argument("no count option")),
+        }
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn append(
+        &self,
+        request: Request<Streaming<sp::AppendReq>>,
+    ) -> Result<Response<sp::AppendResp>, Status> {
+        use sp::append_req::Content;
+        self.shared.append_calls.fetch_add(1, Ordering::SeqCst);
+        let mut incoming = request.into_inner();
+        let Some(sp::AppendReq {
+            content: Some(Content::Options(options)),
+        }) = incoming.message().await?
+        else {
+            return Err(Status::invalid_argument("append must start with options"));
+        };
+        let stream = stream_name(options.stream_identifier)?;
+        let expected = append_expected(options.expected_stream_revision);
+        let mut proposed = Vec::new();
+        while let Some(message) = incoming.message().await? {
+            match message.content {
+                Some(Content::ProposedMessage(m)) => proposed.push(m),
+                _ => return Err(Status::invalid_argument("expected a proposed message")),
+            }
+        }
+        if self
+            .shared
+            .fail_appends
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Status::unavailable("injected fault: server not ready"));
+        }
+        let response = self.commit(&stream, expected, proposed)?;
+        if self
+            .shared
+            .drop_after_append
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            // The append is durable; now the node dies before answering.
+            let control = self.shared.control.lock().unwrap().clone();
+            let _ = control.send(Control::Restart {
+                down_for: Duration::from_millis(200),
+            });
+            std::future::pending::<()>().await;
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<sp::DeleteReq>,
+    ) -> Result<Response<sp::DeleteResp>, Status> {
+        use sp::delete_req::options::ExpectedStreamRevision as E;
+        let options = request
+            .into_inner()
+            .options
+            .ok_or_else(|| Status::invalid_argument("no options"))?;
+        let stream = stream_name(options.stream_identifier)?;
+        let expected = match options.expected_stream_revision {
+            Some(E::Revision(n)) => Expected::Exact(n),
+            Some(E::NoStream(_)) => Expected::NoStream,
+            Some(E::StreamExists(_)) => Expected::StreamExists,
+            _ => Expected::Any,
+        };
+        let mut log = self.shared.log.lock().unwrap();
+        let last = log.last(&stream);
+        if log.streams.get(&stream).is_some_and(|s| s.tombstoned) {
+            return Err(stream_deleted(&stream));
+        }
+        if !expected.holds(last) {
+            return Err(wrong_expected_status(&stream));
+        }
+        if let Some(last) = last {
+            log.streams.get_mut(&stream).unwrap().deleted_before = Some(last + 1);
+        }
+        Ok(Response::new(sp::DeleteResp {
+            position_option: Some(sp::delete_resp::PositionOption::NoPosition(empty())),
+        }))
+    }
+
+    async fn tombstone(
+        &self,
+        request: Request<sp::TombstoneReq>,
+    ) -> Result<Response<sp::TombstoneResp>, Status> {
+        use sp::tombstone_req::options::ExpectedStreamRevision as E;
+        let options = request
+            .into_inner()
+            .options
+            .ok_or_else(|| Status::invalid_argument("no options"))?;
+        let stream = stream_name(options.stream_identifier)?;
+        let expected = match options.expected_stream_revision {
+            Some(E::Revision(n)) => Expected::Exact(n),
+            Some(E::NoStream(_)) => Expected::NoStream,
+            Some(E::StreamExists(_)) => Expected::StreamExists,
+            _ => Expected::Any,
+        };
+        let mut log = self.shared.log.lock().unwrap();
+        let last = log.last(&stream);
+        if log.streams.get(&stream).is_some_and(|s| s.tombstoned) {
+            return Err(stream_deleted(&stream));
+        }
+        if !expected.holds(last) {
+            return Err(wrong_expected_status(&stream));
+        }
+        log.streams.entry(stream).or_default().tombstoned = true;
+        Ok(Response::new(sp::TombstoneResp {
+            position_option: Some(sp::tombstone_resp::PositionOption::NoPosition(empty())),
+        }))
+    }
+}
+
+fn wrong_expected_status(stream: &str) -> Status {
+    let mut status =
+        Status::failed_precondition(format!("wrong expected version for stream {stream}"));
+    status
+        .metadata_mut()
+        .insert("exception", "wrong-expected-version".parse().unwrap());
+    status
+}
+
+impl Double {
+    /// Checks and writes one append under the log lock.
+    fn commit(
+        &self,
+        stream: &str,
+        expected: Expected,
+        proposed: Vec<sp::append_req::ProposedMessage>,
+    ) -> Result<sp::AppendResp, Status> {
+        use sp::append_resp::{success, wrong_expected_version as wev, Result as R};
+        let mut ids = Vec::with_capacity(proposed.len());
+        for message in &proposed {
+            ids.push(parse_uuid(message.id.clone())?);
+            if !message.metadata.contains_key("type")
+                || !message.metadata.contains_key("content-type")
+            {
+                return Err(Status::invalid_argument(
+                    "proposed message without type or content-type",
+                ));
+            }
+        }
+        let mut log = self.shared.log.lock().unwrap();
+        if log.streams.get(stream).is_some_and(|s| s.tombstoned) {
+            return Err(stream_deleted(stream));
+        }
+        let last = log.last(stream);
+        let success = |revision: u64, commit: u64| sp::AppendResp {
+            result: Some(R::Success(sp::append_resp::Success {
+                current_revision_option: Some(success::CurrentRevisionOption::CurrentRevision(
+                    revision,
+                )),
+                position_option: Some(success::PositionOption::Position(
+                    sp::append_resp::Position {
+                        commit_position: commit,
+                        prepare_position: commit,
+                    },
+                )),
+            })),
+        };
+        // Idempotency: the same ids, in order, already at the expected place.
+        if let (Some(first), Some(last)) = (ids.first(), last) {
+            let indexes = &log.streams[stream].indexes;
+            if let Some(start) = indexes.iter().position(|&i| log.log[i].id == *first) {
+                let start = start as u64;
+                let same = ids
+                    .iter()
+                    .zip(start..)
+                    .all(|(id, r)| r <= last && log.event(stream, r).id == *id);
+                let consistent = match expected {
+                    Expected::Any | Expected::StreamExists => true,
+                    Expected::NoStream => start == 0,
+                    Expected::Exact(n) => start > 0 && n == start - 1,
+                };
+                if same && consistent {
+                    let end = start + ids.len() as u64 - 1;
+                    let rec = log.event(stream, end);
+                    return Ok(success(end, rec.commit));
+                }
+            }
+        }
+        if !expected.holds(last) {
+            return Ok(sp::AppendResp {
+                result: Some(R::WrongExpectedVersion(
+                    sp::append_resp::WrongExpectedVersion {
+                        current_revision_option_20_6_0: None,
+                        expected_revision_option_20_6_0: None,
+                        current_revision_option: Some(match last {
+                            Some(n) => wev::CurrentRevisionOption::CurrentRevision(n),
+                            None => wev::CurrentRevisionOption::CurrentNoStream(empty()),
+                        }),
+                        expected_revision_option: Some(match expected {
+                            Expected::Exact(n) => wev::ExpectedRevisionOption::ExpectedRevision(n),
+                            Expected::Any => wev::ExpectedRevisionOption::ExpectedAny(empty()),
+                            Expected::StreamExists => {
+                                wev::ExpectedRevisionOption::ExpectedStreamExists(empty())
+                            }
+                            Expected::NoStream => {
+                                wev::ExpectedRevisionOption::ExpectedNoStream(empty())
+                            }
+                        }),
+                    },
+                )),
+            });
+        }
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            / 100;
+        let first_revision = last.map_or(0, |l| l + 1);
+        let mut written = Vec::new();
+        for (revision, (message, id)) in (first_revision..).zip(proposed.into_iter().zip(ids)) {
+            let commit = log.log.len() as u64;
+            let mut metadata = message.metadata;
+            metadata.insert("created".into(), created.to_string());
+            let rec = Arc::new(Rec {
+                stream: stream.to_string(),
+                revision,
+                commit,
+                id,
+                metadata,
+                custom: message.custom_metadata,
+                data: message.data,
+            });
+            log.log.push(rec.clone());
+            log.streams
+                .entry(stream.to_string())
+                .or_default()
+                .indexes
+                .push(commit as usize);
+            written.push(rec);
+        }
+        for rec in &written {
+            let _ = self.shared.live.send(rec.clone());
+        }
+        let rec = written.last().expect("an append has events");
+        Ok(success(rec.revision, rec.commit))
+    }
+
+    fn read_stream(
+        &self,
+        options: sp::read_req::options::StreamOptions,
+        backwards: bool,
+        count: u64,
+        structured: bool,
+    ) -> Result<Vec<Result<sp::ReadResp, Status>>, Status> {
+        use sp::read_req::options::stream_options::RevisionOption as RO;
+        let stream = stream_name(options.stream_identifier.clone())?;
+        let log = self.shared.log.lock().unwrap();
+        let state = log.streams.get(&stream);
+        if state.is_some_and(|s| s.tombstoned) {
+            return Ok(vec![Err(stream_deleted(&stream))]);
+        }
+        let not_found = || {
+            Ok(vec![Ok(sp::ReadResp {
+                content: Some(sp::read_resp::Content::StreamNotFound(
+                    sp::read_resp::StreamNotFound {
+                        stream_identifier: options.stream_identifier.clone(),
+                    },
+                )),
+            })])
+        };
+        let Some(last) = log.last(&stream) else {
+            return not_found();
+        };
+        let first = log.first_visible(&stream, last);
+        if state
+            .and_then(|s| s.deleted_before)
+            .is_some_and(|d| d > last)
+        {
+            return not_found();
+        }
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        let revisions: Vec<u64> = if backwards {
+            let start = match options.revision_option {
+                Some(RO::Revision(n)) => n.min(last),
+                Some(RO::Start(_)) => 0,
+                Some(RO::End(_)) | None => last,
+            };
+            if start < first {
+                Vec::new()
+            } else {
+                (first..=start).rev().take(count).collect()
+            }
+        } else {
+            let start = match options.revision_option {
+                Some(RO::Revision(n)) => n,
+                Some(RO::Start(_)) | None => 0,
+                Some(RO::End(_)) => last + 1,
+            };
+            (start.max(first)..=last).take(count).collect()
+        };
+        let mut messages: Vec<_> = revisions
+            .iter()
+            .map(|&r| Ok(event_msg(log.event(&stream, r), structured)))
+            .collect();
+        messages.push(Ok(sp::ReadResp {
+            content: Some(sp::read_resp::Content::LastStreamPosition(last)),
+        }));
+        Ok(messages)
+    }
+
+    fn read_all(
+        &self,
+        options: sp::read_req::options::AllOptions,
+        backwards: bool,
+        count: u64,
+        filter: Option<&AllFilter>,
+        structured: bool,
+    ) -> Vec<Result<sp::ReadResp, Status>> {
+        use sp::read_req::options::all_options::AllOption as AO;
+        let log = self.shared.log.lock().unwrap();
+        let len = log.log.len() as u64;
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        let keep = |rec: &&Arc<Rec>| filter.map_or(true, |f| f.matches(rec));
+        let events: Vec<_> = if backwards {
+            let end = match options.all_option {
+                Some(AO::Position(p)) => p.commit_position.min(len),
+                Some(AO::Start(_)) => 0,
+                Some(AO::End(_)) | None => len,
+            };
+            log.log[..end as usize]
+                .iter()
+                .rev()
+                .filter(keep)
+                .take(count)
+                .map(|r| Ok(event_msg(r, structured)))
+                .collect()
+        } else {
+            let start = match options.all_option {
+                Some(AO::Position(p)) => p.commit_position.min(len),
+                Some(AO::Start(_)) | None => 0,
+                Some(AO::End(_)) => len,
+            };
+            log.log[start as usize..]
+                .iter()
+                .filter(keep)
+                .take(count)
+                .map(|r| Ok(event_msg(r, structured)))
+                .collect()
+        };
+        events
+    }
+
+    /// Starts a catch-up subscription task: confirmation, history after the
+    /// start (exclusive), caught-up, then live events; ends only with an
+    /// error status or when the client goes away.
+    fn subscribe(
+        &self,
+        option: Option<sp::read_req::options::StreamOption>,
+        filter: Option<AllFilter>,
+        structured: bool,
+        sender: mpsc::Sender<Result<sp::ReadResp, Status>>,
+    ) -> Result<(), Status> {
+        use sp::read_req::options::all_options::AllOption as AO;
+        use sp::read_req::options::stream_options::RevisionOption as RO;
+        use sp::read_req::options::StreamOption;
+        let (stream, history, mut live, mut after) = {
+            let log = self.shared.log.lock().unwrap();
+            let live = self.shared.live.subscribe();
+            let len = log.log.len() as u64;
+            match option {
+                Some(StreamOption::Stream(s)) => {
+                    let stream = stream_name(s.stream_identifier)?;
+                    if log.streams.get(&stream).is_some_and(|s| s.tombstoned) {
+                        return Err(stream_deleted(&stream));
+                    }
+                    let last = log.last(&stream);
+                    let from = match s.revision_option {
+                        Some(RO::Start(_)) | None => 0,
+                        Some(RO::Revision(n)) => n.saturating_add(1),
+                        Some(RO::End(_)) => last.map_or(0, |l| l + 1),
+                    };
+                    let history: Vec<Arc<Rec>> = match last {
+                        Some(last) => {
+                            let first = log.first_visible(&stream, last);
+                            (from.max(first)..=last)
+                                .map(|r| log.event(&stream, r).clone())
+                                .collect()
+                        }
+                        None => Vec::new(),
+                    };
+                    // Live events must be newer than everything in the log now.
+                    (Some(stream), history, live, len.checked_sub(1))
+                }
+                Some(StreamOption::All(a)) => {
+                    let from = match a.all_option {
+                        Some(AO::Start(_)) | None => 0,
+                        Some(AO::Position(p)) => p.commit_position.saturating_add(1),
+                        Some(AO::End(_)) => len,
+                    };
+                    let history: Vec<Arc<Rec>> = log.log[from.min(len) as usize..]
+                        .iter()
+                        .filter(|r| filter.as_ref().map_or(true, |f| f.matches(r)))
+                        .cloned()
+                        .collect();
+                    (None, history, live, len.checked_sub(1))
+                }
+                None => return Err(Status::invalid_argument("no stream option")),
+            }
+        };
+        let matches = move |rec: &Rec| match &stream {
+            Some(stream) => rec.stream == *stream,
+            None => filter.as_ref().map_or(true, |f| f.matches(rec)),
+        };
+        tokio::spawn(async move {
+            let send = |message| {
+                let sender = sender.clone();
+                async move { sender.send(message).await.is_ok() }
+            };
+            let confirmation = sp::ReadResp {
+                content: Some(sp::read_resp::Content::Confirmation(
+                    sp::read_resp::SubscriptionConfirmation {
+                        subscription_id: ::uuid::Uuid::new_v4().to_string(),
+                    },
+                )),
+            };
+            if !send(Ok(confirmation)).await {
+                return;
+            }
+            for rec in history {
+                if !send(Ok(event_msg(&rec, structured))).await {
+                    return;
+                }
+            }
+            let caught_up = sp::ReadResp {
+                content: Some(sp::read_resp::Content::CaughtUp(sp::read_resp::CaughtUp {})),
+            };
+            if !send(Ok(caught_up)).await {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = sender.closed() => return,
+                    next = live.recv() => next,
+                };
+                match next {
+                    Ok(rec) => {
+                        if after.is_some_and(|a| rec.commit <= a) {
+                            continue;
+                        }
+                        after = Some(rec.commit);
+                        if matches(&rec) && !send(Ok(event_msg(&rec, structured))).await {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = send(Err(Status::unavailable("subscription fell behind"))).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = send(Err(Status::unavailable("server shutting down"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,298 @@
+//! Faults injected through the EventStoreDB double
+//! (`tests/common/esdb_double.rs`): a connection dropped mid-append, a server
+//! that is down at the first connection, a server restart during
+//! subscriptions, and a wrong-expected-version storm between two service
+//! processes sharing one node.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use prjmanager::proto;
+use prjmanager::store::esdb::EsdbStore;
+use prjmanager::store::{
+    EventStore, ExpectedRevision, NewEvent, RecordedEvent, StoreError, StreamFilter, Subscription,
+};
+use uuid::Uuid;
+
+#[path = "common/esdb_double.rs"]
+mod esdb_double;
+#[path = "common/service_harness.rs"]
+mod service_harness;
+
+use esdb_double::EsdbDouble;
+use service_harness::{
+    assert_derived_match, cl, config, pcl_clids, read_all, scenario_first_half,
+    scenario_second_half, wait_for, Service,
+};
+
+fn event(n: u128) -> NewEvent {
+    NewEvent {
+        id: Uuid::from_u128(n),
+        event_type: "Tested".into(),
+        data: n.to_be_bytes().to_vec(),
+        metadata: format!("{{\"$correlationId\":\"{n}\"}}").into_bytes(),
+    }
+}
+
+/// The next `count` events, failing on an error, an end or a stall.
+async fn take(subscription: &mut Subscription, count: usize) -> Vec<RecordedEvent> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        let next = tokio::time::timeout(Duration::from_secs(30), subscription.next())
+            .await
+            .unwrap_or_else(|_| panic!("subscription stalled after {} events", received.len()));
+        received.push(
+            next.expect("subscription ended")
+                .expect("subscription failed"),
+        );
+    }
+    received
+}
+
+fn assert_unique_ids(events: &[RecordedEvent]) {
+    let ids: HashSet<Uuid> = events.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), events.len(), "an event id appears twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_whose_connection_drops_is_retried_and_lands_once() {
+    let double = EsdbDouble::start();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    store
+        .append("s", ExpectedRevision::NoStream, vec![event(1)])
+        .await
+        .unwrap();
+    // The node commits the next append, then dies before answering.
+    double.drop_after_next_append(1);
+    let result = store
+        .append("s", ExpectedRevision::Exact(0), vec![event(2), event(3)])
+        .await
+        .unwrap();
+    assert_eq!(result.next_revision, 2);
+    assert_eq!(result.position, 3);
+    assert_eq!(double.restarts(), 1);
+    let log = double.log();
+    let ids: Vec<u128> = log.iter().map(|r| r.id.as_u128()).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    // The metadata travels as custom metadata.
+    assert_eq!(log[1].custom, br#"{"$correlationId":"2"}"#);
+    // Refused appends (Unavailable) are retried too, and write once.
+    double.fail_next_appends(2);
+    let result = store
+        .append("s", ExpectedRevision::Exact(2), vec![event(4)])
+        .await
+        .unwrap();
+    assert_eq!(result.next_revision, 3);
+    assert_eq!(double.log().len(), 4);
+    // A conflict is not retried.
+    let calls = double.append_calls();
+    let err = store
+        .append("s", ExpectedRevision::Exact(0), vec![event(5)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::WrongExpectedVersion {
+                actual: Some(3),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(double.append_calls() <= calls + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_first_connection_failed_is_rebuilt() {
+    // A port with nothing on it yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let store = EsdbStore::connect(&format!("esdb://{addr}?tls=false")).unwrap();
+    let started = Instant::now();
+    let append = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .append("s", ExpectedRevision::NoStream, vec![event(1)])
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let double = EsdbDouble::start_on(addr);
+    let result = append.await.unwrap().unwrap();
+    assert_eq!(result.next_revision, 0);
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(double.log().len(), 1);
+    assert_eq!(store.stream_revision("s").await.unwrap(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_resume_across_a_server_restart_without_gaps_or_duplicates() {
+    let double = EsdbDouble::start();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    let mut all = store.subscribe_all(1, StreamFilter::prefix("r-"));
+    let mut one = store.subscribe_stream("r-1", 0);
+    for n in 0..20u128 {
+        store
+            .append(
+                &format!("r-{}", n % 2),
+                ExpectedRevision::Any,
+                vec![event(n)],
+            )
+            .await
+            .unwrap();
+        store
+            .append("other", ExpectedRevision::Any, vec![event(1000 + n)])
+            .await
+            .unwrap();
+    }
+    let first = take(&mut all, 20).await;
+    let first_one = take(&mut one, 10).await;
+    let opened = double.subscriptions_opened();
+    tokio::task::block_in_place(|| double.restart(Duration::from_millis(500)));
+    for n in 20..40u128 {
+        store
+            .append(
+                &format!("r-{}", n % 2),
+                ExpectedRevision::Any,
+                vec![event(n)],
+            )
+            .await
+            .unwrap();
+    }
+    let second = take(&mut all, 20).await;
+    let second_one = take(&mut one, 10).await;
+    assert!(
+        double.subscriptions_opened() >= opened + 2,
+        "no resubscription"
+    );
+    let received: Vec<RecordedEvent> = first.into_iter().chain(second).collect();
+    assert_unique_ids(&received);
+    let expected = store
+        .read_all(1, usize::MAX, &StreamFilter::prefix("r-"))
+        .await
+        .unwrap();
+    assert_eq!(received, expected);
+    let received_one: Vec<u64> = first_one
+        .iter()
+        .chain(&second_one)
+        .map(|e| e.revision)
+        .collect();
+    assert_eq!(received_one, (0..20).collect::<Vec<_>>());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), all.next())
+            .await
+            .is_err(),
+        "an event was delivered twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_survives_a_connection_drop_mid_append() {
+    let double = EsdbDouble::start();
+    let service = Service::start(&double.url(), None);
+    let mut client = service.client().await;
+    client
+        .update_config(proto::UpdateConfigRequest {
+            project: "drop".into(),
+            config: Some(config("h1")),
+        })
+        .await
+        .unwrap();
+    double.drop_after_next_append(1);
+    client
+        .notify_cls_updated(proto::NotifyClsUpdatedRequest {
+            project: "drop".into(),
+            event: Some(proto::ClsUpdated {
+                cls: vec![cl("drop", 101, 1, 1, &[])],
+            }),
+        })
+        .await
+        .unwrap();
+    wait_for(&service, &mut client, "drop", "the CL", |log| {
+        pcl_clids(log).contains(&101)
+    })
+    .await;
+    service.stop();
+    assert!(double.restarts() >= 1);
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    assert_unique_ids(&read_all(&store, "project-drop").await);
+    assert_derived_match(&store, "drop").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projector_resumes_after_a_server_restart() {
+    let double = EsdbDouble::start();
+    let service = Service::start(&double.url(), None);
+    let mut client = service.client().await;
+    scenario_first_half(&mut client, "restart").await;
+    wait_for(&service, &mut client, "restart", "the first CLs", |log| {
+        pcl_clids(log).contains(&103)
+    })
+    .await;
+    tokio::task::block_in_place(|| double.restart(Duration::from_millis(500)));
+    scenario_second_half(&mut client, "restart").await;
+    wait_for(&service, &mut client, "restart", "config h2", |log| {
+        log.config_hash == "h2"
+    })
+    .await;
+    service.stop();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    assert_unique_ids(&read_all(&store, "project-restart").await);
+    assert_derived_match(&store, "restart").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_on_one_node_never_write_two_markers_for_one_eversion() {
+    let double = EsdbDouble::start();
+    let first = Service::start(&double.url(), None);
+    let second = Service::start(&double.url(), None);
+    let mut clients = [first.client().await, second.client().await];
+    for (i, client) in clients.iter_mut().enumerate() {
+        client
+            .update_config(proto::UpdateConfigRequest {
+                project: format!("shared-{i}"),
+                config: Some(config("h1")),
+            })
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let mut n = 1;
+    while started.elapsed() < Duration::from_secs(4) {
+        for (i, client) in clients.iter_mut().enumerate() {
+            n += 1;
+            // Both services get events for both projects.
+            client
+                .notify_cls_updated(proto::NotifyClsUpdatedRequest {
+                    project: format!("shared-{}", n % 2),
+                    event: Some(proto::ClsUpdated {
+                        cls: vec![cl(&format!("shared-{}", n % 2), 7, n, 1, &[])],
+                    }),
+                })
+                .await
+                .unwrap();
+            if n % 7 == 0 {
+                client
+                    .evaluate(proto::EvaluateRequest {
+                        project: format!("shared-{i}"),
+                        now: None,
+                    })
+                    .await
+                    .ok();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.stop();
+    second.stop();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    for project in ["shared-0", "shared-1"] {
+        assert_unique_ids(&read_all(&store, &format!("project-{project}")).await);
+        assert_derived_match(&store, project).await;
+    }
+}

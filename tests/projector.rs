@@ -1,0 +1,211 @@
+//! The projector in process, on the memory store: snapshots every 100
+//! eversions with a bounded stream, and loading that skips corrupt
+//! snapshots (bad bytes, wrong digest) and rebuilds the same state.
+
+use std::time::Duration;
+
+use pbjson_types::Timestamp;
+use prjmanager::fold;
+use prjmanager::notifier::{self, Notifier};
+use prjmanager::projector::derived::{self, snapshot_stream};
+use prjmanager::projector::load::{load, Target};
+use prjmanager::projector::{self, ProjectorConfig};
+use prjmanager::proto;
+use prjmanager::store::memory::MemoryStore;
+use prjmanager::store::{Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom};
+use prost::Message;
+use tokio::sync::watch;
+
+fn config() -> proto::ProjectConfig {
+    proto::ProjectConfig {
+        state: proto::project_config::State::Enabled as i32,
+        hash: "h1".into(),
+        eversion: 1,
+        config_groups: vec![proto::ConfigGroup {
+            name: "main".into(),
+            ..Default::default()
+        }],
+    }
+}
+
+/// Runs a projector without its own scheduler and appends `markers`
+/// markers through it, one second apart; returns the store.
+async fn project_with_markers(markers: i64) -> MemoryStore {
+    let store = MemoryStore::new();
+    let notifier = Notifier::new(store.clone(), "test");
+    notifier.update_config("snap", config()).await.unwrap();
+    let (handle, requests) = projector::channel();
+    let (stop, stopped) = watch::channel(false);
+    let config = ProjectorConfig {
+        schedule_markers: false,
+        ..ProjectorConfig::default()
+    };
+    let task = tokio::spawn(projector::run(store.clone(), config, requests, stopped));
+    for i in 0..markers {
+        let now = Timestamp {
+            seconds: 1_700_000_000 + i,
+            nanos: 0,
+        };
+        // The projector must have folded the previous marker first.
+        loop {
+            match handle.evaluate("snap", Some(now)).await {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+        if i % 7 == 0 {
+            notifier.poke("snap").await.unwrap();
+        }
+    }
+    loop {
+        let state = handle.state("snap").await.unwrap().unwrap();
+        if state.eversion == markers {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_every_100_eversions_in_a_bounded_stream() {
+    let store = project_with_markers(1_250).await;
+    let snapshots = store
+        .read_stream(
+            &snapshot_stream("snap"),
+            ReadFrom::Start,
+            Direction::Forwards,
+            100,
+        )
+        .await
+        .unwrap();
+    let eversions: Vec<i64> = snapshots
+        .iter()
+        .map(|e| {
+            proto::ProjectSnapshot::decode(e.data.as_slice())
+                .unwrap()
+                .eversion
+        })
+        .collect();
+    // Twelve were written; the stream keeps the newest ten.
+    assert_eq!(eversions, (3..=12).map(|i| i * 100).collect::<Vec<_>>());
+    assert_eq!(
+        store
+            .stream_metadata(&snapshot_stream("snap"))
+            .await
+            .unwrap()
+            .max_count,
+        Some(derived::SNAPSHOT_STREAM_MAX_COUNT)
+    );
+    for event in &snapshots {
+        let snapshot = proto::ProjectSnapshot::decode(event.data.as_slice()).unwrap();
+        let state = snapshot.state.unwrap();
+        assert_eq!(fold::state_digest(&state), snapshot.state_digest);
+        assert_eq!(state.eversion, snapshot.eversion);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_snapshots_are_skipped_and_the_state_is_rebuilt() {
+    let store = project_with_markers(230).await;
+    let full = load(&MemoryStore::new(), "snap", Target::Latest)
+        .await
+        .unwrap();
+    assert_eq!(full.state.eversion, 0, "an empty store has no state");
+
+    let from_snapshot = load(&store, "snap", Target::Latest).await.unwrap();
+    assert_eq!(from_snapshot.snapshot_eversion, Some(200));
+    assert!(from_snapshot.warnings.is_empty());
+
+    // Append a snapshot whose bytes are garbage and one whose digest lies.
+    let stream = snapshot_stream("snap");
+    let mut wrong_digest = proto::ProjectSnapshot::decode(
+        store
+            .read_stream(&stream, ReadFrom::End, Direction::Backwards, 1)
+            .await
+            .unwrap()[0]
+            .data
+            .as_slice(),
+    )
+    .unwrap();
+    wrong_digest.eversion = 220;
+    wrong_digest.state.as_mut().unwrap().eversion = 220;
+    let bad = |data: Vec<u8>, n: u128| NewEvent {
+        id: uuid::Uuid::from_u128(n),
+        event_type: "ProjectSnapshot".into(),
+        data,
+        metadata: notifier::metadata(uuid::Uuid::from_u128(n), "test"),
+    };
+    store
+        .append(
+            &stream,
+            ExpectedRevision::Any,
+            vec![
+                bad(wrong_digest.encode_to_vec(), 1),
+                bad(b"\xff\xff not a snapshot".to_vec(), 2),
+            ],
+        )
+        .await
+        .unwrap();
+    let loaded = load(&store, "snap", Target::Latest).await.unwrap();
+    assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings[0].contains("does not decode"),
+        "{:?}",
+        loaded.warnings
+    );
+    assert!(
+        loaded.warnings[1].contains("digest"),
+        "{:?}",
+        loaded.warnings
+    );
+    assert_eq!(loaded.snapshot_eversion, Some(200));
+    assert_eq!(loaded.state, from_snapshot.state);
+
+    // With every snapshot unusable, the state is rebuilt from the start.
+    let only_bad = MemoryStore::new();
+    let events = store
+        .read_stream(
+            "project-snap",
+            ReadFrom::Start,
+            Direction::Forwards,
+            usize::MAX,
+        )
+        .await
+        .unwrap();
+    only_bad
+        .append(
+            "project-snap",
+            ExpectedRevision::NoStream,
+            events
+                .iter()
+                .map(|e| NewEvent {
+                    id: e.id,
+                    event_type: e.event_type.clone(),
+                    data: e.data.clone(),
+                    metadata: e.metadata.clone(),
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    only_bad
+        .append(
+            &stream,
+            ExpectedRevision::Any,
+            vec![bad(b"garbage".to_vec(), 3)],
+        )
+        .await
+        .unwrap();
+    let rebuilt = load(&only_bad, "snap", Target::Latest).await.unwrap();
+    assert_eq!(rebuilt.snapshot_eversion, None);
+    assert_eq!(rebuilt.warnings.len(), 1);
+    assert_eq!(rebuilt.state, from_snapshot.state);
+
+    // A historic eversion below every snapshot is rebuilt from the start too.
+    let early = load(&store, "snap", Target::Eversion(50)).await.unwrap();
+    assert_eq!(early.state.eversion, 50);
+    assert_eq!(early.snapshot_eversion, None);
+}

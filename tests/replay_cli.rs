@@ -1,0 +1,404 @@
+//! `pm-replay` as a process: exit codes (0 ok, 1 divergence, 2 bad input),
+//! the messages that name the divergent eversion or the bad line, and the
+//! laws of replay as properties: rebuild from a snapshot equals rebuild from
+//! scratch at every eversion, `verify` passes, and export after import
+//! reproduces a file byte for byte.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pbjson_types::Timestamp;
+use prjmanager::domain;
+use prjmanager::fold;
+use prjmanager::jsonl;
+use prjmanager::notifier::{self, project_stream};
+use prjmanager::projector::derived::snapshot_stream;
+use prjmanager::proto::{self, input_event::Event};
+use prjmanager::replay;
+use prjmanager::store::memory::MemoryStore;
+use prjmanager::store::{EventStore, ExpectedRevision, NewEvent};
+use proptest::prelude::*;
+use prost::Message;
+
+fn pm_replay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pm-replay"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn corpus_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("replays")
+        .join(name)
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn verify_and_rebuild_a_recorded_file() {
+    let file = corpus_file("lifecycle.jsonl");
+    let file = file.to_str().unwrap();
+    let out = pm_replay(&["verify", file]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("OK"), "{}", text(&out.stdout));
+    let first = pm_replay(&["rebuild", file, "--eversion", "3"]);
+    let second = pm_replay(&["rebuild", file, "--eversion", "3"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert_eq!(first.stdout, second.stdout, "rebuild is byte-identical");
+    let log: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(log["eversion"], "3");
+    let out = pm_replay(&["blame", file, "--path", "status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("STOPPING"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = pm_replay(&["diff", file, "--from", "1", "--to", "5"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("configHash"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = pm_replay(&["actions", file, "--eversion", "5"]);
+    assert!(
+        text(&out.stdout).contains("\"type\":\"CancelRuns\""),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_tampered_marker_digest_is_a_divergence_at_its_eversion() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(corpus_file("dry-run.jsonl")).unwrap();
+    let mut lines: Vec<String> = original.lines().map(String::from).collect();
+    // Tamper with the digest of the marker of eversion 3.
+    let index = lines
+        .iter()
+        .position(|l| l.contains("\"type\":\"Evaluated\"") && l.contains("\"eversion\":\"3\""))
+        .unwrap();
+    let mut line: serde_json::Value = serde_json::from_str(&lines[index]).unwrap();
+    line["data"]["stateDigest"] = serde_json::Value::String("AAAA".into());
+    lines[index] = line.to_string();
+    let path = write(dir.path(), "tampered.jsonl", &(lines.join("\n") + "\n"));
+    let out = pm_replay(&["verify", &path]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("DIVERGENCE at eversion 3"), "{stdout}");
+    assert!(stdout.contains("stateDigest"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("eversion 3"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_files_exit_2_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(corpus_file("dry-run.jsonl")).unwrap();
+    // Truncated in the middle of line 4.
+    let cut = original.match_indices('\n').nth(2).unwrap().0 + 30;
+    let truncated = write(dir.path(), "truncated.jsonl", &original[..cut]);
+    let out = pm_replay(&["verify", &truncated]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("truncated.jsonl:4:"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Garbled JSON, unknown type, wrong header version, revisions out of order.
+    let mut lines: Vec<String> = original.lines().map(String::from).collect();
+    lines[2] = "{not json".into();
+    let garbled = write(dir.path(), "garbled.jsonl", &lines.join("\n"));
+    let out = pm_replay(&["rebuild", &garbled, "--eversion", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("garbled.jsonl:3:"),
+        "{}",
+        text(&out.stderr)
+    );
+    let unknown = original.replacen("\"type\":\"ClsUpdated\"", "\"type\":\"Bogus\"", 1);
+    let unknown = write(dir.path(), "unknown.jsonl", &unknown);
+    let out = pm_replay(&["actions", &unknown]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("Bogus"), "{}", text(&out.stderr));
+    let version = write(
+        dir.path(),
+        "version.jsonl",
+        &original.replacen("\"version\":1", "\"version\":9", 1),
+    );
+    let out = pm_replay(&["verify", &version]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("version.jsonl:1:"),
+        "{}",
+        text(&out.stderr)
+    );
+    let order = original.replacen("\"revision\":2,", "\"revision\":7,", 1);
+    let order = write(dir.path(), "order.jsonl", &order);
+    let out = pm_replay(&["verify", &order]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("order.jsonl:4:"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Properties over random valid streams.
+
+const PROJECT: &str = "laws";
+
+#[derive(Debug, Clone)]
+enum Step {
+    Config(u8),
+    Cl { clid: i64, cq: i32, dep: bool },
+    Poke,
+    Marker(i64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        1 => (0u8..3).prop_map(Step::Config),
+        4 => (1i64..7, 0i32..3, any::<bool>()).prop_map(|(clid, cq, dep)| Step::Cl { clid, cq, dep }),
+        1 => Just(Step::Poke),
+        3 => (1i64..400).prop_map(Step::Marker),
+    ]
+}
+
+fn config_event(hash: u8) -> Event {
+    Event::ConfigUpdated(proto::ConfigUpdated {
+        config: Some(proto::ProjectConfig {
+            state: proto::project_config::State::Enabled as i32,
+            hash: format!("h{hash}"),
+            eversion: i64::from(hash) + 1,
+            config_groups: vec![proto::ConfigGroup {
+                name: "main".into(),
+                gerrit: vec![proto::GerritWatch {
+                    host: "review.example.com".into(),
+                    projects: vec![proto::RepoWatch {
+                        name: "repo".into(),
+                        ref_regexp: vec!["refs/heads/main".into()],
+                        ref_regexp_exclude: vec![],
+                    }],
+                }],
+                ..Default::default()
+            }],
+        }),
+    })
+}
+
+fn cl_event(clid: i64, eversion: i64, cq: i32, dep: bool) -> Event {
+    let votes = (cq > 0)
+        .then(|| proto::Vote {
+            label: "Commit-Queue".into(),
+            value: cq,
+            email: "u@example.com".into(),
+            account_id: 1,
+            time: Some(Timestamp {
+                seconds: 1_704_067_100,
+                nanos: 0,
+            }),
+        })
+        .into_iter()
+        .collect();
+    Event::ClsUpdated(proto::ClsUpdated {
+        cls: vec![proto::ChangeList {
+            clid,
+            eversion,
+            applicable_config: Some(proto::ApplicableConfig {
+                projects: vec![proto::ApplicableProject {
+                    name: PROJECT.into(),
+                    config_group_ids: vec!["h0/main".into()],
+                }],
+            }),
+            snapshot: Some(proto::Snapshot {
+                luci_project: PROJECT.into(),
+                patchset: 1,
+                deps: (dep && clid > 1)
+                    .then(|| proto::Dep {
+                        clid: clid - 1,
+                        kind: proto::dep::DepKind::Hard as i32,
+                    })
+                    .into_iter()
+                    .collect(),
+                gerrit: Some(proto::GerritChange {
+                    host: "review.example.com".into(),
+                    change: clid,
+                    project: "repo".into(),
+                    r#ref: "refs/heads/main".into(),
+                    status: proto::gerrit_change::ChangeStatus::New as i32,
+                    owner_email: "o@example.com".into(),
+                    owner_account_id: 2,
+                    current_revision: format!("r{clid}"),
+                    current_revision_created: Some(Timestamp {
+                        seconds: 1_704_060_000,
+                        nanos: 0,
+                    }),
+                    votes,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+    })
+}
+
+/// Builds a stream in memory as the service would (markers filled in), with
+/// snapshots every `interval` eversions when `interval > 0`.
+async fn build(steps: &[Step], interval: i64) -> MemoryStore {
+    let store = MemoryStore::new();
+    let stream = project_stream(PROJECT);
+    let mut state = domain::new_project(PROJECT);
+    let mut eversions = std::collections::BTreeMap::new();
+    let mut clock = 1_704_067_200;
+    let mut events = vec![(Event::Poked(proto::Poked {}), false)];
+    for step in steps {
+        events.push(match step {
+            Step::Config(h) => (config_event(*h), false),
+            Step::Cl { clid, cq, dep } => {
+                let e = eversions.entry(*clid).or_insert(0);
+                *e += 1;
+                (cl_event(*clid, *e, *cq, *dep), false)
+            }
+            Step::Poke => (Event::Poked(proto::Poked {}), false),
+            Step::Marker(dt) => {
+                clock += dt;
+                (
+                    Event::Evaluated(proto::Evaluated {
+                        now: Some(Timestamp {
+                            seconds: clock,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    }),
+                    true,
+                )
+            }
+        });
+    }
+    for (index, (event, _)) in events.into_iter().enumerate() {
+        let id = uuid::Uuid::from_u128(index as u128 + 1);
+        let mut new = notifier::new_event(&event, id, "test");
+        let recorded = prjmanager::store::RecordedEvent {
+            stream: stream.clone(),
+            revision: index as u64,
+            position: 0,
+            id,
+            event_type: new.event_type.clone(),
+            data: new.data.clone(),
+            metadata: new.metadata.clone(),
+        };
+        if let Some(outcome) = fold::apply_recorded(&mut state, &recorded).unwrap() {
+            new = notifier::new_event(&Event::Evaluated(outcome.marker.clone()), id, "test");
+            store
+                .append(&stream, ExpectedRevision::Any, vec![new])
+                .await
+                .unwrap();
+            if interval > 0 && outcome.marker.eversion % interval == 0 {
+                let snapshot = proto::ProjectSnapshot {
+                    eversion: outcome.marker.eversion,
+                    source_revision: index as u64,
+                    state_digest: outcome.marker.state_digest.clone(),
+                    state: Some(state.clone()),
+                };
+                store
+                    .append(
+                        &snapshot_stream(PROJECT),
+                        ExpectedRevision::Any,
+                        vec![NewEvent {
+                            id: uuid::Uuid::new_v4(),
+                            event_type: "ProjectSnapshot".into(),
+                            data: snapshot.encode_to_vec(),
+                            metadata: b"{}".to_vec(),
+                        }],
+                    )
+                    .await
+                    .unwrap();
+            }
+        } else {
+            store
+                .append(&stream, ExpectedRevision::Any, vec![new])
+                .await
+                .unwrap();
+        }
+    }
+    store
+}
+
+async fn export(store: &MemoryStore) -> Vec<u8> {
+    let mut out = Vec::new();
+    jsonl::write_header(&mut out, PROJECT).unwrap();
+    for event in replay::read_stream(store, &project_stream(PROJECT))
+        .await
+        .unwrap()
+    {
+        jsonl::write_event(&mut out, &event).unwrap();
+    }
+    out
+}
+
+fn opened(store: MemoryStore) -> replay::Opened {
+    replay::Opened {
+        store: prjmanager::store::any::AnyStore::Memory(store),
+        project: PROJECT.into(),
+        file: None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rebuild_from_snapshots_equals_rebuild_from_scratch(steps in proptest::collection::vec(step(), 1..60)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let with = opened(build(&steps, 2).await);
+            let without = opened(build(&steps, 0).await);
+            let report = replay::verify(&with).await.unwrap();
+            prop_assert!(report.divergence.is_none(), "{:?}", report.divergence);
+            for eversion in 0..=report.eversions {
+                let a = replay::rebuild(&with, eversion).await.unwrap();
+                let b = replay::rebuild(&without, eversion).await.unwrap();
+                prop_assert_eq!(
+                    serde_json::to_string(&a.log).unwrap(),
+                    serde_json::to_string(&b.log).unwrap()
+                );
+                prop_assert_eq!(a.logged, b.logged);
+            }
+            // Export, import (parse + load), export again: the same bytes.
+            let file = export(without.store_memory()).await;
+            let parsed = jsonl::parse(std::io::BufReader::new(file.as_slice()), "mem").unwrap();
+            let imported = replay::load_file("mem", parsed).await.unwrap();
+            let prjmanager::store::any::AnyStore::Memory(store) = &imported.store else { unreachable!() };
+            prop_assert_eq!(export(store).await, file);
+            Ok(())
+        })?;
+    }
+}
+
+trait StoreMemory {
+    fn store_memory(&self) -> &MemoryStore;
+}
+
+impl StoreMemory for replay::Opened {
+    fn store_memory(&self) -> &MemoryStore {
+        match &self.store {
+            prjmanager::store::any::AnyStore::Memory(s) => s,
+            _ => unreachable!(),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! `pm-bench replay`: rebuild of random eversions of a 1,000,000-event
+//! stream on the embedded store (snapshots every 100 eversions), and a full
+//! replay of the stream without snapshots.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use pbjson_types::Timestamp;
+use prjmanager::projector::derived::{derived_writes, SNAPSHOT_INTERVAL_EVERSIONS};
+use prjmanager::projector::load::{load, Target};
+use prjmanager::proto::{self, action::Action as ActionKind, input_event::Event};
+use prjmanager::store::embedded::EmbeddedStore;
+use prjmanager::store::{Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom};
+use prjmanager::{domain, fold, notifier};
+
+use crate::fold::{cl, config, SplitMix};
+use crate::{millis, percentiles};
+
+/// Events appended per batch while building the stream.
+const BUILD_BATCH_EVENTS: usize = 5_000;
+
+const PROJECT: &str = "replay";
+
+/// Builds the stream and measures rebuilds and a full replay.
+pub async fn run(events: u64, samples: usize, clids: i64, stacks: i64) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = EmbeddedStore::open(dir.path().join("replay.db"))?;
+    let built = Instant::now();
+    let eversions = build(&store, events, clids, stacks).await?;
+    println!(
+        "pm-bench replay: built {events} events ({eversions} eversions, {clids} active CLs in {stacks} stacks, a marker every 20 events, a snapshot every {SNAPSHOT_INTERVAL_EVERSIONS} eversions) in {:.1} s",
+        built.elapsed().as_secs_f64()
+    );
+    let mut rng = SplitMix(7);
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let eversion = 1 + rng.below(eversions as u64) as i64;
+        let t0 = Instant::now();
+        let loaded = load(&store, PROJECT, Target::Eversion(eversion)).await?;
+        times.push(t0.elapsed());
+        assert_eq!(loaded.state.eversion, eversion);
+    }
+    let rebuild = percentiles(times);
+    println!(
+        "  rebuild of {samples} random eversions: p50 {:.2} ms, p99 {:.2} ms",
+        millis(rebuild.p50),
+        millis(rebuild.p99)
+    );
+    let (folded, elapsed) = full_replay(&store).await?;
+    println!(
+        "  full replay without snapshots: {folded} events in {:.2} s ({:.0} events/s)",
+        elapsed.as_secs_f64(),
+        folded as f64 / elapsed.as_secs_f64()
+    );
+    store.close().await?;
+    Ok(())
+}
+
+fn ts(seconds: i64) -> Timestamp {
+    Timestamp { seconds, nanos: 0 }
+}
+
+fn stored(event: &Event, seq: u64) -> NewEvent {
+    notifier::new_event(
+        event,
+        uuid::Uuid::from_u128(u128::from(seq) + 1),
+        "pm-bench",
+    )
+}
+
+/// Folds a generated stream while appending it, with the projector's snapshot
+/// writes; returns the number of eversions.
+async fn build(store: &EmbeddedStore, events: u64, clids: i64, stacks: i64) -> Result<i64> {
+    let stream = notifier::project_stream(PROJECT);
+    let mut state = domain::new_project(PROJECT);
+    let mut rng = SplitMix(42);
+    let mut now = 1_700_000_000;
+    let per_stack = clids / stacks;
+    let mut eversions = vec![1_i64; clids as usize + 1];
+    let mut created: Vec<proto::CreateRun> = Vec::new();
+    let mut running: Vec<String> = Vec::new();
+    let mut batch = Vec::new();
+    let mut revision = 0_u64;
+    let mut inputs = 0;
+    let mut first = vec![Event::ConfigUpdated(proto::ConfigUpdated {
+        config: Some(config("h1")),
+    })];
+    first.push(Event::ClsUpdated(proto::ClsUpdated {
+        cls: (1..=clids)
+            .map(|clid| {
+                cl(
+                    PROJECT,
+                    clid,
+                    1,
+                    ((clid - 1) % per_stack > 0).then_some(clid - 1),
+                    now,
+                )
+            })
+            .collect(),
+    }));
+    while revision < events {
+        let event = if let Some(event) = first.pop() {
+            event
+        } else if inputs % 20 == 19 {
+            now += 1;
+            Event::Evaluated(proto::Evaluated {
+                now: Some(ts(now)),
+                ..Default::default()
+            })
+        } else {
+            match rng.below(10) {
+                0..=1 if !created.is_empty() => {
+                    let run = created.swap_remove(rng.below(created.len() as u64) as usize);
+                    running.push(run.run_id.clone());
+                    Event::RunCreated(proto::RunCreated {
+                        run: Some(proto::Run {
+                            id: run.run_id,
+                            mode: run.mode,
+                            clids: run.input_cls.iter().map(|c| c.clid).collect(),
+                            create_time: Some(ts(now)),
+                            status: proto::run::Status::Running as i32,
+                            ..Default::default()
+                        }),
+                    })
+                }
+                2 if !running.is_empty() => {
+                    let id = running.swap_remove(rng.below(running.len() as u64) as usize);
+                    Event::RunFinished(proto::RunFinished {
+                        run_id: id,
+                        status: proto::run::Status::Succeeded as i32,
+                        end_time: Some(ts(now)),
+                    })
+                }
+                _ => {
+                    let clid = 1 + rng.below(clids as u64) as i64;
+                    eversions[clid as usize] += 1;
+                    let parent = ((clid - 1) % per_stack > 0).then_some(clid - 1);
+                    Event::ClsUpdated(proto::ClsUpdated {
+                        cls: vec![cl(PROJECT, clid, eversions[clid as usize], parent, now - 5)],
+                    })
+                }
+            }
+        };
+        inputs += 1;
+        let event = match event {
+            Event::Evaluated(mut marker) => {
+                let evaluation =
+                    domain::evaluate(&mut state, revision, marker.now.expect("marker time"));
+                marker.eversion = evaluation.eversion;
+                marker.state_digest = fold::state_digest(&state);
+                for action in &evaluation.actions {
+                    if let ActionKind::CreateRun(run) = action {
+                        created.push(run.clone());
+                    }
+                }
+                if evaluation.eversion % SNAPSHOT_INTERVAL_EVERSIONS == 0 {
+                    let snapshot = proto::ProjectSnapshot {
+                        eversion: evaluation.eversion,
+                        source_revision: revision,
+                        state_digest: marker.state_digest.clone(),
+                        state: Some(state.clone()),
+                    };
+                    let only_snapshot = domain::Evaluation {
+                        actions: Vec::new(),
+                        project_log: None,
+                        offload: None,
+                        ..evaluation
+                    };
+                    for (stream, events) in
+                        derived_writes(PROJECT, &only_snapshot, Some(&snapshot), uuid::Uuid::nil())
+                    {
+                        store.append(&stream, ExpectedRevision::Any, events).await?;
+                    }
+                }
+                Event::Evaluated(marker)
+            }
+            other => {
+                domain::apply_event(&mut state, revision, &other)?;
+                other
+            }
+        };
+        batch.push(stored(&event, revision));
+        revision += 1;
+        if batch.len() == BUILD_BATCH_EVENTS {
+            store
+                .append(&stream, ExpectedRevision::Any, std::mem::take(&mut batch))
+                .await?;
+        }
+    }
+    if !batch.is_empty() {
+        store.append(&stream, ExpectedRevision::Any, batch).await?;
+    }
+    Ok(state.eversion)
+}
+
+/// Reads and folds the whole stream from its start, without snapshots.
+async fn full_replay(store: &EmbeddedStore) -> Result<(u64, Duration)> {
+    let stream = notifier::project_stream(PROJECT);
+    let started = Instant::now();
+    let mut state = domain::new_project(PROJECT);
+    let mut folded = 0;
+    loop {
+        let page = store
+            .read_stream(
+                &stream,
+                ReadFrom::Revision(fold::next_revision(&state)),
+                Direction::Forwards,
+                10_000,
+            )
+            .await?;
+        if page.is_empty() {
+            break;
+        }
+        for event in &page {
+            fold::apply_recorded(&mut state, event)?;
+            folded += 1;
+        }
+    }
+    Ok((folded, started.elapsed()))
+}
