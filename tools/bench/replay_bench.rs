@@ -1,6 +1,8 @@
 //! `pm-bench replay`: rebuild of random eversions of a 1,000,000-event
 //! stream on the embedded store (snapshots every 100 eversions), and a full
-//! replay of the stream without snapshots.
+//! replay of the stream without snapshots. The stream: 100 active CLs in 10
+//! stacks; per 20 events about one Run created, one finished, the rest CL
+//! updates; a marker every 20 events, one minute apart.
 
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,7 @@ pub async fn run(events: u64, samples: usize, clids: i64, stacks: i64) -> Result
     let built = Instant::now();
     let eversions = build(&store, events, clids, stacks).await?;
     println!(
-        "pm-bench replay: built {events} events ({eversions} eversions, {clids} active CLs in {stacks} stacks, a marker every 20 events, a snapshot every {SNAPSHOT_INTERVAL_EVERSIONS} eversions) in {:.1} s",
+        "pm-bench replay: built {events} events ({eversions} eversions, {clids} active CLs in {stacks} stacks, a marker every 20 events one minute apart, a snapshot every {SNAPSHOT_INTERVAL_EVERSIONS} eversions) in {:.1} s",
         built.elapsed().as_secs_f64()
     );
     let mut rng = SplitMix(7);
@@ -102,14 +104,16 @@ async fn build(store: &EmbeddedStore, events: u64, clids: i64, stacks: i64) -> R
         let event = if let Some(event) = first.pop() {
             event
         } else if inputs % 20 == 19 {
-            now += 1;
+            // A marker a minute: Runs ended more than 7 days earlier leave
+            // the fold's memory, as they would in a long-lived project.
+            now += 60;
             Event::Evaluated(proto::Evaluated {
                 now: Some(ts(now)),
                 ..Default::default()
             })
         } else {
-            match rng.below(10) {
-                0..=1 if !created.is_empty() => {
+            match rng.below(20) {
+                0 if !created.is_empty() => {
                     let run = created.swap_remove(rng.below(created.len() as u64) as usize);
                     running.push(run.run_id.clone());
                     Event::RunCreated(proto::RunCreated {
@@ -123,7 +127,7 @@ async fn build(store: &EmbeddedStore, events: u64, clids: i64, stacks: i64) -> R
                         }),
                     })
                 }
-                2 if !running.is_empty() => {
+                1 if !running.is_empty() => {
                     let id = running.swap_remove(rng.below(running.len() as u64) as usize);
                     Event::RunFinished(proto::RunFinished {
                         run_id: id,
