@@ -140,53 +140,113 @@ fn ts(seconds: i64) -> Timestamp {
     Timestamp { seconds, nanos: 0 }
 }
 
-/// Folds a realistic mix for `events` input events; returns (events, time).
+/// The input events of a busy project: CL updates (new patchsets and
+/// re-votes), the Runs the PM asked for being created, and Runs finishing.
+pub struct Mix {
+    project: String,
+    rng: SplitMix,
+    clids: i64,
+    per_stack: i64,
+    eversions: Vec<i64>,
+    created: Vec<proto::CreateRun>,
+    running: Vec<String>,
+    /// Out of every `out_of` events, `runs` create a Run and `runs` finish one.
+    runs: u64,
+    out_of: u64,
+}
+
+impl Mix {
+    /// A mix over `clids` CLs in `stacks` stacks, with `runs` Run creations
+    /// and `runs` Run ends out of every `out_of` events.
+    pub fn new(project: &str, clids: i64, stacks: i64, runs: u64, out_of: u64) -> Self {
+        Self {
+            project: project.to_string(),
+            rng: SplitMix(42),
+            clids,
+            per_stack: clids / stacks,
+            eversions: vec![1; clids as usize + 1],
+            created: Vec::new(),
+            running: Vec::new(),
+            runs,
+            out_of,
+        }
+    }
+
+    /// The parent of a CL in its stack.
+    fn parent(&self, clid: i64) -> Option<i64> {
+        ((clid - 1) % self.per_stack > 0).then_some(clid - 1)
+    }
+
+    /// The first version of every CL, in one event.
+    pub fn all_cls(&self, now: i64) -> Event {
+        Event::ClsUpdated(proto::ClsUpdated {
+            cls: (1..=self.clids)
+                .map(|clid| cl(&self.project, clid, 1, self.parent(clid), now))
+                .collect(),
+        })
+    }
+
+    /// Remembers the Runs an evaluation asked for.
+    pub fn observe(&mut self, evaluation: &domain::Evaluation) {
+        for action in &evaluation.actions {
+            if let ActionKind::CreateRun(run) = action {
+                self.created.push(run.clone());
+            }
+        }
+    }
+
+    /// The next input event at `now`.
+    pub fn next_event(&mut self, now: i64) -> Event {
+        let pick = self.rng.below(self.out_of);
+        if pick < self.runs && !self.created.is_empty() {
+            let index = self.rng.below(self.created.len() as u64) as usize;
+            let run = self.created.swap_remove(index);
+            self.running.push(run.run_id.clone());
+            return Event::RunCreated(proto::RunCreated {
+                run: Some(proto::Run {
+                    id: run.run_id,
+                    mode: run.mode,
+                    clids: run.input_cls.iter().map(|c| c.clid).collect(),
+                    create_time: Some(ts(now)),
+                    status: proto::run::Status::Running as i32,
+                    ..Default::default()
+                }),
+            });
+        }
+        if pick >= self.runs && pick < 2 * self.runs && !self.running.is_empty() {
+            let index = self.rng.below(self.running.len() as u64) as usize;
+            return Event::RunFinished(proto::RunFinished {
+                run_id: self.running.swap_remove(index),
+                status: proto::run::Status::Succeeded as i32,
+                end_time: Some(ts(now)),
+            });
+        }
+        let clid = 1 + self.rng.below(self.clids as u64) as i64;
+        self.eversions[clid as usize] += 1;
+        let eversion = self.eversions[clid as usize];
+        Event::ClsUpdated(proto::ClsUpdated {
+            cls: vec![cl(
+                &self.project,
+                clid,
+                eversion,
+                self.parent(clid),
+                now - 5,
+            )],
+        })
+    }
+}
+
+/// Folds a realistic mix for `events` input events; returns (events, time,
+/// components at the end).
 pub fn run_fold(events: u64, clids: i64, stacks: i64, markers_every: u64) -> (u64, Duration, i64) {
     let start = 1_700_000_000;
     let (mut state, mut revision) = active_project("bench", stacks, clids / stacks, start);
-    let mut rng = SplitMix(42);
+    let mut mix = Mix::new("bench", clids, stacks, 2, 10);
     let mut now = start;
-    let mut eversions = vec![1_i64; clids as usize + 1];
-    let mut created: Vec<proto::CreateRun> = Vec::new();
-    let mut running: Vec<String> = Vec::new();
     let mut folded = 0;
     let began = Instant::now();
     while folded < events {
-        let event = match rng.below(10) {
-            // Runs the PM asked for get created, and running ones finish.
-            0..=1 if !created.is_empty() => {
-                let run = created.swap_remove(rng.below(created.len() as u64) as usize);
-                running.push(run.run_id.clone());
-                Event::RunCreated(proto::RunCreated {
-                    run: Some(proto::Run {
-                        id: run.run_id,
-                        mode: run.mode,
-                        clids: run.input_cls.iter().map(|c| c.clid).collect(),
-                        create_time: Some(ts(now)),
-                        status: proto::run::Status::Running as i32,
-                        ..Default::default()
-                    }),
-                })
-            }
-            2 if !running.is_empty() => {
-                let id = running.swap_remove(rng.below(running.len() as u64) as usize);
-                Event::RunFinished(proto::RunFinished {
-                    run_id: id,
-                    status: proto::run::Status::Succeeded as i32,
-                    end_time: Some(ts(now)),
-                })
-            }
-            // Most events are CL updates: new patchsets and re-votes.
-            _ => {
-                let clid = 1 + rng.below(clids as u64) as i64;
-                eversions[clid as usize] += 1;
-                let per_stack = clids / stacks;
-                let parent = ((clid - 1) % per_stack > 0).then_some(clid - 1);
-                Event::ClsUpdated(proto::ClsUpdated {
-                    cls: vec![cl("bench", clid, eversions[clid as usize], parent, now - 5)],
-                })
-            }
-        };
+        let event = mix.next_event(now);
         domain::apply_event(&mut state, revision, &event).expect("valid benchmark event");
         revision += 1;
         folded += 1;
@@ -194,11 +254,7 @@ pub fn run_fold(events: u64, clids: i64, stacks: i64, markers_every: u64) -> (u6
             now += 1;
             let evaluation = domain::evaluate(&mut state, revision, ts(now));
             revision += 1;
-            for action in evaluation.actions {
-                if let ActionKind::CreateRun(run) = action {
-                    created.push(run);
-                }
-            }
+            mix.observe(&evaluation);
         }
     }
     let components = state.pstate.as_ref().map_or(0, |p| p.components.len());

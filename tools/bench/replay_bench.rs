@@ -10,12 +10,12 @@ use anyhow::Result;
 use pbjson_types::Timestamp;
 use prjmanager::projector::derived::{derived_writes, SNAPSHOT_INTERVAL_EVERSIONS};
 use prjmanager::projector::load::{load, Target};
-use prjmanager::proto::{self, action::Action as ActionKind, input_event::Event};
+use prjmanager::proto::{self, input_event::Event};
 use prjmanager::store::embedded::EmbeddedStore;
 use prjmanager::store::{Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom};
 use prjmanager::{domain, fold, notifier};
 
-use crate::fold::{cl, config, SplitMix};
+use crate::fold::{config, Mix, SplitMix};
 use crate::{millis, percentiles};
 
 /// Events appended per batch while building the stream.
@@ -75,31 +75,17 @@ fn stored(event: &Event, seq: u64) -> NewEvent {
 async fn build(store: &EmbeddedStore, events: u64, clids: i64, stacks: i64) -> Result<i64> {
     let stream = notifier::project_stream(PROJECT);
     let mut state = domain::new_project(PROJECT);
-    let mut rng = SplitMix(42);
     let mut now = 1_700_000_000;
-    let per_stack = clids / stacks;
-    let mut eversions = vec![1_i64; clids as usize + 1];
-    let mut created: Vec<proto::CreateRun> = Vec::new();
-    let mut running: Vec<String> = Vec::new();
+    let mut mix = Mix::new(PROJECT, clids, stacks, 1, 20);
     let mut batch = Vec::new();
     let mut revision = 0_u64;
     let mut inputs = 0;
-    let mut first = vec![Event::ConfigUpdated(proto::ConfigUpdated {
-        config: Some(config("h1")),
-    })];
-    first.push(Event::ClsUpdated(proto::ClsUpdated {
-        cls: (1..=clids)
-            .map(|clid| {
-                cl(
-                    PROJECT,
-                    clid,
-                    1,
-                    ((clid - 1) % per_stack > 0).then_some(clid - 1),
-                    now,
-                )
-            })
-            .collect(),
-    }));
+    let mut first = vec![
+        mix.all_cls(now),
+        Event::ConfigUpdated(proto::ConfigUpdated {
+            config: Some(config("h1")),
+        }),
+    ];
     while revision < events {
         let event = if let Some(event) = first.pop() {
             event
@@ -112,38 +98,7 @@ async fn build(store: &EmbeddedStore, events: u64, clids: i64, stacks: i64) -> R
                 ..Default::default()
             })
         } else {
-            match rng.below(20) {
-                0 if !created.is_empty() => {
-                    let run = created.swap_remove(rng.below(created.len() as u64) as usize);
-                    running.push(run.run_id.clone());
-                    Event::RunCreated(proto::RunCreated {
-                        run: Some(proto::Run {
-                            id: run.run_id,
-                            mode: run.mode,
-                            clids: run.input_cls.iter().map(|c| c.clid).collect(),
-                            create_time: Some(ts(now)),
-                            status: proto::run::Status::Running as i32,
-                            ..Default::default()
-                        }),
-                    })
-                }
-                1 if !running.is_empty() => {
-                    let id = running.swap_remove(rng.below(running.len() as u64) as usize);
-                    Event::RunFinished(proto::RunFinished {
-                        run_id: id,
-                        status: proto::run::Status::Succeeded as i32,
-                        end_time: Some(ts(now)),
-                    })
-                }
-                _ => {
-                    let clid = 1 + rng.below(clids as u64) as i64;
-                    eversions[clid as usize] += 1;
-                    let parent = ((clid - 1) % per_stack > 0).then_some(clid - 1);
-                    Event::ClsUpdated(proto::ClsUpdated {
-                        cls: vec![cl(PROJECT, clid, eversions[clid as usize], parent, now - 5)],
-                    })
-                }
-            }
+            mix.next_event(now)
         };
         inputs += 1;
         let event = match event {
@@ -152,11 +107,7 @@ async fn build(store: &EmbeddedStore, events: u64, clids: i64, stacks: i64) -> R
                     domain::evaluate(&mut state, revision, marker.now.expect("marker time"));
                 marker.eversion = evaluation.eversion;
                 marker.state_digest = fold::state_digest(&state);
-                for action in &evaluation.actions {
-                    if let ActionKind::CreateRun(run) = action {
-                        created.push(run.clone());
-                    }
-                }
+                mix.observe(&evaluation);
                 if evaluation.eversion % SNAPSHOT_INTERVAL_EVERSIONS == 0 {
                     let snapshot = proto::ProjectSnapshot {
                         eversion: evaluation.eversion,
