@@ -21,7 +21,7 @@ mod service_harness;
 
 use esdb_double::EsdbDouble;
 use service_harness::{
-    assert_derived_match, cl, config, pcl_clids, read_all, scenario_first_half,
+    assert_derived_match, cl, config, load_two_services, pcl_clids, read_all, scenario_first_half,
     scenario_second_half, wait_for, Service,
 };
 
@@ -250,44 +250,7 @@ async fn two_services_on_one_node_never_write_two_markers_for_one_eversion() {
     let double = EsdbDouble::start();
     let first = Service::start(&double.url(), None);
     let second = Service::start(&double.url(), None);
-    let mut clients = [first.client().await, second.client().await];
-    for (i, client) in clients.iter_mut().enumerate() {
-        client
-            .update_config(proto::UpdateConfigRequest {
-                project: format!("shared-{i}"),
-                config: Some(config("h1")),
-            })
-            .await
-            .unwrap();
-    }
-    let started = Instant::now();
-    let mut n = 1;
-    while started.elapsed() < Duration::from_secs(4) {
-        for (i, client) in clients.iter_mut().enumerate() {
-            n += 1;
-            // Both services get events for both projects.
-            client
-                .notify_cls_updated(proto::NotifyClsUpdatedRequest {
-                    project: format!("shared-{}", n % 2),
-                    event: Some(proto::ClsUpdated {
-                        cls: vec![cl(&format!("shared-{}", n % 2), 7, n, 1, &[])],
-                    }),
-                })
-                .await
-                .unwrap();
-            if n % 7 == 0 {
-                client
-                    .evaluate(proto::EvaluateRequest {
-                        project: format!("shared-{i}"),
-                        now: None,
-                    })
-                    .await
-                    .ok();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    load_two_services(&first, &second).await;
     first.stop();
     second.stop();
     let store = EsdbStore::connect(&double.url()).unwrap();

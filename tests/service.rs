@@ -15,7 +15,8 @@ use tonic::transport::Channel;
 mod service_harness;
 
 use service_harness::{
-    cl, config, pcl_clids, read_all, scenario_first_half, scenario_second_half, wait_for, Folded,
+    assert_serves_folded_state, cl, config, load_two_services, pcl_clids, read_all,
+    scenario_first_half, scenario_second_half, wait_for, Folded,
 };
 
 /// `prjmanager serve` on the embedded store at `db`.
@@ -65,26 +66,7 @@ async fn end_to_end_matches_the_direct_fold() {
     // A restarted service serves the same state as the direct fold.
     let service = Service::start(&db, None);
     let mut client = service.client().await;
-    let latest = client
-        .get_project(proto::GetProjectRequest {
-            project: "e2e".into(),
-            eversion: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(latest.eversion, folded.state.eversion);
-    assert_eq!(latest.state, folded.state.pstate);
-    // A historic eversion is rebuilt with its reasons.
-    let first = client
-        .get_project(proto::GetProjectRequest {
-            project: "e2e".into(),
-            eversion: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(Some(&first), folded.logs.first());
+    let first = assert_serves_folded_state(&mut client, "e2e", &folded).await;
     let stored = client
         .get_project_log(proto::GetProjectLogRequest {
             project: "e2e".into(),
@@ -364,44 +346,7 @@ async fn two_services_on_one_store_never_write_two_markers_for_one_eversion() {
     let db: PathBuf = dir.path().join("pm.db");
     let first = Service::start(&db, None);
     let second = Service::start(&db, None);
-    let mut clients = [first.client().await, second.client().await];
-    for (i, client) in clients.iter_mut().enumerate() {
-        client
-            .update_config(proto::UpdateConfigRequest {
-                project: format!("shared-{i}"),
-                config: Some(config("h1")),
-            })
-            .await
-            .unwrap();
-    }
-    let started = Instant::now();
-    let mut n = 1;
-    while started.elapsed() < Duration::from_secs(4) {
-        for (i, client) in clients.iter_mut().enumerate() {
-            n += 1;
-            // Both services get events for both projects.
-            client
-                .notify_cls_updated(proto::NotifyClsUpdatedRequest {
-                    project: format!("shared-{}", n % 2),
-                    event: Some(proto::ClsUpdated {
-                        cls: vec![cl(&format!("shared-{}", n % 2), 7, n, 1, &[])],
-                    }),
-                })
-                .await
-                .unwrap();
-            if n % 7 == 0 {
-                client
-                    .evaluate(proto::EvaluateRequest {
-                        project: format!("shared-{i}"),
-                        now: None,
-                    })
-                    .await
-                    .ok();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    load_two_services(&first, &second).await;
     first.stop();
     second.stop();
     for project in ["shared-0", "shared-1"] {

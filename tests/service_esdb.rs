@@ -15,8 +15,8 @@ mod service_harness;
 
 use esdb_double::EsdbDouble;
 use service_harness::{
-    assert_derived_match, pcl_clids, scenario_first_half, scenario_second_half, wait_for, Folded,
-    Service,
+    assert_derived_match, assert_serves_folded_state, pcl_clids, scenario_first_half,
+    scenario_second_half, wait_for, Folded, Service,
 };
 
 /// Runs the whole scenario on one service and waits for its end state.
@@ -92,25 +92,7 @@ async fn end_to_end_on_esdb_matches_the_direct_fold_and_the_embedded_store() {
     // A restarted service serves the same state as the direct fold.
     let service = Service::start(&double.url(), None);
     let mut client = service.client().await;
-    let latest = client
-        .get_project(proto::GetProjectRequest {
-            project: "e2e".into(),
-            eversion: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(latest.eversion, on_esdb.state.eversion);
-    assert_eq!(latest.state, on_esdb.state.pstate);
-    let first = client
-        .get_project(proto::GetProjectRequest {
-            project: "e2e".into(),
-            eversion: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(Some(&first), on_esdb.logs.first());
+    assert_serves_folded_state(&mut client, "e2e", &on_esdb).await;
     service.stop();
 }
 

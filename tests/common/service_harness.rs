@@ -366,3 +366,77 @@ pub async fn scenario_second_half(client: &mut ProjectManagerClient<Channel>, pr
         .await
         .unwrap();
 }
+
+/// Checks that a (restarted) service serves the direct fold's latest state,
+/// and rebuilds eversion 1 as the first logged version; returns that version.
+pub async fn assert_serves_folded_state(
+    client: &mut ProjectManagerClient<Channel>,
+    project: &str,
+    folded: &Folded,
+) -> proto::ProjectLog {
+    let latest = client
+        .get_project(proto::GetProjectRequest {
+            project: project.into(),
+            eversion: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(latest.eversion, folded.state.eversion);
+    assert_eq!(latest.state, folded.state.pstate);
+    // A historic eversion is rebuilt with its reasons.
+    let first = client
+        .get_project(proto::GetProjectRequest {
+            project: project.into(),
+            eversion: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(Some(&first), folded.logs.first());
+    first
+}
+
+/// Drives two services sharing one store for four seconds: both get events
+/// and marker requests for both projects `shared-0` and `shared-1`; then
+/// waits for the last batches to be evaluated.
+pub async fn load_two_services(first: &Service, second: &Service) {
+    let mut clients = [first.client().await, second.client().await];
+    for (i, client) in clients.iter_mut().enumerate() {
+        client
+            .update_config(proto::UpdateConfigRequest {
+                project: format!("shared-{i}"),
+                config: Some(config("h1")),
+            })
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let mut n = 1;
+    while started.elapsed() < Duration::from_secs(4) {
+        for (i, client) in clients.iter_mut().enumerate() {
+            n += 1;
+            let project = format!("shared-{}", n % 2);
+            client
+                .notify_cls_updated(proto::NotifyClsUpdatedRequest {
+                    project: project.clone(),
+                    event: Some(proto::ClsUpdated {
+                        cls: vec![cl(&project, 7, n, 1, &[])],
+                    }),
+                })
+                .await
+                .unwrap();
+            if n % 7 == 0 {
+                client
+                    .evaluate(proto::EvaluateRequest {
+                        project: format!("shared-{i}"),
+                        now: None,
+                    })
+                    .await
+                    .ok();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
