@@ -13,15 +13,11 @@ use crate::domain::{self, Evaluation, FoldError};
 use crate::events;
 use crate::proto::{input_event::Event, Evaluated, ProjectState};
 use crate::store::RecordedEvent;
+use crate::streams::project_stream;
 
 /// The `state_digest` of a state: BLAKE3 of prost's encoding of the `ProjectState`.
 pub fn state_digest(state: &ProjectState) -> Vec<u8> {
     blake3::hash(&state.encode_to_vec()).as_bytes().to_vec()
-}
-
-/// The stream of a project's input events and markers.
-pub fn project_stream(project: &str) -> String {
-    format!("project-{project}")
 }
 
 /// The revision the fold expects next: 0 for a state that folded nothing,

@@ -15,6 +15,7 @@ use crate::events;
 use crate::notifier;
 use crate::proto::input_event::Event;
 use crate::store::{NewEvent, RecordedEvent};
+use crate::streams;
 
 /// The `format` value of a replay file header.
 pub const FORMAT: &str = "prjmanager-stream";
@@ -78,7 +79,7 @@ pub struct StreamFile {
 
 /// A replay file that cannot be read; names the file, line and problem.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: {message}")]
+#[error("{}", self.located())]
 pub struct FileError {
     /// The file name as given by the user.
     pub file: String,
@@ -86,6 +87,16 @@ pub struct FileError {
     pub line: usize,
     /// What is wrong.
     pub message: String,
+}
+
+impl FileError {
+    /// `file:line: message`, or `file: message` when no line applies.
+    fn located(&self) -> String {
+        match self.line {
+            0 => format!("{}: {}", self.file, self.message),
+            line => format!("{}:{line}: {}", self.file, self.message),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -97,6 +108,21 @@ struct LineIn {
     event_type: String,
     data: Option<serde_json::Value>,
     metadata: Option<serde_json::Value>,
+}
+
+/// Reads and parses a replay file by name (`-` reads stdin); see [`parse`].
+/// A file that cannot be opened is an error at line 0, shown as
+/// `FILE: cannot open: …`.
+pub fn parse_path(path: &str) -> Result<StreamFile, FileError> {
+    if path == "-" {
+        return parse(std::io::BufReader::new(std::io::stdin().lock()), "<stdin>");
+    }
+    let handle = std::fs::File::open(path).map_err(|e| FileError {
+        file: path.to_string(),
+        line: 0,
+        message: format!("cannot open: {e}"),
+    })?;
+    parse(std::io::BufReader::new(handle), path)
 }
 
 /// Parses and validates a whole replay file: the header, every line's JSON,
@@ -172,7 +198,7 @@ pub fn parse(reader: impl BufRead, file: &str) -> Result<StreamFile, FileError> 
                     format!("metadata must be a JSON object, got {other}"),
                 ))
             }
-            None => notifier::metadata(id, IMPORT_PRODUCER),
+            None => streams::metadata(id, IMPORT_PRODUCER, None),
         };
         if let (Some(previous), Some(revision)) = (
             events.last().and_then(|e: &FileEvent| e.revision),

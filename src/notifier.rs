@@ -14,24 +14,14 @@ use crate::events;
 use crate::proto::{
     self, input_event::Event, project_config::State as ConfigState, run::Status as RunStatus,
 };
-use crate::store::{EventStore, ExpectedRevision, NewEvent, StoreError};
+use crate::store::{EventStore, ExpectedRevision, StoreError};
+use crate::streams;
 
 /// Largest encoded event the Notifier accepts.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Most CLs one `ClsUpdated` event may carry.
 pub const MAX_CLS_PER_EVENT: usize = 10_000;
-
-/// Longest accepted LUCI project name.
-pub const MAX_PROJECT_NAME_CHARS: usize = 100;
-
-/// The metadata schema version written with every event.
-pub const METADATA_SCHEMA: u32 = 1;
-
-/// Name of the source-of-truth stream of a project.
-pub fn project_stream(project: &str) -> String {
-    format!("project-{project}")
-}
 
 /// An input that does not satisfy the Notifier's rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -185,11 +175,11 @@ impl<S: EventStore> Notifier<S> {
             .into());
         }
         validate_event(project, &event)?;
-        let new_event = new_event(&event, id, &self.producer);
+        let new_event = streams::input_event(&event, id, &self.producer);
         let result = self
             .store
             .append(
-                &project_stream(project),
+                &streams::project_stream(project),
                 ExpectedRevision::Any,
                 vec![new_event],
             )
@@ -202,48 +192,9 @@ impl<S: EventStore> Notifier<S> {
     }
 }
 
-/// Builds the stored form of an event: type name, protobuf bytes and metadata.
-pub fn new_event(event: &Event, id: Uuid, producer: &str) -> NewEvent {
-    NewEvent {
-        id,
-        event_type: events::type_name(event).to_string(),
-        data: events::encode(event),
-        metadata: metadata(id, producer),
-    }
-}
-
-/// The metadata JSON of an event (EventStoreDB's correlation conventions).
-pub fn metadata(id: Uuid, producer: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "$causationId": id.to_string(),
-        "$correlationId": id.to_string(),
-        "producer": producer,
-        "schema": METADATA_SCHEMA,
-    }))
-    .expect("metadata JSON cannot fail to serialise")
-}
-
-/// Checks a LUCI project name: 1–100 characters of `a-z`, `0-9`, `-`, `_`.
+/// Checks a LUCI project name ([`streams::check_project`]) as the `project` field.
 pub fn validate_project(project: &str) -> Result<(), ValidationError> {
-    if project.is_empty() {
-        return Err(ValidationError::new("project", "must not be empty"));
-    }
-    if project.chars().count() > MAX_PROJECT_NAME_CHARS {
-        return Err(ValidationError::new(
-            "project",
-            format!("{project:?} is longer than {MAX_PROJECT_NAME_CHARS} characters"),
-        ));
-    }
-    if let Some(c) = project
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
-    {
-        return Err(ValidationError::new(
-            "project",
-            format!("{project:?} contains {c:?}; only lowercase letters, digits, '-' and '_' are allowed"),
-        ));
-    }
-    Ok(())
+    streams::check_project(project).map_err(|e| ValidationError::new("project", e.0))
 }
 
 /// The project of a RunID (`<project>/<digits>-<rest>`), validating its form.

@@ -429,7 +429,7 @@ fn fold_from(
 
 fn recorded(revision: u64, event: &Event) -> RecordedEvent {
     RecordedEvent {
-        stream: fold::project_stream(PROJECT),
+        stream: prjmanager::streams::project_stream(PROJECT),
         revision,
         position: revision + 1,
         id: uuid::Uuid::nil(),

@@ -2,10 +2,11 @@
 //! rejected with an error naming the field while nothing is written.
 
 use pbjson_types::Timestamp;
-use prjmanager::notifier::{project_stream, Notifier, NotifyError};
+use prjmanager::notifier::{Notifier, NotifyError};
 use prjmanager::proto::{self, input_event::Event, run::Status as RunStatus};
 use prjmanager::store::memory::MemoryStore;
 use prjmanager::store::{Direction, EventStore, ReadFrom};
+use prjmanager::streams::project_stream;
 
 fn ts(seconds: i64) -> Timestamp {
     Timestamp { seconds, nanos: 0 }

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use pbjson_types::Timestamp;
 use prjmanager::fold;
-use prjmanager::notifier::{self, Notifier};
-use prjmanager::projector::derived::{self, snapshot_stream};
-use prjmanager::projector::load::{load, Target};
+use prjmanager::notifier::Notifier;
 use prjmanager::projector::{self, ProjectorConfig};
 use prjmanager::proto;
+use prjmanager::read::{load, Target};
 use prjmanager::store::memory::MemoryStore;
 use prjmanager::store::{Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom};
+use prjmanager::streams::{self, snapshot_stream};
 use prost::Message;
 use tokio::sync::watch;
 
@@ -97,7 +97,7 @@ async fn snapshots_every_100_eversions_in_a_bounded_stream() {
             .await
             .unwrap()
             .max_count,
-        Some(derived::SNAPSHOT_STREAM_MAX_COUNT)
+        Some(streams::SNAPSHOT_STREAM_MAX_COUNT)
     );
     for event in &snapshots {
         let snapshot = proto::ProjectSnapshot::decode(event.data.as_slice()).unwrap();
@@ -136,7 +136,7 @@ async fn corrupt_snapshots_are_skipped_and_the_state_is_rebuilt() {
         id: uuid::Uuid::from_u128(n),
         event_type: "ProjectSnapshot".into(),
         data,
-        metadata: notifier::metadata(uuid::Uuid::from_u128(n), "test"),
+        metadata: streams::metadata(uuid::Uuid::from_u128(n), "test", None),
     };
     store
         .append(

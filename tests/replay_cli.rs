@@ -11,12 +11,11 @@ use pbjson_types::Timestamp;
 use prjmanager::domain;
 use prjmanager::fold;
 use prjmanager::jsonl;
-use prjmanager::notifier::{self, project_stream};
-use prjmanager::projector::derived::snapshot_stream;
 use prjmanager::proto::{self, input_event::Event};
 use prjmanager::replay;
 use prjmanager::store::memory::MemoryStore;
 use prjmanager::store::{EventStore, ExpectedRevision, NewEvent};
+use prjmanager::streams::{self, project_stream, snapshot_stream};
 use proptest::prelude::*;
 use prost::Message;
 
@@ -292,7 +291,7 @@ async fn build(steps: &[Step], interval: i64) -> MemoryStore {
     }
     for (index, (event, _)) in events.into_iter().enumerate() {
         let id = uuid::Uuid::from_u128(index as u128 + 1);
-        let mut new = notifier::new_event(&event, id, "test");
+        let mut new = streams::input_event(&event, id, "test");
         let recorded = prjmanager::store::RecordedEvent {
             stream: stream.clone(),
             revision: index as u64,
@@ -303,7 +302,7 @@ async fn build(steps: &[Step], interval: i64) -> MemoryStore {
             metadata: new.metadata.clone(),
         };
         if let Some(outcome) = fold::apply_recorded(&mut state, &recorded).unwrap() {
-            new = notifier::new_event(&Event::Evaluated(outcome.marker.clone()), id, "test");
+            new = streams::input_event(&Event::Evaluated(outcome.marker.clone()), id, "test");
             store
                 .append(&stream, ExpectedRevision::Any, vec![new])
                 .await

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use prjmanager::cli::action_line;
+use prjmanager::read::action_line;
 use prjmanager::replay::{self, Source};
 
 fn corpus() -> Vec<PathBuf> {

@@ -7,9 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use prjmanager::store::embedded::{
-    raw_insert_benchmark, EmbeddedStore, RawInsertPlan, APPLICATION_ID,
-};
+use prjmanager::store::embedded::{EmbeddedStore, APPLICATION_ID};
 use prjmanager::store::esdb::EsdbStore;
 use prjmanager::store::memory::MemoryStore;
 use prjmanager::store::{
@@ -1308,38 +1306,4 @@ async fn embedded_scavenge_deletes_hidden_rows_only() {
         .unwrap();
     assert_eq!(appended.position, 27);
     store.close().await.unwrap();
-}
-
-#[test]
-fn embedded_raw_insert_benchmark_writes_a_valid_store() {
-    let folder = TempDir::new().unwrap();
-    let path = folder.path().join("raw.db");
-    let plan = RawInsertPlan {
-        batches: 3,
-        batch_size: 10,
-        streams: 4,
-        payload_bytes: 100,
-    };
-    let durations = raw_insert_benchmark(&path, &plan).unwrap();
-    assert_eq!(durations.len(), 3);
-    // A second run appends after the first.
-    raw_insert_benchmark(&path, &plan).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let store = open(&path);
-        let all = everything(&store).await;
-        assert_eq!(all.len(), 60);
-        assert_eq!(
-            store.stream_revision("raw-insert-0").await.unwrap(),
-            Some(15)
-        );
-        assert_eq!(
-            revisions(&whole_stream(&store, "raw-insert-3").await).len(),
-            14
-        );
-        store.close().await.unwrap();
-    });
 }

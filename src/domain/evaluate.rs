@@ -322,15 +322,8 @@ pub fn evaluate(
     }
     reasons.sort();
     reasons.dedup();
+    let project_log = (!reasons.is_empty()).then(|| project_log(state, &reasons));
     let saved = state.pstate.as_ref().expect("pstate was just set");
-    let project_log = (!reasons.is_empty()).then(|| ProjectLog {
-        eversion,
-        status: saved.status,
-        config_hash: saved.config_hash.clone(),
-        update_time: Some(update_time),
-        state: Some(saved.clone()),
-        reasons: reasons.iter().map(|&r| r as i32).collect(),
-    });
     let offload = (saved.status != loaded_status || saved.config_hash != loaded_hash).then(|| {
         ProjectStateOffload {
             status: saved.status,
@@ -346,5 +339,21 @@ pub fn evaluate(
         project_log,
         offload,
         trace,
+    }
+}
+
+/// The `ProjectLog` of a state with the given reasons: what the fold writes
+/// when it saves a logged eversion, and what the read side answers for any
+/// eversion (reasons of the marker that produced it) or the latest state (no
+/// reasons).
+pub fn project_log(state: &ProjectState, reasons: &[LogReason]) -> ProjectLog {
+    let pstate = state.pstate.clone().unwrap_or_default();
+    ProjectLog {
+        eversion: state.eversion,
+        status: pstate.status,
+        config_hash: pstate.config_hash.clone(),
+        update_time: state.update_time,
+        state: Some(pstate),
+        reasons: reasons.iter().map(|&r| r as i32).collect(),
     }
 }

@@ -29,6 +29,7 @@ use pbjson_types::Timestamp;
 use crate::proto;
 use triage_api::{PmView, TriageError, TriageResult};
 
+pub use evaluate::project_log;
 pub use exec_deferred::run_operation_id;
 pub use invocation::{cancel_reason, run_status_ended};
 

@@ -17,7 +17,6 @@
 //! service processes on one store never append two markers for one eversion.
 
 pub mod derived;
-pub mod load;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,17 +26,21 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::domain;
+use crate::domain::{self, time::from_nanos, time::to_nanos};
 use crate::fold::{self, FoldOutcome};
-use crate::notifier::{self, project_stream};
 use crate::proto::{self, input_event::Event};
+use crate::read::{load, LoadError, Target};
 use crate::store::{
     Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom, RecordedEvent, StoreError,
     StreamFilter, StreamMetadata,
 };
 
-use derived::{derived_writes, project_of_stream, snapshot_stream};
-use load::{load, LoadError, Target};
+use crate::streams::{
+    self, project_of_stream, project_stream, snapshot_stream, CHECKPOINT_STREAM,
+    CHECKPOINT_STREAM_MAX_COUNT, PROJECT_CATEGORY, SNAPSHOT_INTERVAL_EVERSIONS,
+    SNAPSHOT_STREAM_MAX_COUNT,
+};
+use derived::derived_writes;
 
 /// A project is evaluated at most once per this interval (the original's
 /// `PMTaskInterval`).
@@ -47,14 +50,8 @@ pub const BATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// the original's dispatcher does.
 pub const DISPATCH_DRIFT: Duration = Duration::from_millis(100);
 
-/// The stream where the projector records how far it got.
-pub const CHECKPOINT_STREAM: &str = "projector-checkpoint";
-
 /// How often the checkpoint is written (when it moved).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The checkpoint stream keeps this many events.
-pub const CHECKPOINT_STREAM_MAX_COUNT: u64 = 16;
 
 /// Longest wait between retries of a failed store call.
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
@@ -107,33 +104,32 @@ pub struct ProjectorHandle {
 impl ProjectorHandle {
     /// The latest folded state of a project.
     pub async fn state(&self, project: &str) -> Result<Option<proto::ProjectState>, String> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::State {
-                project: project.to_string(),
-                reply,
-            })
-            .await
-            .map_err(|_| "the projector has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the projector has stopped".to_string())?
+        let project = project.to_string();
+        self.ask(|reply| Request::State { project, reply }).await
     }
 
     /// Appends a marker for the project now; returns its revision.
     pub async fn evaluate(&self, project: &str, now: Option<Timestamp>) -> Result<u64, String> {
+        let project = project.to_string();
+        self.ask(|reply| Request::Evaluate {
+            project,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends a request and waits for its answer.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
+    ) -> Result<T, String> {
+        fn stopped<E>(_: E) -> String {
+            "the projector has stopped".to_string()
+        }
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Evaluate {
-                project: project.to_string(),
-                now,
-                reply,
-            })
-            .await
-            .map_err(|_| "the projector has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the projector has stopped".to_string())?
+        self.requests.send(request(reply)).await.map_err(stopped)?;
+        answer.await.map_err(stopped)?
     }
 }
 
@@ -152,17 +148,6 @@ pub fn wall_clock() -> Timestamp {
     Timestamp {
         seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(since.subsec_micros() * 1_000).unwrap_or(0),
-    }
-}
-
-fn to_nanos(t: &Timestamp) -> i128 {
-    i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)
-}
-
-fn from_nanos(n: i128) -> Timestamp {
-    Timestamp {
-        seconds: i64::try_from(n.div_euclid(1_000_000_000)).unwrap_or(i64::MAX),
-        nanos: i32::try_from(n.rem_euclid(1_000_000_000)).unwrap_or(0),
     }
 }
 
@@ -276,7 +261,7 @@ pub async fn run<S: EventStore>(
     for (project, due) in checkpoint.due {
         projector.schedule.insert((due, project));
     }
-    let mut subscription = store.subscribe_all(start + 1, StreamFilter::prefix("project-"));
+    let mut subscription = store.subscribe_all(start + 1, StreamFilter::prefix(PROJECT_CATEGORY));
     let mut checkpoint_tick = tokio::time::interval(CHECKPOINT_INTERVAL);
     checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = Duration::from_millis(100);
@@ -299,7 +284,7 @@ pub async fn run<S: EventStore>(
                     backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
                     subscription = store.subscribe_all(
                         projector.processed_position + 1,
-                        StreamFilter::prefix("project-"),
+                        StreamFilter::prefix(PROJECT_CATEGORY),
                     );
                 }
                 None => {
@@ -517,14 +502,13 @@ impl<S: EventStore> Projector<S> {
             tracing::warn!(project, eversion = outcome.evaluation.eversion, "{line}");
         }
         let eversion = outcome.evaluation.eversion;
-        let snapshot = (eversion % derived::SNAPSHOT_INTERVAL_EVERSIONS == 0).then(|| {
-            proto::ProjectSnapshot {
+        let snapshot =
+            (eversion % SNAPSHOT_INTERVAL_EVERSIONS == 0).then(|| proto::ProjectSnapshot {
                 eversion,
                 source_revision: event.revision,
                 state_digest: outcome.marker.state_digest.clone(),
                 state: Some(entry.state.clone()),
-            }
-        });
+            });
         let next_eval_time = entry.state.pstate.as_ref().and_then(|p| p.next_eval_time);
         let needs_snapshot_metadata = snapshot.is_some() && !entry.snapshot_metadata_set;
         if needs_snapshot_metadata {
@@ -536,7 +520,7 @@ impl<S: EventStore> Projector<S> {
                 .set_stream_metadata(
                     &snapshot_stream(project),
                     StreamMetadata {
-                        max_count: Some(derived::SNAPSHOT_STREAM_MAX_COUNT),
+                        max_count: Some(SNAPSHOT_STREAM_MAX_COUNT),
                         truncate_before: None,
                     },
                 )
@@ -617,7 +601,7 @@ impl<S: EventStore> Projector<S> {
         let (expected, marker) = prepare_marker(&entry.state, now.unwrap_or_else(wall_clock));
         entry.marker_in_flight = true;
         let id = Uuid::new_v4();
-        let event = notifier::new_event(&Event::Evaluated(marker), id, "scheduler");
+        let event = streams::input_event(&Event::Evaluated(marker), id, "scheduler");
         let store = self.store.clone();
         let project = project.to_string();
         self.markers.spawn(async move {
@@ -713,7 +697,7 @@ impl<S: EventStore> Projector<S> {
             id: Uuid::new_v4(),
             event_type: "Checkpoint".into(),
             data,
-            metadata: notifier::metadata(Uuid::nil(), "projector"),
+            metadata: streams::metadata(Uuid::nil(), streams::DERIVED_PRODUCER, None),
         };
         match self
             .store
@@ -739,7 +723,7 @@ impl<S: EventStore> Projector<S> {
             .read_all(
                 self.processed_position + 1,
                 usize::MAX,
-                &StreamFilter::prefix("project-"),
+                &StreamFilter::prefix(PROJECT_CATEGORY),
             )
             .await
         {

@@ -10,29 +10,26 @@ pub mod diff;
 pub mod path;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufReader;
 
-use indicatif::{ProgressBar, ProgressStyle};
-use prost::Message;
+use indicatif::ProgressBar;
 use serde_json::Value;
 
 use crate::domain::{self, FoldError};
 use crate::fold::{self, FoldOutcome};
 use crate::jsonl;
-use crate::notifier::{self, project_stream};
-use crate::projector::derived::{log_stream, snapshot_stream};
-use crate::projector::load::{load, LoadError, Target};
+use crate::progress::events_bar;
 use crate::proto::{self, ProjectState};
-use crate::service::rpc_project_log;
+use crate::read::{self, load, At, LoadError, Target};
 use crate::store::any::{AnyStore, StoreUrl};
 use crate::store::memory::MemoryStore;
-use crate::store::{Direction, EventStore, ExpectedRevision, ReadFrom, RecordedEvent};
+use crate::store::{EventStore, ExpectedRevision, RecordedEvent};
+use crate::streams::{check_project, log_stream, project_stream, snapshot_stream};
 
 pub use diff::{diff, Change};
 pub use path::StatePath;
 
-/// How many events are read from a store per page.
-pub const READ_PAGE_EVENTS: usize = 4_096;
+/// How many events of a file are appended to the in-memory store at once.
+pub const LOAD_CHUNK_EVENTS: usize = 4_096;
 
 /// A failure of a replay command, classified for the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -122,19 +119,12 @@ impl Opened {
 pub async fn open(source: &Source) -> Result<Opened, ReplayError> {
     match source {
         Source::Store { url, project } => {
-            notifier::validate_project(project)
-                .map_err(|e| ReplayError::BadInput(e.to_string()))?;
+            check_project(project).map_err(|e| ReplayError::BadInput(e.to_string()))?;
             let store = AnyStore::open(url)
                 .map_err(|e| ReplayError::Failed(format!("cannot open the store: {e}")))?;
-            if store
-                .stream_revision(&project_stream(project))
+            read::require_project(&store, project)
                 .await?
-                .is_none()
-            {
-                return Err(ReplayError::Failed(format!(
-                    "project {project:?} has no events in this store"
-                )));
-            }
+                .map_err(|e| ReplayError::Failed(e.to_string()))?;
             Ok(Opened {
                 store,
                 project: project.clone(),
@@ -142,14 +132,8 @@ pub async fn open(source: &Source) -> Result<Opened, ReplayError> {
             })
         }
         Source::File(name) => {
-            let parsed = if name == "-" {
-                jsonl::parse(BufReader::new(std::io::stdin().lock()), "<stdin>")
-            } else {
-                let handle = std::fs::File::open(name)
-                    .map_err(|e| ReplayError::BadInput(format!("{name}: cannot open: {e}")))?;
-                jsonl::parse(BufReader::new(handle), name)
-            }
-            .map_err(|e| ReplayError::BadInput(e.to_string()))?;
+            let parsed =
+                jsonl::parse_path(name).map_err(|e| ReplayError::BadInput(e.to_string()))?;
             load_file(name, parsed).await
         }
     }
@@ -173,7 +157,7 @@ pub async fn load_file(name: &str, parsed: jsonl::StreamFile) -> Result<Opened, 
         }
         lines.insert(revision, event.line);
     }
-    for chunk in parsed.events.chunks(READ_PAGE_EVENTS) {
+    for chunk in parsed.events.chunks(LOAD_CHUNK_EVENTS) {
         let batch = chunk.iter().map(jsonl::FileEvent::to_new_event).collect();
         store
             .append(&stream, ExpectedRevision::Any, batch)
@@ -192,29 +176,7 @@ pub async fn read_stream<S: EventStore>(
     store: &S,
     stream: &str,
 ) -> Result<Vec<RecordedEvent>, ReplayError> {
-    let mut events: Vec<RecordedEvent> = Vec::new();
-    let mut from = ReadFrom::Start;
-    loop {
-        let page = store
-            .read_stream(stream, from, Direction::Forwards, READ_PAGE_EVENTS)
-            .await?;
-        let Some(last) = page.last() else {
-            return Ok(events);
-        };
-        from = ReadFrom::Revision(last.revision + 1);
-        events.extend(page);
-    }
-}
-
-/// A progress bar on stderr (drawn only when stderr is a terminal).
-pub fn progress(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} events ({per_sec}, {eta})")
-            .expect("static progress template"),
-    );
-    bar.set_message(what.to_string());
-    bar
+    Ok(read::read_all(store, stream).await?)
 }
 
 /// One folded marker: the batch it closed and what it produced.
@@ -256,17 +218,22 @@ pub fn fold_events(
     Ok(state)
 }
 
+fn check_eversion(eversion: i64) -> Result<(), ReplayError> {
+    if eversion < 0 {
+        return Err(ReplayError::BadInput(format!(
+            "eversion {eversion} is negative"
+        )));
+    }
+    Ok(())
+}
+
 /// The state at an eversion: the newest valid snapshot at or below it plus
 /// the tail, and the outcome of the marker that produced it.
 pub async fn state_at(
     opened: &Opened,
     eversion: i64,
 ) -> Result<(ProjectState, Option<FoldOutcome>), ReplayError> {
-    if eversion < 0 {
-        return Err(ReplayError::BadInput(format!(
-            "eversion {eversion} is negative"
-        )));
-    }
+    check_eversion(eversion)?;
     let loaded = load(&opened.store, &opened.project, Target::Eversion(eversion))
         .await
         .map_err(|e| opened.load_error(e))?;
@@ -285,20 +252,18 @@ pub struct Rebuilt {
     pub logged: bool,
 }
 
-/// `rebuild`: the `ProjectLog` at `eversion`.
+/// `rebuild`: the `ProjectLog` at `eversion` ([`read::project_log`]).
 pub async fn rebuild(opened: &Opened, eversion: i64) -> Result<Rebuilt, ReplayError> {
-    let (state, outcome) = state_at(opened, eversion).await?;
-    let reasons = outcome
-        .as_ref()
-        .filter(|o| o.evaluation.eversion == eversion)
-        .map(|o| o.evaluation.reasons.clone())
-        .unwrap_or_default();
-    let logged = outcome
-        .as_ref()
-        .is_some_and(|o| o.evaluation.eversion == eversion && o.evaluation.project_log.is_some());
+    check_eversion(eversion)?;
+    let read = read::project_log(&opened.store, &opened.project, At::Eversion(eversion))
+        .await
+        .map_err(|e| opened.load_error(e))?;
+    for warning in &read.warnings {
+        eprintln!("warning: {warning}");
+    }
     Ok(Rebuilt {
-        log: rpc_project_log(&state, &reasons),
-        logged,
+        log: read.log,
+        logged: read.logged,
     })
 }
 
@@ -376,7 +341,7 @@ pub struct BlameEntry {
 /// `blame`: every eversion at which `path` of the state document changed.
 pub async fn blame(opened: &Opened, path: &StatePath) -> Result<Vec<BlameEntry>, ReplayError> {
     let events = read_stream(&opened.store, &project_stream(&opened.project)).await?;
-    let bar = progress(events.len() as u64, "blame");
+    let bar = events_bar(events.len() as u64, "blame");
     let mut previous = path.evaluate(&state_document(&domain::new_project(&opened.project)));
     let mut entries = Vec::new();
     fold_events(opened, &events, &bar, |step| {
@@ -408,7 +373,7 @@ pub async fn actions(
             .unwrap_or_default());
     }
     let events = read_stream(&opened.store, &project_stream(&opened.project)).await?;
-    let bar = progress(events.len() as u64, "actions");
+    let bar = events_bar(events.len() as u64, "actions");
     let mut all = Vec::new();
     fold_events(opened, &events, &bar, |step| {
         all.extend(step.outcome.evaluation.wrapped_actions());
@@ -485,27 +450,21 @@ pub async fn verify(opened: &Opened) -> Result<VerifyReport, ReplayError> {
     let mut stored_logs: BTreeMap<i64, (u64, proto::ProjectLog)> = BTreeMap::new();
     let log_stream_name = log_stream(&opened.project);
     for record in read_stream(&opened.store, &log_stream_name).await? {
-        match proto::ProjectLog::decode(record.data.as_slice()) {
+        match read::decode::<proto::ProjectLog>(&record) {
             Ok(log) => {
                 stored_logs.insert(log.eversion, (record.revision, log));
             }
-            Err(e) => warnings.push(format!(
-                "{log_stream_name} revision {}: does not decode: {e}",
-                record.revision
-            )),
+            Err(e) => warnings.push(e.to_string()),
         }
     }
     let mut stored_snapshots: BTreeMap<i64, (u64, proto::ProjectSnapshot)> = BTreeMap::new();
     let snapshot_stream_name = snapshot_stream(&opened.project);
     for record in read_stream(&opened.store, &snapshot_stream_name).await? {
-        match proto::ProjectSnapshot::decode(record.data.as_slice()) {
+        match read::decode::<proto::ProjectSnapshot>(&record) {
             Ok(snapshot) => {
                 stored_snapshots.insert(snapshot.eversion, (record.revision, snapshot));
             }
-            Err(e) => warnings.push(format!(
-                "{snapshot_stream_name} revision {}: does not decode: {e}",
-                record.revision
-            )),
+            Err(e) => warnings.push(e.to_string()),
         }
     }
     let snapshot_eversions: BTreeSet<i64> = stored_snapshots.keys().copied().collect();
@@ -514,7 +473,7 @@ pub async fn verify(opened: &Opened) -> Result<VerifyReport, ReplayError> {
     let mut logs_checked = 0;
     let mut snapshots_checked = 0;
     let mut eversions = 0;
-    let bar = progress(events.len() as u64, "verify");
+    let bar = events_bar(events.len() as u64, "verify");
     fold_events(opened, &events, &bar, |step| {
         let evaluation = &step.outcome.evaluation;
         let eversion = evaluation.eversion;
@@ -542,7 +501,7 @@ pub async fn verify(opened: &Opened) -> Result<VerifyReport, ReplayError> {
             let recomputed = evaluation.project_log.clone().unwrap_or_else(|| {
                 // Not logged by the fold: compare with the state, so the diff
                 // shows at least the reasons.
-                rpc_project_log(step.state, &[])
+                domain::project_log(step.state, &[])
             });
             if evaluation.project_log.is_none() || &recomputed != stored {
                 found.push(Divergence {

@@ -20,7 +20,7 @@ use crate::projector::{self, ProjectorConfig};
 use crate::proto::project_manager_server::ProjectManagerServer;
 use crate::store::any::{AnyStore, StoreUrl};
 
-pub use rpc::{project_log_of as rpc_project_log, PmService};
+pub use rpc::PmService;
 
 /// After SIGINT/SIGTERM, in-flight RPCs get this long to finish before the
 /// remaining connections are closed.

@@ -8,12 +8,13 @@
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::domain;
 use crate::notifier::{Appended, Notifier, NotifyError};
-use crate::projector::derived::{action_stream, log_stream};
-use crate::projector::load::{load, LoadError, Target};
 use crate::projector::ProjectorHandle;
 use crate::proto::{self, input_event::Event, project_manager_server::ProjectManager};
+use crate::read::{self, At, LoadError};
 use crate::store::{Direction, EventStore, ReadFrom, RecordedEvent, StoreError};
+use crate::streams::{action_stream, check_project as check_project_name, log_stream};
 
 /// Page size of the list RPCs when the request asks for none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -72,7 +73,7 @@ fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
 }
 
 fn check_project(project: &str) -> Result<(), Status> {
-    crate::notifier::validate_project(project).map_err(|e| Status::invalid_argument(e.to_string()))
+    check_project_name(project).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn page_size(requested: i32) -> Result<usize, Status> {
@@ -94,22 +95,6 @@ fn page_start(token: &str) -> Result<u64, Status> {
         .map_err(|_| Status::invalid_argument(format!("invalid page_token: {token:?}")))
 }
 
-/// The `ProjectLog` shape of a state (reasons as given).
-pub fn project_log_of(
-    state: &proto::ProjectState,
-    reasons: &[proto::project_log::LogReason],
-) -> proto::ProjectLog {
-    let pstate = state.pstate.clone().unwrap_or_default();
-    proto::ProjectLog {
-        eversion: state.eversion,
-        status: pstate.status,
-        config_hash: pstate.config_hash.clone(),
-        update_time: state.update_time,
-        state: Some(pstate),
-        reasons: reasons.iter().map(|r| *r as i32).collect(),
-    }
-}
-
 /// Reads up to `max` events of a stream from revision `from`.
 async fn read_page<S: EventStore>(
     store: &S,
@@ -124,12 +109,7 @@ async fn read_page<S: EventStore>(
 }
 
 fn decode<M: Message + Default>(event: &RecordedEvent) -> Result<M, Status> {
-    M::decode(event.data.as_slice()).map_err(|e| {
-        Status::data_loss(format!(
-            "{} revision {} does not decode: {e}",
-            event.stream, event.revision
-        ))
-    })
+    read::decode(event).map_err(|e| Status::data_loss(e.to_string()))
 }
 
 #[tonic::async_trait]
@@ -252,20 +232,16 @@ impl<S: EventStore> ProjectManager for PmService<S> {
                 .ok_or_else(|| {
                     Status::not_found(format!("project {:?} has no events", r.project))
                 })?;
-            return Ok(Response::new(project_log_of(&state, &[])));
+            return Ok(Response::new(domain::project_log(&state, &[])));
         }
-        let loaded = load(&self.store, &r.project, Target::Eversion(r.eversion))
+        let read = read::project_log(&self.store, &r.project, At::Eversion(r.eversion))
             .await
             .map_err(|e| match e {
                 LoadError::Store(s) => store_status(s),
                 LoadError::NoSuchEversion { .. } => Status::not_found(e.to_string()),
                 LoadError::Fold { .. } => Status::data_loss(e.to_string()),
             })?;
-        let reasons = loaded
-            .last_outcome
-            .map(|o| o.evaluation.reasons)
-            .unwrap_or_default();
-        Ok(Response::new(project_log_of(&loaded.state, &reasons)))
+        Ok(Response::new(read.log))
     }
 
     async fn get_project_log(
@@ -274,17 +250,13 @@ impl<S: EventStore> ProjectManager for PmService<S> {
     ) -> Result<Response<proto::ProjectLog>, Status> {
         let r = request.into_inner();
         check_project(&r.project)?;
-        let stream = log_stream(&r.project);
-        let mut next = 0;
-        loop {
-            let page = read_page(&self.store, &stream, next, MAX_PAGE_SIZE).await?;
-            let Some(last) = page.last() else { break };
-            next = last.revision + 1;
-            for event in &page {
-                let log: proto::ProjectLog = decode(event)?;
-                if log.eversion == r.eversion {
-                    return Ok(Response::new(log));
-                }
+        let events = read::read_all(&self.store, &log_stream(&r.project))
+            .await
+            .map_err(store_status)?;
+        for event in &events {
+            let log: proto::ProjectLog = decode(event)?;
+            if log.eversion == r.eversion {
+                return Ok(Response::new(log));
             }
         }
         Err(Status::not_found(format!(

@@ -41,12 +41,13 @@
 //!   the writer finish every request queued before it, then stops the thread;
 //!   later calls fail with [`StoreError::Closed`] and subscriptions end.
 //!
-//! # Benchmark support
+//! # Baselines
 //!
-//! [`raw_insert_benchmark`] inserts rows into the same schema, through the
-//! same connection setup ([`CONNECTION_PRAGMAS`], [`SCHEMA_SQL`]) and with one
-//! transaction per batch, without the store's checks, savepoints or channels:
-//! the baseline `pm-bench` compares the store against.
+//! [`open_writer_connection`] and the statements an append runs
+//! ([`FIND_STREAM_SQL`], [`INSERT_STREAM_SQL`], [`INSERT_EVENT_SQL`],
+//! [`SET_LAST_REVISION_SQL`]) are public so that `pm-bench append` can write
+//! the same schema through the same connection setup without the store's
+//! checks, savepoints or channels: the raw-SQLite baseline it compares with.
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
@@ -54,7 +55,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::types::Value;
 use rusqlite::{
@@ -125,11 +126,17 @@ CREATE TABLE events (
 ) STRICT;
 ";
 
-const FIND_STREAM_SQL: &str = "SELECT stream_id, last_revision, max_count, truncate_before \
+/// Finds a stream's row: `stream_id, last_revision, max_count, truncate_before`.
+pub const FIND_STREAM_SQL: &str = "SELECT stream_id, last_revision, max_count, truncate_before \
      FROM streams WHERE name = ?1";
-const INSERT_STREAM_SQL: &str = "INSERT INTO streams (name) VALUES (?1)";
-const SET_LAST_REVISION_SQL: &str = "UPDATE streams SET last_revision = ?2 WHERE stream_id = ?1";
-const INSERT_EVENT_SQL: &str = "INSERT INTO events \
+/// Creates a stream's row (`?1` name).
+pub const INSERT_STREAM_SQL: &str = "INSERT INTO streams (name) VALUES (?1)";
+/// Sets a stream's last revision (`?1` stream id, `?2` revision).
+pub const SET_LAST_REVISION_SQL: &str =
+    "UPDATE streams SET last_revision = ?2 WHERE stream_id = ?1";
+/// Inserts one event (`?1` stream id, `?2` revision, `?3` id, `?4` type,
+/// `?5` data, `?6` metadata).
+pub const INSERT_EVENT_SQL: &str = "INSERT INTO events \
      (stream_id, revision, event_id, event_type, data, metadata) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const REVISION_OF_ID_SQL: &str =
@@ -1103,7 +1110,7 @@ fn read_all_query(from_position: u64, max: usize, filter: &StreamFilter) -> (Str
 /// Opens the writing connection: checks the file's identity before writing
 /// anything to it, applies [`CONNECTION_PRAGMAS`] and creates the schema in
 /// an empty file.
-fn open_writer_connection(path: &Path) -> Result<Connection, StoreError> {
+pub fn open_writer_connection(path: &Path) -> Result<Connection, StoreError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|err| {
             StoreError::Unavailable(format!("cannot create folder {}: {err}", parent.display()))
@@ -1204,94 +1211,6 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         .map_err(|err| at_path(path, err))?;
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     Ok(connection)
-}
-
-/// What [`raw_insert_benchmark`] writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RawInsertPlan {
-    /// Number of transactions (one fsync each).
-    pub batches: usize,
-    /// Events per transaction.
-    pub batch_size: usize,
-    /// Number of streams the events go to, round robin.
-    pub streams: usize,
-    /// Payload bytes per event.
-    pub payload_bytes: usize,
-}
-
-/// Inserts `plan.batches × plan.batch_size` events straight into the store's
-/// schema at `path`: the same connection setup and identity check as
-/// [`EmbeddedStore::open`] (WAL, `synchronous=FULL`), one
-/// `BEGIN IMMEDIATE … COMMIT` per batch, and per event the row insert and the
-/// stream's `last_revision` update, but no expected-revision or idempotency
-/// check, no savepoint, no thread hop. Returns each batch's duration, commit
-/// included. The file stays a valid store (streams `raw-insert-<i>`).
-pub fn raw_insert_benchmark(
-    path: impl AsRef<Path>,
-    plan: &RawInsertPlan,
-) -> Result<Vec<Duration>, StoreError> {
-    if plan.streams == 0 {
-        return Err(StoreError::InvalidArgument(
-            "a raw insert benchmark needs at least one stream".into(),
-        ));
-    }
-    let mut connection = open_writer_connection(path.as_ref())?;
-    let mut streams = Vec::with_capacity(plan.streams);
-    for i in 0..plan.streams {
-        let name = format!("raw-insert-{i}");
-        let row = match find_stream(&connection, &name)? {
-            Some(row) => row,
-            None => {
-                connection
-                    .execute(INSERT_STREAM_SQL, [name.as_bytes()])
-                    .map_err(store_error)?;
-                StreamRow {
-                    stream_id: connection.last_insert_rowid(),
-                    last_revision: None,
-                    metadata: StreamMetadata::default(),
-                }
-            }
-        };
-        streams.push((row.stream_id, row.last_revision.map_or(0, |last| last + 1)));
-    }
-    let payload = vec![0xA5_u8; plan.payload_bytes];
-    let mut durations = Vec::with_capacity(plan.batches);
-    let mut next_stream = 0;
-    for _ in 0..plan.batches {
-        let started = Instant::now();
-        let transaction = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_error)?;
-        {
-            let mut insert = transaction
-                .prepare_cached(INSERT_EVENT_SQL)
-                .map_err(store_error)?;
-            let mut set_last = transaction
-                .prepare_cached(SET_LAST_REVISION_SQL)
-                .map_err(store_error)?;
-            for _ in 0..plan.batch_size {
-                let (stream_id, revision) = &mut streams[next_stream];
-                next_stream = (next_stream + 1) % plan.streams;
-                insert
-                    .execute(params![
-                        *stream_id,
-                        to_i64(*revision),
-                        Uuid::new_v4().as_bytes(),
-                        "RawInsert",
-                        payload,
-                        b"{}".as_slice(),
-                    ])
-                    .map_err(store_error)?;
-                set_last
-                    .execute(params![*stream_id, to_i64(*revision)])
-                    .map_err(store_error)?;
-                *revision += 1;
-            }
-        }
-        transaction.commit().map_err(store_error)?;
-        durations.push(started.elapsed());
-    }
-    Ok(durations)
 }
 
 /// Maps a SQLite failure: busy, locked, I/O and resource failures may pass

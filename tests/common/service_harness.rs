@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use pbjson_types::Timestamp;
 use prjmanager::fold;
-use prjmanager::projector::derived::{action_stream, log_stream, offload_stream};
 use prjmanager::proto::{self, project_manager_client::ProjectManagerClient};
 use prjmanager::store::{Direction, EventStore, ReadFrom, RecordedEvent};
+use prjmanager::streams::{action_stream, log_stream, offload_stream};
 use prost::Message;
 use tonic::transport::Channel;
 

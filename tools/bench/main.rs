@@ -16,6 +16,7 @@
 //! Numbers are printed, never asserted: benchmarks are run by hand.
 
 mod fold;
+mod raw_sqlite;
 mod record;
 mod replay_bench;
 mod service;
@@ -29,7 +30,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use prjmanager::notifier::Notifier;
 use prjmanager::proto;
-use prjmanager::store::embedded::{raw_insert_benchmark, EmbeddedStore, RawInsertPlan};
+use prjmanager::store::embedded::EmbeddedStore;
+use raw_sqlite::{raw_insert, RawInsertPlan};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -376,7 +378,7 @@ fn raw_for(
             streams,
             payload_bytes,
         };
-        batches.extend(raw_insert_benchmark(path, &plan)?);
+        batches.extend(raw_insert(path, &plan)?);
     }
     let total: Duration = batches.iter().sum();
     let events = (batches.len() * batch_size) as f64;

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use pbjson_types::Timestamp;
-use prjmanager::projector::derived::{derived_writes, SNAPSHOT_INTERVAL_EVERSIONS};
-use prjmanager::projector::load::{load, Target};
+use prjmanager::projector::derived::derived_writes;
 use prjmanager::proto::{self, input_event::Event};
+use prjmanager::read::{load, Target};
 use prjmanager::store::embedded::EmbeddedStore;
 use prjmanager::store::{Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom};
-use prjmanager::{domain, fold, notifier};
+use prjmanager::streams::{self, project_stream, SNAPSHOT_INTERVAL_EVERSIONS};
+use prjmanager::{domain, fold};
 
 use crate::fold::{config, Mix, SplitMix};
 use crate::{millis, percentiles};
@@ -63,7 +64,7 @@ fn ts(seconds: i64) -> Timestamp {
 }
 
 fn stored(event: &Event, seq: u64) -> NewEvent {
-    notifier::new_event(
+    streams::input_event(
         event,
         uuid::Uuid::from_u128(u128::from(seq) + 1),
         "pm-bench",
@@ -73,7 +74,7 @@ fn stored(event: &Event, seq: u64) -> NewEvent {
 /// Folds a generated stream while appending it, with the projector's snapshot
 /// writes; returns the number of eversions.
 async fn build(store: &EmbeddedStore, events: u64, clids: i64, stacks: i64) -> Result<i64> {
-    let stream = notifier::project_stream(PROJECT);
+    let stream = project_stream(PROJECT);
     let mut state = domain::new_project(PROJECT);
     let mut now = 1_700_000_000;
     let mut mix = Mix::new(PROJECT, clids, stacks, 1, 20);
@@ -150,7 +151,7 @@ async fn build(store: &EmbeddedStore, events: u64, clids: i64, stacks: i64) -> R
 
 /// Reads and folds the whole stream from its start, without snapshots.
 async fn full_replay(store: &EmbeddedStore) -> Result<(u64, Duration)> {
-    let stream = notifier::project_stream(PROJECT);
+    let stream = project_stream(PROJECT);
     let started = Instant::now();
     let mut state = domain::new_project(PROJECT);
     let mut folded = 0;

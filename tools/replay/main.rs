@@ -7,7 +7,7 @@
 use std::io::Write;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use prjmanager::cli::action_line;
+use prjmanager::read::action_line;
 use prjmanager::replay::{self, ReplayError, Source, StatePath};
 use prjmanager::store::any::StoreUrl;
 

@@ -1,21 +1,28 @@
-//! Loading a project's state from a store: the newest valid snapshot at or
-//! below the target, then the fold of the stream's tail.
+//! The read side: what a project looked like at an eversion (or now), from
+//! a store. The gRPC read RPCs, the CLI read commands, `pm-replay` and the
+//! projector all read through here.
 //!
-//! A snapshot that does not decode, or whose digest does not match its
-//! state, is skipped with a warning; the next older one (or the start of the
-//! stream) is used instead.
+//! * [`load`]: the state at a target, from the newest valid snapshot at or
+//!   below it plus the fold of the stream's tail. A snapshot that does not
+//!   decode, or whose digest does not match its state, is skipped with a
+//!   warning; the next older one (or the start of the stream) is used.
+//! * [`project_log`]: the `ProjectLog` at an eversion, with the one rule for
+//!   historic logs: the reasons are those of the marker that produced the
+//!   eversion (empty for the latest state, which is not a log entry).
+//! * [`read_all`] and [`decode`]: every event of a stream, and a derived
+//!   event's message.
+//! * [`action_line`]: the JSON line of an action, as the CLI and `pm-replay`
+//!   print it.
 
 use prost::Message;
 
 use crate::domain::{self, FoldError};
 use crate::fold::{self, FoldOutcome};
-use crate::notifier::project_stream;
-use crate::proto::{ProjectSnapshot, ProjectState};
-use crate::store::{Direction, EventStore, ReadFrom, StoreError};
+use crate::proto::{self, ProjectSnapshot, ProjectState};
+use crate::store::{Direction, EventStore, ReadFrom, RecordedEvent, StoreError};
+use crate::streams::{action_type, project_stream, snapshot_stream, SNAPSHOT_INTERVAL_EVERSIONS};
 
-use super::derived::{snapshot_stream, SNAPSHOT_INTERVAL_EVERSIONS};
-
-/// How many events a load reads per page.
+/// How many events a load (and [`read_all`]) reads per page.
 pub const LOAD_PAGE_EVENTS: usize = 4_096;
 
 /// How far to fold.
@@ -225,4 +232,180 @@ pub async fn load<S: EventStore>(
         snapshot_eversion,
         warnings,
     })
+}
+
+/// Which eversion of a project to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    /// The latest state.
+    Latest,
+    /// The state saved by the marker that produced this eversion.
+    Eversion(i64),
+}
+
+/// A `ProjectLog` read at an eversion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadLog {
+    /// The `ProjectLog` shape of the state, with the reasons of the marker
+    /// that produced it (none for [`At::Latest`]).
+    pub log: proto::ProjectLog,
+    /// Whether the fold logged this eversion (wrote it to `projectlog-<P>`).
+    pub logged: bool,
+    /// Snapshots skipped on the way (see [`load`]).
+    pub warnings: Vec<String>,
+}
+
+/// The `ProjectLog` of `project` at `at`: the one rule for historic logs.
+///
+/// For an eversion, the state that marker saved with that marker's reasons
+/// (what the fold wrote to `projectlog-<P>` if it logged the eversion); for
+/// the latest state, no reasons.
+pub async fn project_log<S: EventStore>(
+    store: &S,
+    project: &str,
+    at: At,
+) -> Result<ReadLog, LoadError> {
+    let target = match at {
+        At::Latest => Target::Latest,
+        At::Eversion(n) => Target::Eversion(n),
+    };
+    let loaded = load(store, project, target).await?;
+    let outcome = match at {
+        At::Latest => None,
+        At::Eversion(n) => loaded
+            .last_outcome
+            .as_ref()
+            .filter(|o| o.evaluation.eversion == n),
+    };
+    let reasons = outcome.map_or(&[][..], |o| &o.evaluation.reasons);
+    Ok(ReadLog {
+        log: domain::project_log(&loaded.state, reasons),
+        logged: outcome.is_some_and(|o| o.evaluation.project_log.is_some()),
+        warnings: loaded.warnings,
+    })
+}
+
+/// A project with no event in the store, for the commands that read one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("project {0:?} has no events in this store")]
+pub struct NoSuchProject(pub String);
+
+/// Fails with [`NoSuchProject`] unless `project-<P>` has an event.
+pub async fn require_project<S: EventStore>(
+    store: &S,
+    project: &str,
+) -> Result<Result<(), NoSuchProject>, StoreError> {
+    let head = store.stream_revision(&project_stream(project)).await?;
+    Ok(head
+        .map(|_| ())
+        .ok_or_else(|| NoSuchProject(project.to_string())))
+}
+
+/// Every visible event of a stream, in revision order.
+pub async fn read_all<S: EventStore>(
+    store: &S,
+    stream: &str,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut events = Vec::new();
+    read_range(store, stream, 0, u64::MAX, |event| {
+        events.push(event.clone());
+        Ok::<(), StoreError>(())
+    })
+    .await?;
+    Ok(events)
+}
+
+/// Calls `visit` with every visible event of a stream from revision `from`
+/// through revision `through` (inclusive), in order, one page in memory at a
+/// time. Stops at the first error `visit` returns.
+pub async fn read_range<S: EventStore, E: From<StoreError>>(
+    store: &S,
+    stream: &str,
+    from: u64,
+    through: u64,
+    mut visit: impl FnMut(&RecordedEvent) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut next = from;
+    while next <= through {
+        let page = store
+            .read_stream(
+                stream,
+                ReadFrom::Revision(next),
+                Direction::Forwards,
+                LOAD_PAGE_EVENTS,
+            )
+            .await?;
+        let Some(last) = page.last().map(|e| e.revision) else {
+            break;
+        };
+        for event in page.iter().take_while(|e| e.revision <= through) {
+            visit(event)?;
+        }
+        match last.checked_add(1) {
+            Some(after) => next = after,
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// A stored derived event that does not decode as its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{stream} revision {revision} does not decode: {message}")]
+pub struct Undecodable {
+    /// The stream.
+    pub stream: String,
+    /// The event's revision.
+    pub revision: u64,
+    /// The decoder's message.
+    pub message: String,
+}
+
+/// The message of a derived event (`ProjectLog`, `Action`, `ProjectSnapshot`, …).
+pub fn decode<M: Message + Default>(event: &RecordedEvent) -> Result<M, Undecodable> {
+    M::decode(event.data.as_slice()).map_err(|e| Undecodable {
+        stream: event.stream.clone(),
+        revision: event.revision,
+        message: e.to_string(),
+    })
+}
+
+/// One action as printed by `prjmanager actions` and `pm-replay actions`:
+/// `{"eversion":N,"type":"CreateRun","data":{…}}`, fields in this order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ActionLine {
+    /// The eversion that produced the action.
+    pub eversion: i64,
+    /// The action's type name.
+    #[serde(rename = "type")]
+    pub action_type: &'static str,
+    /// The action message in proto3 JSON.
+    pub data: serde_json::Value,
+}
+
+/// The [`ActionLine`] of an action.
+pub fn action_line(action: &proto::Action) -> ActionLine {
+    use proto::action::Action as A;
+    let Some(kind) = &action.action else {
+        return ActionLine {
+            eversion: action.eversion,
+            action_type: "Unknown",
+            data: serde_json::json!({}),
+        };
+    };
+    let data = match kind {
+        A::CreateRun(m) => serde_json::to_value(m),
+        A::PurgeCl(m) => serde_json::to_value(m),
+        A::TriggerClDeps(m) => serde_json::to_value(m),
+        A::CancelRuns(m) => serde_json::to_value(m),
+        A::UpdateRunsConfig(m) => serde_json::to_value(m),
+        A::PokeRuns(m) => serde_json::to_value(m),
+        A::PokePoller(m) => serde_json::to_value(m),
+    }
+    .expect("generated proto3 JSON serialisation cannot fail");
+    ActionLine {
+        eversion: action.eversion,
+        action_type: action_type(kind),
+        data,
+    }
 }

@@ -1,0 +1,157 @@
+//! The `prjmanager` command line's arguments (clap).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::service::DEFAULT_LISTEN;
+use crate::store::any::{StoreUrl, DEFAULT_STORE_URL};
+
+/// The `prjmanager` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "prjmanager",
+    version,
+    about = "Event-sourced LUCI CV Project Manager"
+)]
+pub struct Cli {
+    /// Store URL: sqlite://PATH (embedded, the default) or memory://.
+    #[arg(long, global = true, env = "PRJMANAGER_STORE", default_value = DEFAULT_STORE_URL)]
+    pub store: StoreUrl,
+    /// A file holding the bearer token: `serve` requires it on every RPC but
+    /// health; `--server` calls present it (else `PRJMANAGER_TOKEN`).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A `prjmanager` command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate an event and append it to the project's stream.
+    Notify {
+        /// Which Notifier call.
+        kind: NotifyKind,
+        /// The LUCI project (run events are routed by their run id; if given it must match).
+        #[arg(long)]
+        project: Option<String>,
+        /// The event payload as proto3 JSON (the `data` of a replay line); `-` reads stdin.
+        #[arg(long)]
+        json: Option<String>,
+        /// Send through a running service (`host:port`) instead of the store.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Run the service: gRPC, projector and scheduler.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Keep at most this many project states in memory.
+        #[arg(long, default_value_t = 10_000)]
+        max_cached_projects: usize,
+        /// Append no markers on a timer: markers come only from `Evaluate`
+        /// (`prjmanager evaluate P --now T --server ADDR`), for recordings.
+        #[arg(long)]
+        no_scheduler: bool,
+    },
+    /// Print a project's state (the `ProjectLog` shape) as JSON.
+    State {
+        /// The LUCI project.
+        project: String,
+        /// The eversion to rebuild (default: the latest).
+        #[arg(long)]
+        eversion: Option<i64>,
+        /// Ask a running service (`host:port`) instead of folding the store.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// List a project's stored ProjectLogs, one JSON line each.
+    Logs {
+        /// The LUCI project.
+        project: String,
+    },
+    /// List a project's actions as JSON lines `{"eversion":N,"type":…,"data":{…}}`.
+    Actions {
+        /// The LUCI project.
+        project: String,
+        /// Only the actions of this eversion.
+        #[arg(long)]
+        eversion: Option<i64>,
+    },
+    /// Append an `Evaluated` marker for a project now.
+    Evaluate {
+        /// The LUCI project.
+        project: String,
+        /// The marker's clock (RFC 3339; default: now).
+        #[arg(long)]
+        now: Option<String>,
+        /// Ask a running service (`host:port`) instead of appending to the store.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Validate a whole replay file, then append its events to the store.
+    Import {
+        /// The JSONL replay file (`-` reads stdin).
+        file: String,
+    },
+    /// Write a project's stream as a replay file.
+    Export {
+        /// The LUCI project.
+        project: String,
+        /// Stop after this revision.
+        #[arg(long)]
+        to_revision: Option<u64>,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// List a project's events, one JSON line each.
+    Events {
+        /// The LUCI project.
+        project: String,
+        /// First revision to list.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Most events to list.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+/// The Notifier calls available from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NotifyKind {
+    /// `ConfigUpdated`: `{"config": ProjectConfig}`.
+    Config,
+    /// `Poked`: no payload.
+    Poke,
+    /// `ClsUpdated`: `{"cls": [ChangeList, …]}`.
+    ClsUpdated,
+    /// `RunCreated`: `{"run": Run}`.
+    RunCreated,
+    /// `RunFinished`: `{"runId": …, "status": …, "endTime": …}`.
+    RunFinished,
+    /// `PurgeCompleted`: `{"operationId": …, "clid": …}`.
+    PurgeCompleted,
+    /// `TriggeringClDepsCompleted`: `{"operationId": …, "origin": …, …}`.
+    DepsCompleted,
+}
+
+impl NotifyKind {
+    /// The event type name this call appends.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Self::Config => "ConfigUpdated",
+            Self::Poke => "Poked",
+            Self::ClsUpdated => "ClsUpdated",
+            Self::RunCreated => "RunCreated",
+            Self::RunFinished => "RunFinished",
+            Self::PurgeCompleted => "PurgeCompleted",
+            Self::DepsCompleted => "TriggeringClDepsCompleted",
+        }
+    }
+}
