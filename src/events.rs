@@ -72,25 +72,62 @@ pub fn encode(event: &Event) -> Vec<u8> {
     }
 }
 
-/// Decodes a stored payload of the given type.
-pub fn decode(event_type: &str, data: &[u8]) -> Result<Event, EventCodecError> {
-    fn de<M: Message + Default>(event_type: &str, data: &[u8]) -> Result<M, EventCodecError> {
-        M::decode(data).map_err(|source| EventCodecError::Decode {
+/// Builds the payload message of an event type from some source (bytes or
+/// JSON); [`by_type`] is the one table of type names.
+trait PayloadSource {
+    fn payload<M: Message + Default + serde::de::DeserializeOwned>(
+        self,
+        event_type: &str,
+    ) -> Result<M, EventCodecError>;
+}
+
+/// The event of a type name, its payload built by `source`.
+fn by_type(event_type: &str, source: impl PayloadSource) -> Result<Event, EventCodecError> {
+    let s = source;
+    Ok(match event_type {
+        "ConfigUpdated" => Event::ConfigUpdated(s.payload(event_type)?),
+        "Poked" => Event::Poked(s.payload(event_type)?),
+        "ClsUpdated" => Event::ClsUpdated(s.payload(event_type)?),
+        "RunCreated" => Event::RunCreated(s.payload(event_type)?),
+        "RunFinished" => Event::RunFinished(s.payload(event_type)?),
+        "PurgeCompleted" => Event::PurgeCompleted(s.payload(event_type)?),
+        "TriggeringClDepsCompleted" => Event::TriggeringClDepsCompleted(s.payload(event_type)?),
+        "Evaluated" => Event::Evaluated(s.payload(event_type)?),
+        other => return Err(EventCodecError::UnknownType(other.to_string())),
+    })
+}
+
+struct Bytes<'a>(&'a [u8]);
+
+impl PayloadSource for Bytes<'_> {
+    fn payload<M: Message + Default + serde::de::DeserializeOwned>(
+        self,
+        event_type: &str,
+    ) -> Result<M, EventCodecError> {
+        M::decode(self.0).map_err(|source| EventCodecError::Decode {
             event_type: event_type.to_string(),
             source,
         })
     }
-    Ok(match event_type {
-        "ConfigUpdated" => Event::ConfigUpdated(de(event_type, data)?),
-        "Poked" => Event::Poked(de(event_type, data)?),
-        "ClsUpdated" => Event::ClsUpdated(de(event_type, data)?),
-        "RunCreated" => Event::RunCreated(de(event_type, data)?),
-        "RunFinished" => Event::RunFinished(de(event_type, data)?),
-        "PurgeCompleted" => Event::PurgeCompleted(de(event_type, data)?),
-        "TriggeringClDepsCompleted" => Event::TriggeringClDepsCompleted(de(event_type, data)?),
-        "Evaluated" => Event::Evaluated(de(event_type, data)?),
-        other => return Err(EventCodecError::UnknownType(other.to_string())),
-    })
+}
+
+struct Json(serde_json::Value);
+
+impl PayloadSource for Json {
+    fn payload<M: Message + Default + serde::de::DeserializeOwned>(
+        self,
+        event_type: &str,
+    ) -> Result<M, EventCodecError> {
+        serde_json::from_value(self.0).map_err(|source| EventCodecError::Json {
+            event_type: event_type.to_string(),
+            source,
+        })
+    }
+}
+
+/// Decodes a stored payload of the given type.
+pub fn decode(event_type: &str, data: &[u8]) -> Result<Event, EventCodecError> {
+    by_type(event_type, Bytes(data))
 }
 
 /// The proto3 JSON form of an event's payload.
@@ -110,26 +147,7 @@ pub fn to_json(event: &Event) -> serde_json::Value {
 
 /// Parses the proto3 JSON form of a payload of the given type.
 pub fn from_json(event_type: &str, data: serde_json::Value) -> Result<Event, EventCodecError> {
-    fn de<M: serde::de::DeserializeOwned>(
-        event_type: &str,
-        data: serde_json::Value,
-    ) -> Result<M, EventCodecError> {
-        serde_json::from_value(data).map_err(|source| EventCodecError::Json {
-            event_type: event_type.to_string(),
-            source,
-        })
-    }
-    Ok(match event_type {
-        "ConfigUpdated" => Event::ConfigUpdated(de(event_type, data)?),
-        "Poked" => Event::Poked(de(event_type, data)?),
-        "ClsUpdated" => Event::ClsUpdated(de(event_type, data)?),
-        "RunCreated" => Event::RunCreated(de(event_type, data)?),
-        "RunFinished" => Event::RunFinished(de(event_type, data)?),
-        "PurgeCompleted" => Event::PurgeCompleted(de(event_type, data)?),
-        "TriggeringClDepsCompleted" => Event::TriggeringClDepsCompleted(de(event_type, data)?),
-        "Evaluated" => Event::Evaluated(de(event_type, data)?),
-        other => return Err(EventCodecError::UnknownType(other.to_string())),
-    })
+    by_type(event_type, Json(data))
 }
 
 /// Wraps an event into the `InputEvent` message.
