@@ -151,6 +151,13 @@ impl ClBuilder {
         self
     }
 
+    /// Forgets the explicit config groups added with [`ClBuilder::group`]
+    /// (e.g. to move the CL to another group in its next version).
+    pub fn no_groups(mut self) -> Self {
+        self.groups.clear();
+        self
+    }
+
     /// Adds a vote on `label` by `email` at `at`.
     pub fn vote(mut self, label: &str, value: i32, email: &str, at: Timestamp) -> Self {
         self.gerrit().votes.push(Vote {
