@@ -19,8 +19,8 @@ use pbjson_types::Timestamp;
 use prjmanager::proto::{
     self, action::Action as A, input_event::Event, project_manager_client::ProjectManagerClient,
 };
-use tonic::transport::Channel;
 use prjmanager::testing::{ConfigBuilder, GroupBuilder};
+use tonic::transport::Channel;
 
 /// The fixed epoch of every recording: 2024-01-01T00:00:00Z.
 pub const EPOCH_SECONDS: i64 = 1_704_067_200;
@@ -384,12 +384,8 @@ async fn scenario(name: &str, s: &mut Service) -> Result<()> {
             s.evaluate(4).await?;
             s.send(config("h2", ENABLED, |g| g)).await?;
             s.evaluate(10).await?;
-            s.send(config(
-                "h3",
-                proto::project_config::State::Disabled,
-                |g| g,
-            ))
-            .await?;
+            s.send(config("h3", proto::project_config::State::Disabled, |g| g))
+                .await?;
             s.evaluate(20).await?;
             for run in &runs {
                 s.finish_run(&run.id, proto::run::Status::Cancelled, 25)
