@@ -467,7 +467,7 @@ fn run_id_digest_without_trigger_and_operation_id() {
 
 /// The PCL of the original "Purges CLs" tests: 33 DRY_RUN with an
 /// owner_lacks_email reason on its CQ trigger.
-fn k3_fixture() -> (Fx, Component) {
+fn owner_lacks_email_fixture() -> (Fx, Component) {
     let mut fx = Fx::k();
     fx.set_pcl(Pcl {
         clid: 33,
@@ -860,7 +860,7 @@ fn new_value_is_absent_when_nothing_changes() {
 
 #[test]
 fn new_value_keeps_an_unchanged_decision_time_quiet() {
-    let (mut fx, c) = k3_fixture();
+    let (mut fx, c) = owner_lacks_email_fixture();
     fx.pcl_mut(33).config_group_indexes = vec![COMB];
     let mut c = c;
     c.decision_time = Some(ts(T0 + STABILIZATION_SECONDS));
