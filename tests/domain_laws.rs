@@ -16,12 +16,12 @@ use prost::Message;
 use prjmanager::domain::triage_api::{PmView, TriageError, TriageResult};
 use prjmanager::domain::{self, evaluate_with, Evaluation, TriageFn};
 use prjmanager::proto::{
-    self, cl_error, dep, gerrit_change, input_event::Event, project_config, purge_reason,
-    purging_cl, run, ApplicableConfig, ApplicableProject, ChangeList, ClError, ClsUpdated,
-    Component, ConfigGroup, ConfigUpdated, Dep, Evaluated, GerritChange, GerritWatch, Poked,
-    ProjectConfig, PurgeCl, PurgeCompleted, PurgeReason, PurgingCl, RepoWatch, Run, RunCreated,
-    RunFinished, Snapshot, TriggeringClDeps, TriggeringClDepsCompleted, Vote,
+    self, cl_error, input_event::Event, purge_reason, purging_cl, run, ChangeList, ClError,
+    ClsUpdated, Component, ConfigUpdated, Evaluated, Poked, ProjectConfig, PurgeCl, PurgeCompleted,
+    PurgeReason, PurgingCl, Run, RunCreated, RunFinished, TriggeringClDeps,
+    TriggeringClDepsCompleted,
 };
+use prjmanager::testing::{ClBuilder, ConfigBuilder};
 use prjmanager::{events, fold, store::RecordedEvent};
 
 const PROJECT: &str = "test";
@@ -199,103 +199,58 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn config(variant: u8) -> ProjectConfig {
-    let group = |name: &str, refs: &[&str], fallback: bool| ConfigGroup {
-        name: name.into(),
-        gerrit: vec![GerritWatch {
-            host: HOST.into(),
-            projects: vec![RepoWatch {
-                name: "repo/a".into(),
-                ref_regexp: refs.iter().map(|r| r.to_string()).collect(),
-                ref_regexp_exclude: vec![],
-            }],
-        }],
-        fallback,
-        ..Default::default()
-    };
-    let state = if variant == 3 {
-        project_config::State::Disabled
+    let config = ConfigBuilder::new(&format!("h{variant}"), i64::from(variant) + 1)
+        .group("g0", |g| g.watch(HOST, "repo/a", "refs/heads/main"))
+        .group("g1", |g| {
+            let g = g.watch(HOST, "repo/a", "refs/heads/.+");
+            if variant != 1 {
+                g.fallback()
+            } else {
+                g
+            }
+        });
+    if variant == 3 {
+        config.disabled().build()
     } else {
-        project_config::State::Enabled
-    };
-    ProjectConfig {
-        state: state as i32,
-        hash: format!("h{variant}"),
-        eversion: i64::from(variant) + 1,
-        config_groups: vec![
-            group("g0", &["refs/heads/main"], false),
-            group("g1", &["refs/heads/.+"], variant != 1),
-        ],
+        config.build()
     }
 }
 
 fn change_list(spec: &ClSpec, now: i64) -> ChangeList {
-    let git_ref = if spec.main {
-        "refs/heads/main"
+    let (git_ref, group) = if spec.main {
+        ("refs/heads/main", "g0")
     } else {
-        "refs/heads/dev"
+        ("refs/heads/dev", "g1")
     };
-    let group = if spec.main { "h0/g0" } else { "h0/g1" };
-    let mut projects = vec![ApplicableProject {
-        name: PROJECT.into(),
-        config_group_ids: vec![group.into()],
-    }];
+    let mut cl = ClBuilder::new(PROJECT, spec.clid)
+        .eversion(spec.eversion)
+        .host(HOST)
+        .git_ref(git_ref)
+        .owner("owner@example.com")
+        .revision("r")
+        .uploaded(ts(now - 60))
+        .group(group);
     if spec.foreign {
-        projects.push(ApplicableProject {
-            name: "other".into(),
-            config_group_ids: vec!["x/y".into()],
-        });
+        cl = cl.watched_by_projects(&[PROJECT, "other"]);
     }
-    let status = match spec.status {
-        4 => gerrit_change::ChangeStatus::Merged,
-        5 => gerrit_change::ChangeStatus::Abandoned,
-        _ => gerrit_change::ChangeStatus::New,
+    cl = match spec.status {
+        4 => cl.status_merged(),
+        5 => cl.status_abandoned(),
+        _ => cl,
     };
-    let votes = (spec.vote > 0)
-        .then(|| Vote {
-            label: "Commit-Queue".into(),
-            value: spec.vote,
-            email: "user@example.com".into(),
-            account_id: 7,
-            time: Some(ts(now - 30)),
-        })
-        .into_iter()
-        .collect();
-    ChangeList {
-        clid: spec.clid,
-        eversion: spec.eversion,
-        applicable_config: Some(ApplicableConfig { projects }),
-        snapshot: Some(Snapshot {
-            luci_project: PROJECT.into(),
-            outdated: spec.outdated,
-            patchset: 1,
-            deps: spec
-                .dep
-                .map(|(clid, hard)| Dep {
-                    clid,
-                    kind: if hard {
-                        dep::DepKind::Hard
-                    } else {
-                        dep::DepKind::Soft
-                    } as i32,
-                })
-                .into_iter()
-                .collect(),
-            gerrit: Some(GerritChange {
-                host: HOST.into(),
-                change: spec.clid,
-                project: "repo/a".into(),
-                r#ref: git_ref.into(),
-                status: status as i32,
-                owner_email: "owner@example.com".into(),
-                current_revision: "r".into(),
-                current_revision_created: Some(ts(now - 60)),
-                votes,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+    if spec.vote > 0 {
+        cl = cl.cq_vote(spec.vote, "user@example.com", ts(now - 30));
     }
+    cl = match spec.dep {
+        Some((clid, true)) => cl.deps_hard(&[clid]),
+        Some((clid, false)) => cl.deps_soft(&[clid]),
+        None => cl,
+    };
+    if spec.outdated {
+        cl = cl.outdated();
+    }
+    // The CLs stay in the groups of the first config ("h0/g0", "h0/g1").
+    cl.build(Some(&config(0)))
 }
 
 /// One item of a concrete stream.

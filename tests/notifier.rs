@@ -7,6 +7,7 @@ use prjmanager::proto::{self, input_event::Event, run::Status as RunStatus};
 use prjmanager::store::memory::MemoryStore;
 use prjmanager::store::{Direction, EventStore, ReadFrom};
 use prjmanager::streams::project_stream;
+use prjmanager::testing::ConfigBuilder;
 
 fn ts(seconds: i64) -> Timestamp {
     Timestamp { seconds, nanos: 0 }
@@ -17,23 +18,11 @@ fn notifier() -> Notifier<MemoryStore> {
 }
 
 fn config() -> proto::ProjectConfig {
-    proto::ProjectConfig {
-        state: proto::project_config::State::Enabled as i32,
-        hash: "h1".into(),
-        eversion: 1,
-        config_groups: vec![proto::ConfigGroup {
-            name: "main".into(),
-            gerrit: vec![proto::GerritWatch {
-                host: "c-review.example.com".into(),
-                projects: vec![proto::RepoWatch {
-                    name: "repo/a".into(),
-                    ref_regexp: vec!["refs/heads/main".into()],
-                    ref_regexp_exclude: vec![],
-                }],
-            }],
-            ..Default::default()
-        }],
-    }
+    ConfigBuilder::new("h1", 1)
+        .group("main", |g| {
+            g.watch("c-review.example.com", "repo/a", "refs/heads/main")
+        })
+        .build()
 }
 
 fn cl(clid: i64, eversion: i64) -> proto::ChangeList {

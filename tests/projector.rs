@@ -13,19 +13,12 @@ use prjmanager::read::{load, Target};
 use prjmanager::store::memory::MemoryStore;
 use prjmanager::store::{Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom};
 use prjmanager::streams::{self, snapshot_stream};
+use prjmanager::testing::ConfigBuilder;
 use prost::Message;
 use tokio::sync::watch;
 
 fn config() -> proto::ProjectConfig {
-    proto::ProjectConfig {
-        state: proto::project_config::State::Enabled as i32,
-        hash: "h1".into(),
-        eversion: 1,
-        config_groups: vec![proto::ConfigGroup {
-            name: "main".into(),
-            ..Default::default()
-        }],
-    }
+    ConfigBuilder::new("h1", 1).group("main", |g| g).build()
 }
 
 /// Runs a projector without its own scheduler and appends `markers`

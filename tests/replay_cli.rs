@@ -16,6 +16,7 @@ use prjmanager::replay;
 use prjmanager::store::memory::MemoryStore;
 use prjmanager::store::{EventStore, ExpectedRevision, NewEvent};
 use prjmanager::streams::{self, project_stream, snapshot_stream};
+use prjmanager::testing::{ClBuilder, ConfigBuilder};
 use proptest::prelude::*;
 use prost::Message;
 
@@ -180,80 +181,47 @@ fn step() -> impl Strategy<Value = Step> {
 
 fn config_event(hash: u8) -> Event {
     Event::ConfigUpdated(proto::ConfigUpdated {
-        config: Some(proto::ProjectConfig {
-            state: proto::project_config::State::Enabled as i32,
-            hash: format!("h{hash}"),
-            eversion: i64::from(hash) + 1,
-            config_groups: vec![proto::ConfigGroup {
-                name: "main".into(),
-                gerrit: vec![proto::GerritWatch {
-                    host: "review.example.com".into(),
-                    projects: vec![proto::RepoWatch {
-                        name: "repo".into(),
-                        ref_regexp: vec!["refs/heads/main".into()],
-                        ref_regexp_exclude: vec![],
-                    }],
-                }],
-                ..Default::default()
-            }],
-        }),
+        config: Some(
+            ConfigBuilder::new(&format!("h{hash}"), i64::from(hash) + 1)
+                .group("main", |g| {
+                    g.watch("review.example.com", "repo", "refs/heads/main")
+                })
+                .build(),
+        ),
     })
 }
 
 fn cl_event(clid: i64, eversion: i64, cq: i32, dep: bool) -> Event {
-    let votes = (cq > 0)
-        .then(|| proto::Vote {
-            label: "Commit-Queue".into(),
-            value: cq,
-            email: "u@example.com".into(),
-            account_id: 1,
-            time: Some(Timestamp {
-                seconds: 1_704_067_100,
-                nanos: 0,
-            }),
+    let cl = ClBuilder::new(PROJECT, clid)
+        .eversion(eversion)
+        .host("review.example.com")
+        .repo("repo")
+        .revision(&format!("r{clid}"))
+        .owner("o@example.com")
+        .uploaded(Timestamp {
+            seconds: 1_704_060_000,
+            nanos: 0,
         })
-        .into_iter()
-        .collect();
-    Event::ClsUpdated(proto::ClsUpdated {
-        cls: vec![proto::ChangeList {
-            clid,
-            eversion,
-            applicable_config: Some(proto::ApplicableConfig {
-                projects: vec![proto::ApplicableProject {
-                    name: PROJECT.into(),
-                    config_group_ids: vec!["h0/main".into()],
-                }],
-            }),
-            snapshot: Some(proto::Snapshot {
-                luci_project: PROJECT.into(),
-                patchset: 1,
-                deps: (dep && clid > 1)
-                    .then(|| proto::Dep {
-                        clid: clid - 1,
-                        kind: proto::dep::DepKind::Hard as i32,
-                    })
-                    .into_iter()
-                    .collect(),
-                gerrit: Some(proto::GerritChange {
-                    host: "review.example.com".into(),
-                    change: clid,
-                    project: "repo".into(),
-                    r#ref: "refs/heads/main".into(),
-                    status: proto::gerrit_change::ChangeStatus::New as i32,
-                    owner_email: "o@example.com".into(),
-                    owner_account_id: 2,
-                    current_revision: format!("r{clid}"),
-                    current_revision_created: Some(Timestamp {
-                        seconds: 1_704_060_000,
-                        nanos: 0,
-                    }),
-                    votes,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-    })
+        .group("main");
+    let cl = if dep && clid > 1 {
+        cl.deps_hard(&[clid - 1])
+    } else {
+        cl
+    };
+    let cl = if cq > 0 {
+        let at = Timestamp {
+            seconds: 1_704_067_100,
+            nanos: 0,
+        };
+        cl.cq_vote(cq, "u@example.com", at)
+    } else {
+        cl
+    };
+    // The CLs stay in the groups of the first config ("h0/main").
+    let cl = cl.build(Some(
+        &ConfigBuilder::new("h0", 1).group("main", |g| g).build(),
+    ));
+    Event::ClsUpdated(proto::ClsUpdated { cls: vec![cl] })
 }
 
 /// Builds a stream in memory as the service would (markers filled in), with

@@ -2,18 +2,22 @@
 //! L, M, N, the §1.1 RunID vector and the end-to-end chained-votes story),
 //! written with the public scenario builder `prjmanager::testing`.
 //!
-//! The original tests call the triager on hand-built components; here every
-//! state comes from input events, so what they assert on the triager's result
-//! shows as actions (`CreateRun`, `PurgeCl`, `TriggerClDeps`) or their
-//! absence, and on the saved state (decision times, purges in flight). Where
+//! This is the one place of these scenarios (the triager's unit tests keep
+//! only what events cannot express). The original tests call the triager
+//! on hand-built components; here every state comes from input events, so
+//! what they assert on the triager's result shows as actions (`CreateRun`,
+//! `PurgeCl`, `TriggerClDeps`) or their absence, and on the saved state
+//! (decision times, purges in flight). Where
 //! a scenario's input cannot be produced by events, the test says which
 //! event-built state stands for it. Accept changes with
 //! `INSTA_UPDATE=always cargo test --test triage_snapshots` after reading them.
 
 use std::time::Duration;
 
+use pbjson_types::Timestamp;
+use prjmanager::proto::action::Action;
 use prjmanager::proto::run::Status;
-use prjmanager::testing::{t, t_sec, Scenario, DRY_RUN, NEW_PATCHSET_RUN};
+use prjmanager::testing::{t, t_sec, Scenario, DRY_RUN, FULL_RUN, NEW_PATCHSET_RUN, T0};
 
 /// The voter of the K fixture (account 2); CLs are owned by user-1.
 const VOTER: &str = "user-2@example.com";
@@ -35,6 +39,31 @@ fn k() -> Scenario {
                 })
         })
         .evaluate()
+}
+
+/// Several scenarios of one test as one text, each under its name.
+fn sections(parts: &[(&str, &Scenario)]) -> String {
+    parts
+        .iter()
+        .map(|(name, s)| format!("### {name}\n{}", s.render()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `CreateRun` actions of the last evaluation.
+fn created_runs(s: &Scenario) -> Vec<&prjmanager::proto::CreateRun> {
+    s.last_actions()
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateRun(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The CLs of a `CreateRun`.
+fn clids(r: &prjmanager::proto::CreateRun) -> Vec<i64> {
+    r.input_cls.iter().map(|c| c.clid).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -62,6 +91,74 @@ fn k2a_full_run_on_child_requests_votes_on_its_deps() {
         })
         .at(t(1))
         .evaluate();
+    insta::assert_snapshot!(s.render());
+}
+
+/// K2c (the original "with CQ vote on some dep CLs, but not all"): 31 ← 32
+/// ← 33 ← 34 (HARD), all but 32 CQ+2: the bottom CL 31 gets its Run (no dep
+/// Runs) and only the top 34 asks for a vote on the unvoted 32.
+#[test]
+fn k2c_some_deps_voted_runs_the_bottom_and_votes_for_the_top() {
+    let s = k()
+        .cl(31, |cl| cl.group("singular").cq_vote(2, VOTER, t_sec(-1)))
+        .cl(32, |cl| cl.group("singular").deps_hard(&[31]))
+        .cl(33, |cl| {
+            cl.group("singular")
+                .deps_hard(&[31, 32])
+                .cq_vote(2, VOTER, t(-1))
+        })
+        .cl(34, |cl| {
+            cl.group("singular")
+                .deps_hard(&[31, 32, 33])
+                .cq_vote(2, VOTER, t(-1))
+        })
+        .at(t(1))
+        .evaluate();
+    let runs = created_runs(&s);
+    assert_eq!(runs.len(), 1, "{}", s.render());
+    assert_eq!(clids(runs[0]), vec![31]);
+    assert!(runs[0].dep_runs.is_empty());
+    insta::assert_snapshot!(s.render());
+}
+
+/// K2d (the original "with CQ votes on all CLs"): 31 ← 32, both CQ+2. 31's
+/// Run comes first; then 32's names it as its dep Run; once 31 is submitted
+/// and its Run succeeded, 32's Run has no dep Run; once 32's Run exists,
+/// nothing more is created.
+#[test]
+fn k2d_all_voted_stack_creates_runs_bottom_up_with_dep_runs() {
+    let s = k()
+        .cl(31, |cl| cl.group("singular").cq_vote(2, VOTER, t_sec(-1)))
+        .cl(32, |cl| {
+            cl.group("singular")
+                .deps_hard(&[31])
+                .cq_vote(2, VOTER, t_sec(-1))
+        })
+        .at(t(1))
+        .evaluate();
+    let first = created_runs(&s);
+    assert_eq!(first.len(), 1, "{}", s.render());
+    assert_eq!(clids(first[0]), vec![31]);
+    assert!(first[0].dep_runs.is_empty());
+    let rid31 = first[0].run_id.clone();
+    let s = s.create_requested_runs().evaluate();
+    let second = created_runs(&s);
+    assert_eq!(second.len(), 1, "{}", s.render());
+    assert_eq!(clids(second[0]), vec![32]);
+    assert_eq!(second[0].dep_runs, vec![rid31.clone()]);
+    assert!(second[0].expected_incomplete_run_ids.is_empty());
+    // 31 is submitted and its Run succeeded (after 32's request expired).
+    let s = s
+        .at(t(3))
+        .cl(31, |cl| cl.no_votes().status_merged())
+        .run_finished(&rid31, Status::Succeeded)
+        .evaluate();
+    let third = created_runs(&s);
+    assert_eq!(third.len(), 1, "{}", s.render());
+    assert_eq!(clids(third[0]), vec![32]);
+    assert!(third[0].dep_runs.is_empty());
+    let s = s.create_requested_runs().evaluate();
+    assert!(s.last_actions().is_empty(), "{}", s.render());
     insta::assert_snapshot!(s.render());
 }
 
@@ -127,7 +224,8 @@ fn k3_l5_cq_purge_does_not_affect_npr() {
 /// trigger finder yields is allowed); an owner without email stands for it.
 /// Through the fold nothing happens at all: a CL with only a new-patchset
 /// trigger is not active (§6.9, quirk §13.3, as the Go `categorize.go`), so
-/// it is in no component and never triaged.
+/// it is in no component and never triaged (but see
+/// `k3_npr_only_trigger_with_a_reason_in_a_dry_run_is_purged`).
 #[test]
 fn k3_npr_only_trigger_with_a_reason_is_not_active_quirk_13_3() {
     let s = k()
@@ -209,9 +307,10 @@ fn k5_dry_run_and_npr_triggers_create_two_runs() {
     insta::assert_snapshot!(s.render());
 }
 
-/// K5 "NPR-only ⇒ NPR Run": through the fold an NPR-only CL is not active
-/// (quirk §13.3), so no Run is created; the triager unit test covers the
-/// original's hand-built component.
+/// K5 "NPR-only ⇒ NPR Run": through the fold a CL with only a new-patchset
+/// trigger and no Run is not active (quirk §13.3), so no Run is created; see
+/// `k5_npr_only_in_a_dry_run_creates_an_npr_run` for an NPR-only CL that is
+/// in a component.
 #[test]
 fn k5_npr_only_is_not_active_quirk_13_3() {
     let s = k().cl(33, |cl| cl.group("newPatchsetRun")).evaluate();
@@ -287,6 +386,390 @@ fn k5_unknown_dep_waits_without_decision_time() {
                 .cq_vote(1, VOTER, t(0))
         })
         .evaluate();
+    insta::assert_snapshot!(s.render());
+}
+
+/// K5 "NPR-only ⇒ NPR Run" through the fold: the CL lost its CQ vote while
+/// its DRY_RUN Run goes on, so it stays in the component with only a
+/// new-patchset trigger, and the NEW_PATCHSET_RUN Run is created.
+#[test]
+fn k5_npr_only_in_a_dry_run_creates_an_npr_run() {
+    let s = k()
+        .cl(33, |cl| cl.group("newPatchsetRun").cq_vote(1, VOTER, t(0)))
+        .run("v8/1-dry", |r| r.mode(DRY_RUN).cls(&[33]))
+        .cl(33, |cl| cl.no_votes())
+        .at(t(1))
+        .evaluate();
+    insta::assert_snapshot!(s.render());
+}
+
+/// K3 "NPR-only trigger with a reason on it ⇒ purge, no Run" through the
+/// fold: as the previous test, with an owner without email (the reason).
+#[test]
+fn k3_npr_only_trigger_with_a_reason_in_a_dry_run_is_purged() {
+    let s = k()
+        .cl(33, |cl| {
+            cl.group("newPatchsetRun").owner("").cq_vote(1, VOTER, t(0))
+        })
+        .run("v8/1-dry", |r| r.mode(DRY_RUN).cls(&[33]))
+        .cl(33, |cl| cl.no_votes())
+        .at(t(1))
+        .evaluate();
+    insta::assert_snapshot!(s.render());
+}
+
+/// K3 "NPR-only in a combinable NPR group ⇒ purged immediately" through
+/// the fold, as the previous test in `newPatchsetRunCombi`.
+#[test]
+fn k3_npr_only_in_combinable_npr_group_in_a_dry_run_is_purged_immediately() {
+    let s = k()
+        .cl(33, |cl| {
+            cl.group("newPatchsetRunCombi")
+                .owner("")
+                .cq_vote(1, VOTER, t(0))
+        })
+        .run("v8/1-dry", |r| r.mode(DRY_RUN).cls(&[33]))
+        .cl(33, |cl| cl.no_votes())
+        .at(t(1))
+        .evaluate();
+    insta::assert_snapshot!(s.render());
+}
+
+// §7.5 step 8: a Run with the id to create is already known (the original
+// "with already existing Run" tests; no K id in the spec). CLs 32 and 33
+// of the combinable group as in the RunID vector below.
+
+/// The Run id of the §1.1 vector.
+const VECTOR_RUN_ID: &str = "v8/9042327596854-1-42e0a59099a0f673";
+
+/// CLs 32 (CQ+2 at T0+53m19s) and 33 (CQ+2 at T0+53m20s, SOFT dep on 32)
+/// of the combinable group, the clock after their stabilization delay.
+fn existing_run() -> Scenario {
+    k().cl(32, |cl| {
+        cl.group("combinable").cq_vote(2, VOTER, t_sec(3199))
+    })
+    .cl(33, |cl| {
+        cl.group("combinable")
+            .deps_soft(&[32])
+            .cq_vote(2, VOTER, t_sec(3200))
+    })
+    .at(t_sec(3200 + 300))
+}
+
+/// The Run to create is known and running but in no component (announced
+/// without CLs, so the PM could not place it): re-check in 5 seconds.
+#[test]
+fn existing_run_still_running_rechecks_in_5s() {
+    let s = existing_run()
+        .run(VECTOR_RUN_ID, |r| r.mode(FULL_RUN).cls(&[]))
+        .evaluate();
+    assert!(created_runs(&s).is_empty(), "{}", s.render());
+    insta::assert_snapshot!(s.render());
+}
+
+/// The Run to create ended 5 seconds ago: wait until a minute after its end.
+#[test]
+fn existing_run_just_ended_waits_a_minute_after_its_end() {
+    let s = existing_run()
+        .evaluate()
+        .create_requested_runs()
+        .evaluate()
+        .run_finished(VECTOR_RUN_ID, Status::Cancelled)
+        .at(t_sec(3505))
+        .evaluate();
+    assert!(created_runs(&s).is_empty(), "{}", s.render());
+    insta::assert_snapshot!(s.render());
+}
+
+/// The Run to create ended two minutes ago: both triggers were used by it,
+/// so both CLs are purged with `reused_trigger`.
+#[test]
+fn existing_run_ended_long_ago_purges_reused_triggers() {
+    let s = existing_run()
+        .evaluate()
+        .create_requested_runs()
+        .evaluate()
+        .run_finished(VECTOR_RUN_ID, Status::Cancelled)
+        .at(t_sec(3620))
+        .evaluate();
+    let purged = s
+        .last_actions()
+        .iter()
+        .filter(|a| matches!(a, Action::PurgeCl(_)))
+        .count();
+    assert_eq!(purged, 2, "{}", s.render());
+    insta::assert_snapshot!(s.render());
+}
+
+/// The Run was requested 30 seconds ago: not requested again before a
+/// minute has passed (the decision time), then requested again.
+#[test]
+fn existing_run_requested_recently_is_not_requested_again() {
+    let s = existing_run().evaluate();
+    assert_eq!(created_runs(&s).len(), 1, "{}", s.render());
+    let s = s.at(t_sec(3530)).poke().evaluate();
+    assert!(created_runs(&s).is_empty(), "{}", s.render());
+    let s = s.at(t_sec(3560)).evaluate();
+    let again = created_runs(&s);
+    assert_eq!(again.len(), 1, "{}", s.render());
+    assert_eq!(again[0].run_id, VECTOR_RUN_ID);
+    insta::assert_snapshot!(s.render());
+}
+
+// Further combinable cases of the original triage_test.go.
+
+#[test]
+fn combinable_stack_waits_for_stabilization_then_creates_one_run() {
+    let s = k()
+        .cl(31, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[33])
+                .cq_vote(2, VOTER, t(-1))
+        })
+        .cl(32, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[31])
+                .cq_vote(2, VOTER, t_sec(-1))
+        })
+        .cl(33, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[32, 31])
+                .cq_vote(2, VOTER, t(0))
+        })
+        .evaluate()
+        .at(t(5))
+        .evaluate();
+    let runs = created_runs(&s);
+    assert_eq!(runs.len(), 1, "{}", s.render());
+    assert_eq!(clids(runs[0]), vec![31, 32, 33]);
+    assert_eq!(runs[0].create_time, Some(t(0)));
+    insta::assert_snapshot!(s.render());
+}
+
+#[test]
+fn combinable_single_cl_waits_for_stabilization() {
+    let s = k()
+        .cl(33, |cl| cl.group("combinable").cq_vote(2, VOTER, t(0)))
+        .evaluate()
+        .at(t(5))
+        .evaluate();
+    insta::assert_snapshot!(s.render());
+}
+
+#[test]
+fn combinable_waits_for_unresolved_dep_even_after_stabilization() {
+    let s = k()
+        .cl(32, |cl| cl.access_unknown())
+        .cl(33, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[32])
+                .cq_vote(2, VOTER, t(0))
+        })
+        .evaluate()
+        .at(t(5))
+        .evaluate();
+    insta::assert_snapshot!(s.render());
+}
+
+/// A Run on all the CLs of the component: nothing to do, also while it
+/// finalizes (31's vote removed; 32 submitted).
+#[test]
+fn combinable_noop_with_a_run_on_all_cls_even_while_it_finalizes() {
+    let base = || {
+        k().cl(31, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[32])
+                .cq_vote(2, VOTER, t(-60))
+        })
+        .cl(32, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[31])
+                .cq_vote(2, VOTER, t(-60))
+        })
+        .run("v8/runID", |r| r.mode(DRY_RUN).cls(&[31, 32]))
+    };
+    let running = base().evaluate();
+    let vote_removed = base().cl(31, |cl| cl.no_votes()).evaluate();
+    let submitted = base().cl(32, |cl| cl.no_votes().status_merged()).evaluate();
+    for s in [&running, &vote_removed, &submitted] {
+        assert!(s.last_actions().is_empty(), "{}", s.render());
+    }
+    insta::assert_snapshot!(sections(&[
+        ("running", &running),
+        ("vote removed from 31", &vote_removed),
+        ("32 submitted", &submitted),
+    ]));
+}
+
+/// 51 joined the component of 31 and 41 while their Run goes on: it waits
+/// for that Run to end.
+#[test]
+fn combinable_growing_component_waits_for_the_smaller_run() {
+    let s = k()
+        .cl(31, |cl| cl.group("combinable").cq_vote(2, VOTER, t(-60)))
+        .cl(41, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[31])
+                .cq_vote(2, VOTER, t(-60))
+        })
+        .run("v8/41-31", |r| r.mode(DRY_RUN).cls(&[31, 41]))
+        .evaluate()
+        .cl(51, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[31])
+                .cq_vote(2, VOTER, t(0))
+        })
+        .at(t(10))
+        .evaluate();
+    assert!(s.last_actions().is_empty(), "{}", s.render());
+    insta::assert_snapshot!(s.render());
+}
+
+/// A Run on 31, 41 and 51 while 31 is submitted, has its vote removed,
+/// moves to another config group or to another LUCI project: the Run
+/// Manager finalizes the Run; the PM creates and purges nothing.
+#[test]
+fn combinable_leaves_finalizing_runs_to_the_run_manager() {
+    let base = || {
+        k().cl(31, |cl| cl.group("combinable").cq_vote(1, VOTER, t(-60)))
+            .cl(41, |cl| {
+                cl.group("combinable")
+                    .deps_soft(&[31])
+                    .cq_vote(1, VOTER, t(-60))
+            })
+            .cl(51, |cl| {
+                cl.group("combinable")
+                    .deps_soft(&[31, 41])
+                    .cq_vote(1, VOTER, t(-60))
+            })
+            .run("v8/sub-mitting", |r| r.mode(DRY_RUN).cls(&[31, 41, 51]))
+            .evaluate()
+            .at(t(1))
+    };
+    let submitted = base().cl(31, |cl| cl.no_votes().status_merged()).evaluate();
+    let cancelled = base().cl(31, |cl| cl.no_votes()).evaluate();
+    let other_group = base()
+        .cl(31, |cl| cl.no_groups().group("another"))
+        .evaluate();
+    let other_project = base()
+        .cl(31, |cl| cl.no_votes().watched_by_projects(&["other"]))
+        .evaluate();
+    for s in [&submitted, &cancelled, &other_group, &other_project] {
+        assert!(s.last_actions().is_empty(), "{}", s.render());
+    }
+    insta::assert_snapshot!(sections(&[
+        ("31 being submitted", &submitted),
+        ("31 being cancelled", &cancelled),
+        ("31 in another config group", &other_group),
+        ("31 in another LUCI project", &other_project),
+    ]));
+}
+
+/// 31 is being purged (its owner had no email; fixed since): the
+/// component waits for the purge, even after the stabilization delay.
+#[test]
+fn combinable_waits_for_an_in_flight_purge_of_a_member() {
+    let s = k()
+        .cl(31, |cl| {
+            cl.group("combinable").owner("").cq_vote(1, VOTER, t(0))
+        })
+        .cl(32, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[31])
+                .cq_vote(1, VOTER, t(0))
+        })
+        .cl(33, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[31])
+                .cq_vote(1, VOTER, t(0))
+        })
+        .evaluate()
+        .at(t(5))
+        .evaluate()
+        .at(t(10))
+        .cl(31, |cl| cl.owner(OWNER))
+        .poke()
+        .evaluate();
+    assert!(created_runs(&s).is_empty(), "{}", s.render());
+    insta::assert_snapshot!(s.render());
+}
+
+// §7.5.1 fields of the Runs to create.
+
+/// Footers give the Run options; the CQ Run of a CL whose NEW_PATCHSET_RUN
+/// Run goes on expects that Run; a DRY_RUN is billed to its triggerer.
+#[test]
+fn creator_fields_options_payer_and_incomplete_runs() {
+    let s = k()
+        .cl(33, |cl| {
+            cl.group("newPatchsetRun")
+                .footer("No-Tree-Checks", "TRUE")
+                .footer("No-Try", "false")
+                .footer("NOPRESUBMIT", "true")
+                .footer("Cq-Include-Trybots", "luci.p.try:a")
+                .footer("CQ_INCLUDE_TRYBOTS", "luci.p.try:b")
+                .footer("Cq-Cl-Tag", "k:v")
+                .footer("Cq-Do-Not-Cancel-Tryjobs", "True")
+                .cq_vote(1, VOTER, t(0))
+        })
+        .run("v8/npr", |r| r.mode(NEW_PATCHSET_RUN).cls(&[33]))
+        .evaluate();
+    let runs = created_runs(&s);
+    assert_eq!(runs.len(), 1, "{}", s.render());
+    assert_eq!(runs[0].mode, DRY_RUN);
+    assert_eq!(runs[0].expected_incomplete_run_ids, vec!["v8/npr"]);
+    let options = runs[0].options.clone().unwrap_or_default();
+    assert!(options.skip_tree_checks && options.skip_presubmit && options.avoid_cancelling_tryjobs);
+    assert!(!options.skip_tryjobs && !options.skip_equivalent_builders);
+    assert_eq!(options.custom_tryjob_tags, vec!["k:v"]);
+    assert_eq!(
+        options.include_trybots,
+        vec!["luci.p.try:a", "luci.p.try:b"]
+    );
+    assert_eq!(runs[0].billed_to, "user:user-2@example.com");
+    insta::assert_snapshot!(s.render());
+}
+
+#[test]
+fn creator_create_time_is_rounded_to_microseconds() {
+    let voted = Timestamp {
+        seconds: T0,
+        nanos: 1_500,
+    };
+    let s = k()
+        .cl(33, |cl| cl.group("singular").cq_vote(1, VOTER, voted))
+        .evaluate();
+    let runs = created_runs(&s);
+    assert_eq!(
+        runs[0].create_time,
+        Some(Timestamp {
+            seconds: T0,
+            nanos: 2_000
+        }),
+        "{}",
+        s.render()
+    );
+    insta::assert_snapshot!(s.render());
+}
+
+/// Two CLs of a combined Run voted at the same time by different users:
+/// the Run is created by the voter of the lowest CL.
+#[test]
+fn creator_latest_triggered_tie_goes_to_the_lowest_clid() {
+    let s = k()
+        .cl(31, |cl| {
+            cl.group("combinable").cq_vote(1, "a@example.com", t(0))
+        })
+        .cl(32, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[31])
+                .cq_vote(1, "b@example.com", t(0))
+        })
+        .at(t(5))
+        .evaluate();
+    let runs = created_runs(&s);
+    assert_eq!(runs.len(), 1, "{}", s.render());
+    assert_eq!(runs[0].created_by, "user:a@example.com");
     insta::assert_snapshot!(s.render());
 }
 
@@ -387,6 +870,147 @@ fn l8_dep_not_yet_loaded_blocks_the_run_until_loaded() {
         .cl(32, |cl| cl.watched().group("singular"))
         .evaluate();
     insta::assert_snapshot!(s.render());
+}
+
+// Further per-CL cases of the original cls_test.go.
+
+/// 1 ← 2 (HARD) ← 3 (SOFT on 1, HARD on 2) in the NPR group, DRY_RUN on 1
+/// and 2, FULL_RUN on 3: 3's CQ trigger is purged for its SOFT dep
+/// (`single_full_deps`), its new-patchset trigger is not; every other
+/// trigger gets its Run.
+#[test]
+fn l_stack_full_run_on_top_with_soft_dep_is_purged_but_npr_is_not() {
+    let s = k()
+        .cl(1, |cl| cl.group("newPatchsetRun").cq_vote(1, VOTER, t(0)))
+        .cl(2, |cl| {
+            cl.group("newPatchsetRun")
+                .deps_hard(&[1])
+                .cq_vote(1, VOTER, t(0))
+        })
+        .cl(3, |cl| {
+            cl.group("newPatchsetRun")
+                .deps_soft(&[1])
+                .deps_hard(&[2])
+                .cq_vote(2, VOTER, t(0))
+        })
+        .evaluate();
+    insta::assert_snapshot!(s.render());
+}
+
+/// The same stack in the singular group with FULL_RUN at the bottom and
+/// DRY_RUN above: every CL is ready and gets its Run.
+#[test]
+fn l_stack_full_run_at_the_bottom_and_dry_runs_above_are_ready() {
+    let s = k()
+        .cl(1, |cl| cl.group("singular").cq_vote(2, VOTER, t(0)))
+        .cl(2, |cl| {
+            cl.group("singular").deps_hard(&[1]).cq_vote(1, VOTER, t(0))
+        })
+        .cl(3, |cl| {
+            cl.group("singular")
+                .deps_soft(&[1])
+                .deps_hard(&[2])
+                .cq_vote(1, VOTER, t(0))
+        })
+        .evaluate();
+    assert_eq!(created_runs(&s).len(), 3, "{}", s.render());
+    insta::assert_snapshot!(s.render());
+}
+
+/// 1 ← 2 ← 3 ← 4 (HARD), CQ+2 on 2 and 4: no CL is ready; 4 asks for votes
+/// on 1 and 3. While that vote is in flight the CLs stay not ready even
+/// once 1 and 3 are voted; when it completes, the bottom CL's Run is created.
+#[test]
+fn l_chained_votes_and_in_flight_op_force_not_ready() {
+    let s = k()
+        .cl(1, |cl| cl.group("singular"))
+        .cl(2, |cl| {
+            cl.group("singular").deps_hard(&[1]).cq_vote(2, VOTER, t(0))
+        })
+        .cl(3, |cl| cl.group("singular").deps_hard(&[1, 2]))
+        .cl(4, |cl| {
+            cl.group("singular")
+                .deps_hard(&[1, 2, 3])
+                .cq_vote(2, VOTER, t(0))
+        })
+        .evaluate();
+    assert!(created_runs(&s).is_empty(), "{}", s.render());
+    let s = s
+        .at(t(1))
+        .cls(&[1, 3], |cl| cl.cq_vote(2, VOTER, t(1)))
+        .evaluate();
+    assert!(s.last_actions().is_empty(), "{}", s.render());
+    let s = s
+        .at(t(2))
+        .trigger_deps_completed(4, |o| o.succeeded(&[1, 3]))
+        .evaluate();
+    assert_eq!(created_runs(&s).len(), 1, "{}", s.render());
+    insta::assert_snapshot!(s.render());
+}
+
+/// Combinable group, after the stabilization delay. 1 and 2 (FULL_RUN, SOFT
+/// deps on each other) with 3 (DRY_RUN, SOFT deps on both): 3 is purged for
+/// the mismatched mode, 1 and 2 are ready. With 2 in another group, every
+/// CL has a dep in the wrong group and is purged. Unless 2 is submitted:
+/// then 1 and 3 (both DRY_RUN) are ready and run.
+#[test]
+fn l_combinable_mismatched_modes_and_wrong_groups() {
+    let stack = |group_of_2: &'static str, mode_of_1: i32| {
+        k().cl(1, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[2])
+                .cq_vote(mode_of_1, VOTER, t(0))
+        })
+        .cl(2, |cl| {
+            cl.group(group_of_2).deps_soft(&[1]).cq_vote(2, VOTER, t(0))
+        })
+        .cl(3, |cl| {
+            cl.group("combinable")
+                .deps_soft(&[1, 2])
+                .cq_vote(1, VOTER, t(0))
+        })
+    };
+    // Once 3's purge is done, 1 and 2 (ready all along) get their Run.
+    let mismatched = stack("combinable", 2)
+        .evaluate()
+        .at(t(5))
+        .evaluate()
+        .at(t(6))
+        .cl(3, |cl| cl.no_votes())
+        .purge_completed(3)
+        .evaluate();
+    let runs = created_runs(&mismatched);
+    assert_eq!(runs.len(), 1, "{}", mismatched.render());
+    assert_eq!(clids(runs[0]), vec![1, 2]);
+    // 2 (singular) is purged at once; 1 and 3 wait for that purge, then
+    // are purged for their dep in the wrong group.
+    let wrong_group = stack("another", 2)
+        .evaluate()
+        .at(t(5))
+        .evaluate()
+        .at(t(6))
+        .cl(2, |cl| cl.no_votes())
+        .purge_completed(2)
+        .evaluate();
+    let purged = wrong_group
+        .last_actions()
+        .iter()
+        .filter(|a| matches!(a, Action::PurgeCl(_)))
+        .count();
+    assert_eq!(purged, 2, "{}", wrong_group.render());
+    let submitted = stack("another", 1)
+        .cl(2, |cl| cl.no_votes().status_merged())
+        .evaluate()
+        .at(t(5))
+        .evaluate();
+    let runs = created_runs(&submitted);
+    assert_eq!(runs.len(), 1, "{}", submitted.render());
+    assert_eq!(clids(runs[0]), vec![1, 3]);
+    insta::assert_snapshot!(sections(&[
+        ("mismatched modes", &mismatched),
+        ("2 in another group", &wrong_group),
+        ("2 in another group, submitted", &submitted),
+    ]));
 }
 
 // ---------------------------------------------------------------------------
@@ -511,6 +1135,43 @@ fn m3_purge_on_a_parent_blocks_requests() {
     insta::assert_snapshot!(s.render());
 }
 
+/// The original "incomplete run with different CQVotes in deps": 1 ← 2 ←
+/// 3 ← 4 (HARD). The parent 3 still runs FULL_RUN (and 2 DRY_RUN) while 1
+/// is unvoted: 4 asks for no vote. MCE over MCE: 1 and 2 run FULL_RUN, 3
+/// is unvoted: 4 asks for a vote on 3 only.
+#[test]
+fn m_dep_running_with_its_own_unvoted_deps_blocks_the_child() {
+    let stack = |votes: [i32; 4]| {
+        let vote = move |cl: prjmanager::testing::ClBuilder, clid: usize| match votes[clid - 1] {
+            0 => cl,
+            v => cl.cq_vote(v, VOTER, t(-1)),
+        };
+        Scenario::new("m")
+            .config(|c| {
+                c.group("cg1", |g| {
+                    g.watch("g-review.example.com", "repo/a", "refs/heads/main")
+                })
+            })
+            .evaluate()
+            .cl(1, |cl| vote(cl, 1))
+            .cl(2, |cl| vote(cl.deps_hard(&[1]), 2))
+            .cl(3, |cl| vote(cl.deps_hard(&[1, 2]), 3))
+            .cl(4, |cl| vote(cl.deps_hard(&[1, 2, 3]), 4))
+    };
+    let parent_running = stack([0, 1, 2, 2])
+        .run("m/r2", |r| r.mode(DRY_RUN).cls(&[2]))
+        .run("m/r3", |r| r.mode(FULL_RUN).cls(&[3]))
+        .evaluate();
+    let mce_over_mce = stack([2, 2, 0, 2])
+        .run("m/r1", |r| r.mode(FULL_RUN).cls(&[1]))
+        .run("m/r2", |r| r.mode(FULL_RUN).cls(&[2]))
+        .evaluate();
+    insta::assert_snapshot!(sections(&[
+        ("parent running", &parent_running),
+        ("MCE over MCE", &mce_over_mce),
+    ]));
+}
+
 // ---------------------------------------------------------------------------
 // N. Immediate hard deps (as the DepRuns of created Runs) and quota payer.
 
@@ -567,9 +1228,12 @@ fn n1_two_stacks_merged_depend_on_both_tops() {
 }
 
 /// N2: who pays for each Run (`billed_to`): NPR ⇒ the owner (its
-/// triggerer); DRY_RUN or a custom mode with CQ value 1 ⇒ the triggerer;
-/// FULL_RUN or a custom mode with CQ value 2 ⇒ the owner if Auto-Submit is
-/// voted, else the triggerer.
+/// triggerer), Auto-Submit or not (CLs 10 and 18 are CQ+1-voted too, as an
+/// NPR-only CL is not active, quirk §13.3); DRY_RUN or a custom mode with CQ value 1
+/// ⇒ the triggerer, Auto-Submit or not; FULL_RUN or a custom mode with CQ
+/// value 2 ⇒ the owner if Auto-Submit is voted, else the triggerer. (The
+/// creator's own rule that the owner of a FULL_RUN with Auto-Submit is its
+/// payer while the voter still creates it shows on CL 12.)
 #[test]
 fn n2_quota_payer() {
     let s = Scenario::new("v8")
@@ -584,7 +1248,7 @@ fn n2_quota_payer() {
                     .additional_mode("FULL_CUSTOM", 2, "Custom-Run", 1)
             })
         })
-        .cl(10, |cl| cl.repo("repo/npr"))
+        .cl(10, |cl| cl.repo("repo/npr").cq_vote(1, VOTER, t(0)))
         .cl(11, |cl| cl.cq_vote(1, VOTER, t(0)))
         .cl(12, |cl| cl.cq_vote(2, VOTER, t(0)).auto_submit(OWNER, t(0)))
         .cl(13, |cl| cl.cq_vote(2, VOTER, t(0)))
@@ -598,8 +1262,47 @@ fn n2_quota_payer() {
                 .vote("Custom-Run", 1, VOTER, t(0))
                 .auto_submit(OWNER, t(0))
         })
+        .cl(16, |cl| cl.cq_vote(1, VOTER, t(0)).auto_submit(OWNER, t(0)))
+        .cl(17, |cl| {
+            cl.cq_vote(2, VOTER, t(0))
+                .vote("Custom-Run", 1, VOTER, t(0))
+        })
+        .cl(18, |cl| {
+            cl.repo("repo/npr")
+                .cq_vote(1, VOTER, t(0))
+                .auto_submit(OWNER, t(0))
+        })
+        .cl(19, |cl| {
+            cl.cq_vote(1, VOTER, t(0)).vote("Quick-Run", 1, VOTER, t(0))
+        })
         .at(t(1))
         .evaluate();
+    // Each Run is billed as the rule says.
+    let billed: Vec<(i64, &str, &str)> = created_runs(&s)
+        .iter()
+        .map(|r| (r.input_cls[0].clid, r.mode.as_str(), r.billed_to.as_str()))
+        .collect();
+    let owner = "user:user-1@example.com";
+    let voter = "user:user-2@example.com";
+    for (clid, mode, payer) in [
+        (10, NEW_PATCHSET_RUN, owner),
+        (10, DRY_RUN, voter),
+        (11, DRY_RUN, voter),
+        (12, FULL_RUN, owner),
+        (13, FULL_RUN, voter),
+        (14, "QUICK", voter),
+        (15, "FULL_CUSTOM", owner),
+        (16, DRY_RUN, voter),
+        (17, "FULL_CUSTOM", voter),
+        (18, NEW_PATCHSET_RUN, owner),
+        (18, DRY_RUN, voter),
+        (19, "QUICK", voter),
+    ] {
+        assert!(
+            billed.contains(&(clid, mode, payer)),
+            "CL {clid} {mode} billed to {payer}: {billed:?}"
+        );
+    }
     insta::assert_snapshot!(s.render());
 }
 

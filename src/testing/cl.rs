@@ -3,9 +3,10 @@
 use pbjson_types::Timestamp;
 
 use super::{t, HOST};
+use crate::domain::{self, config::Matcher};
 use crate::proto::{
     dep::DepKind, gerrit_change::ChangeStatus, ApplicableConfig, ApplicableProject, ChangeList,
-    ClError, Dep, Footer, GerritChange, NoAccess, Snapshot, Vote,
+    ClError, Dep, Footer, GerritChange, NoAccess, ProjectConfig, Snapshot, Vote,
 };
 
 /// The Gerrit account id used for an email: `N` for `user-N@…`, otherwise
@@ -44,6 +45,22 @@ pub(crate) enum Watching {
 /// `user-1@example.com`, status NEW, no votes, no deps, eversion 1. A later
 /// version starts from the previous one with the eversion bumped and the
 /// snapshot fresh (not outdated).
+///
+/// Made by [`super::Scenario::cl`]. Outside a scenario (fixtures of other
+/// tests and benchmarks), [`ClBuilder::new`] and [`ClBuilder::build`].
+///
+/// ```
+/// use prjmanager::testing::{t, ClBuilder, ConfigBuilder};
+///
+/// let config = ConfigBuilder::new("h1", 1)
+///     .group("main", |g| g.watch("g-review.example.com", "repo/a", "refs/heads/main"))
+///     .build();
+/// let cl = ClBuilder::new("v8", 7)
+///     .cq_vote(1, "user-2@example.com", t(0))
+///     .build(Some(&config));
+/// let watching = &cl.applicable_config.unwrap().projects[0];
+/// assert_eq!(watching.config_group_ids, vec!["h1/main"]);
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClBuilder {
     pub(crate) cl: ChangeList,
@@ -52,6 +69,82 @@ pub struct ClBuilder {
 }
 
 impl ClBuilder {
+    /// The first version of CL `clid` of the LUCI project `luci_project`,
+    /// with the defaults above.
+    pub fn new(luci_project: &str, clid: i64) -> ClBuilder {
+        ClBuilder::first(luci_project, clid)
+    }
+
+    /// The CL entity built, its applicable config resolved against `config`
+    /// as in a scenario: watched by the CL's LUCI project in the explicit
+    /// groups (see [`ClBuilder::group`]) or else in the groups whose watches
+    /// match; without `config`, watched in no group.
+    pub fn build(&self, config: Option<&ProjectConfig>) -> ChangeList {
+        let project = self
+            .cl
+            .snapshot
+            .as_ref()
+            .map(|s| s.luci_project.clone())
+            .unwrap_or_default();
+        self.entity(&project, config)
+    }
+
+    /// The CL entity, its applicable config resolved for `project` against
+    /// its latest config (as CV's CL updater does).
+    pub(crate) fn entity(&self, project: &str, config: Option<&ProjectConfig>) -> ChangeList {
+        let mut cl = self.cl.clone();
+        let group_ids = || -> Vec<String> {
+            let Some(config) = config else {
+                return Vec::new();
+            };
+            if !self.groups.is_empty() {
+                return self
+                    .groups
+                    .iter()
+                    .map(|name| domain::config::config_group_id(&config.hash, name))
+                    .collect();
+            }
+            let mut ignored = Vec::new();
+            let gerrit = cl
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.gerrit.clone())
+                .unwrap_or_default();
+            Matcher::new(config, &mut ignored)
+                .match_groups(&gerrit.host, &gerrit.project, &gerrit.r#ref, &mut ignored)
+                .into_iter()
+                .filter_map(|i| config.config_groups.get(usize::try_from(i).ok()?))
+                .map(|g| domain::config::config_group_id(&config.hash, &g.name))
+                .collect()
+        };
+        cl.applicable_config = match &self.watching {
+            Watching::Unknown => None,
+            Watching::ThisProject => {
+                let ids = group_ids();
+                Some(if ids.is_empty() {
+                    // Watched by no group of this project: watched by nobody.
+                    ApplicableConfig { projects: vec![] }
+                } else {
+                    ClBuilder::applicable(project, ids)
+                })
+            }
+            Watching::Projects(projects) => Some(ApplicableConfig {
+                projects: projects
+                    .iter()
+                    .map(|name| ApplicableProject {
+                        name: name.clone(),
+                        config_group_ids: if name == project {
+                            group_ids()
+                        } else {
+                            Vec::new()
+                        },
+                    })
+                    .collect(),
+            }),
+        };
+        cl
+    }
+
     /// The first version of a CL.
     pub(crate) fn first(project: &str, clid: i64) -> ClBuilder {
         let mut b = ClBuilder {
@@ -108,6 +201,19 @@ impl ClBuilder {
         self
     }
 
+    /// Sets the current revision's name (after [`ClBuilder::patchset`], which
+    /// names it `rev-<clid:06>-<ps:03>`).
+    pub fn revision(mut self, revision: &str) -> Self {
+        self.gerrit().current_revision = revision.to_string();
+        self
+    }
+
+    /// Sets the Gerrit change number (default: the CL id).
+    pub fn change(mut self, change: i64) -> Self {
+        self.gerrit().change = change;
+        self
+    }
+
     /// Sets when the current revision was uploaded (default `T0-1h`).
     pub fn uploaded(mut self, at: Timestamp) -> Self {
         self.gerrit().current_revision_created = Some(at);
@@ -148,6 +254,13 @@ impl ClBuilder {
     /// (without any, the groups are those the config's watches match).
     pub fn group(mut self, name: &str) -> Self {
         self.groups.push(name.to_string());
+        self
+    }
+
+    /// Forgets the explicit config groups added with [`ClBuilder::group`]
+    /// (e.g. to move the CL to another group in its next version).
+    pub fn no_groups(mut self) -> Self {
+        self.groups.clear();
         self
     }
 

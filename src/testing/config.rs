@@ -10,23 +10,39 @@ use crate::proto::{
 /// Builds a [`ProjectConfig`]: its config groups in order, its hash and state.
 ///
 /// Made by [`super::Scenario::config`]; the hash defaults to `h<N>` for the
-/// scenario's N-th config, the config eversion to N.
+/// scenario's N-th config, the config eversion to N. Outside a scenario
+/// (fixtures of other tests and benchmarks), [`ConfigBuilder::new`] and
+/// [`ConfigBuilder::build`].
+///
+/// ```
+/// use prjmanager::testing::ConfigBuilder;
+///
+/// let config = ConfigBuilder::new("h1", 1)
+///     .group("main", |g| g.watch("g-review.example.com", "repo/a", "refs/heads/main"))
+///     .build();
+/// assert_eq!(config.config_groups[0].name, "main");
+/// ```
 #[derive(Debug, Clone)]
 pub struct ConfigBuilder {
     pub(crate) config: ProjectConfig,
 }
 
 impl ConfigBuilder {
-    /// An enabled config without groups.
-    pub(crate) fn new(hash: String, eversion: i64) -> ConfigBuilder {
+    /// An enabled config version `eversion` with hash `hash`, without groups.
+    pub fn new(hash: &str, eversion: i64) -> ConfigBuilder {
         ConfigBuilder {
             config: ProjectConfig {
                 state: project_config::State::Enabled as i32,
-                hash,
+                hash: hash.to_string(),
                 eversion,
                 config_groups: Vec::new(),
             },
         }
+    }
+
+    /// The config built.
+    pub fn build(self) -> ProjectConfig {
+        self.config
     }
 
     /// Appends a config group named `name`, shaped by `f`.

@@ -47,11 +47,11 @@ pub mod render;
 
 use pbjson_types::Timestamp;
 
-use crate::domain::{self, config::Matcher, Evaluation};
+use crate::domain::{self, Evaluation};
 use crate::proto::{
-    self, action, cl_error, input_event::Event, run, ApplicableConfig, ApplicableProject,
-    ChangeList, ClsUpdated, ConfigUpdated, PState, Poked, ProjectConfig, ProjectState,
-    PurgeCompleted, Run, RunCreated, RunFinished, TriggeringClDepsCompleted,
+    self, action, cl_error, input_event::Event, run, ChangeList, ClsUpdated, ConfigUpdated, PState,
+    Poked, ProjectConfig, ProjectState, PurgeCompleted, Run, RunCreated, RunFinished,
+    TriggeringClDepsCompleted,
 };
 
 pub use cl::{account_id, ClBuilder};
@@ -232,7 +232,7 @@ impl Scenario {
     pub fn config(mut self, f: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Self {
         self.configs_sent += 1;
         let n = self.configs_sent;
-        let config = f(ConfigBuilder::new(format!("h{n}"), n)).config;
+        let config = f(ConfigBuilder::new(&format!("h{n}"), n)).build();
         let state =
             proto::project_config::State::try_from(config.state).map_or("?", |s| s.as_str_name());
         let names: Vec<&str> = config
@@ -300,57 +300,7 @@ impl Scenario {
     /// The CL entity of a builder: its applicable config resolved against
     /// the latest config (as CV's CL updater does).
     fn entity(&self, builder: &ClBuilder) -> ChangeList {
-        let mut cl = builder.cl.clone();
-        let group_ids = || -> Vec<String> {
-            let Some(config) = &self.latest_config else {
-                return Vec::new();
-            };
-            if !builder.groups.is_empty() {
-                return builder
-                    .groups
-                    .iter()
-                    .map(|name| domain::config::config_group_id(&config.hash, name))
-                    .collect();
-            }
-            let mut ignored = Vec::new();
-            let gerrit = cl
-                .snapshot
-                .as_ref()
-                .and_then(|s| s.gerrit.clone())
-                .unwrap_or_default();
-            Matcher::new(config, &mut ignored)
-                .match_groups(&gerrit.host, &gerrit.project, &gerrit.r#ref, &mut ignored)
-                .into_iter()
-                .filter_map(|i| config.config_groups.get(usize::try_from(i).ok()?))
-                .map(|g| domain::config::config_group_id(&config.hash, &g.name))
-                .collect()
-        };
-        cl.applicable_config = match &builder.watching {
-            cl::Watching::Unknown => None,
-            cl::Watching::ThisProject => {
-                let ids = group_ids();
-                Some(if ids.is_empty() {
-                    // Watched by no group of this project: watched by nobody.
-                    ApplicableConfig { projects: vec![] }
-                } else {
-                    ClBuilder::applicable(&self.project, ids)
-                })
-            }
-            cl::Watching::Projects(projects) => Some(ApplicableConfig {
-                projects: projects
-                    .iter()
-                    .map(|name| ApplicableProject {
-                        name: name.clone(),
-                        config_group_ids: if *name == self.project {
-                            group_ids()
-                        } else {
-                            Vec::new()
-                        },
-                    })
-                    .collect(),
-            }),
-        };
-        cl
+        builder.entity(&self.project, self.latest_config.as_ref())
     }
 
     /// Announces a Run (`RunCreated`) with id `id`, shaped by `f`; by

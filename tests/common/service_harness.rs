@@ -15,6 +15,7 @@ use prjmanager::fold;
 use prjmanager::proto::{self, project_manager_client::ProjectManagerClient};
 use prjmanager::store::{Direction, EventStore, ReadFrom, RecordedEvent};
 use prjmanager::streams::{action_stream, log_stream, offload_stream};
+use prjmanager::testing::{ClBuilder, ConfigBuilder};
 use prost::Message;
 use tonic::transport::Channel;
 
@@ -105,73 +106,29 @@ pub fn unix_now(ago: i64) -> i64 {
 }
 
 pub fn config(hash: &str) -> proto::ProjectConfig {
-    proto::ProjectConfig {
-        state: proto::project_config::State::Enabled as i32,
-        hash: hash.into(),
-        eversion: 1,
-        config_groups: vec![proto::ConfigGroup {
-            name: "main".into(),
-            gerrit: vec![proto::GerritWatch {
-                host: "c-review.example.com".into(),
-                projects: vec![proto::RepoWatch {
-                    name: "repo/a".into(),
-                    ref_regexp: vec!["refs/heads/main".into()],
-                    ref_regexp_exclude: vec![],
-                }],
-            }],
-            ..Default::default()
-        }],
-    }
+    ConfigBuilder::new(hash, 1)
+        .group("main", |g| {
+            g.watch("c-review.example.com", "repo/a", "refs/heads/main")
+        })
+        .build()
 }
 
 /// A CL watched by `project` with a Commit-Queue vote of `cq` (0: none).
 pub fn cl(project: &str, clid: i64, eversion: i64, cq: i32, deps: &[i64]) -> proto::ChangeList {
-    let votes = if cq > 0 {
-        vec![proto::Vote {
-            label: "Commit-Queue".into(),
-            value: cq,
-            email: "user-1@example.com".into(),
-            account_id: 1,
-            time: ts(unix_now(60)),
-        }]
+    let cl = ClBuilder::new(project, clid)
+        .eversion(eversion)
+        .host("c-review.example.com")
+        .revision(&format!("rev-{clid}-{eversion}"))
+        .owner("owner@example.com")
+        .uploaded(ts(unix_now(3600)).expect("a time"))
+        .deps_hard(deps)
+        .group("main");
+    let cl = if cq > 0 {
+        cl.cq_vote(cq, "user-1@example.com", ts(unix_now(60)).expect("a time"))
     } else {
-        vec![]
+        cl
     };
-    proto::ChangeList {
-        clid,
-        eversion,
-        applicable_config: Some(proto::ApplicableConfig {
-            projects: vec![proto::ApplicableProject {
-                name: project.into(),
-                config_group_ids: vec!["h1/main".into()],
-            }],
-        }),
-        snapshot: Some(proto::Snapshot {
-            luci_project: project.into(),
-            patchset: 1,
-            deps: deps
-                .iter()
-                .map(|&d| proto::Dep {
-                    clid: d,
-                    kind: proto::dep::DepKind::Hard as i32,
-                })
-                .collect(),
-            gerrit: Some(proto::GerritChange {
-                host: "c-review.example.com".into(),
-                change: clid,
-                project: "repo/a".into(),
-                r#ref: "refs/heads/main".into(),
-                status: proto::gerrit_change::ChangeStatus::New as i32,
-                owner_email: "owner@example.com".into(),
-                owner_account_id: 9,
-                current_revision: format!("rev-{clid}-{eversion}"),
-                current_revision_created: ts(unix_now(3600)),
-                votes,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    cl.build(Some(&config("h1")))
 }
 
 pub fn run(id: &str, clids: &[i64]) -> proto::Run {

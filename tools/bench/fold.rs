@@ -4,8 +4,10 @@
 use std::time::{Duration, Instant};
 
 use pbjson_types::Timestamp;
-use prjmanager::domain;
 use prjmanager::proto::{self, action::Action as ActionKind, input_event::Event};
+use prjmanager::store::RecordedEvent;
+use prjmanager::testing::{ClBuilder, ConfigBuilder};
+use prjmanager::{domain, events, fold, streams};
 
 /// A deterministic generator (SplitMix64), so every run folds the same stream.
 pub struct SplitMix(pub u64);
@@ -26,25 +28,14 @@ impl SplitMix {
     }
 }
 
+/// The Gerrit host of the benchmark CLs.
+const HOST: &str = "chromium-review.googlesource.com";
+
 /// The config every benchmark project uses: one singular group.
 pub fn config(hash: &str) -> proto::ProjectConfig {
-    proto::ProjectConfig {
-        state: proto::project_config::State::Enabled as i32,
-        hash: hash.into(),
-        eversion: 1,
-        config_groups: vec![proto::ConfigGroup {
-            name: "main".into(),
-            gerrit: vec![proto::GerritWatch {
-                host: "chromium-review.googlesource.com".into(),
-                projects: vec![proto::RepoWatch {
-                    name: "chromium/src".into(),
-                    ref_regexp: vec!["refs/heads/main".into()],
-                    ref_regexp_exclude: vec![],
-                }],
-            }],
-            ..Default::default()
-        }],
-    }
+    ConfigBuilder::new(hash, 1)
+        .group("main", |g| g.watch(HOST, "chromium/src", "refs/heads/main"))
+        .build()
 }
 
 /// A CL of `project` voted DRY_RUN at `vote`, depending (HARD) on `parent`.
@@ -55,53 +46,19 @@ pub fn cl(
     parent: Option<i64>,
     vote: i64,
 ) -> proto::ChangeList {
-    proto::ChangeList {
-        clid,
-        eversion,
-        applicable_config: Some(proto::ApplicableConfig {
-            projects: vec![proto::ApplicableProject {
-                name: project.into(),
-                config_group_ids: vec!["h1/main".into()],
-            }],
-        }),
-        snapshot: Some(proto::Snapshot {
-            luci_project: project.into(),
-            patchset: 1 + (eversion as i32 % 5),
-            deps: parent
-                .map(|p| proto::Dep {
-                    clid: p,
-                    kind: proto::dep::DepKind::Hard as i32,
-                })
-                .into_iter()
-                .collect(),
-            gerrit: Some(proto::GerritChange {
-                host: "chromium-review.googlesource.com".into(),
-                change: 1_000_000 + clid,
-                project: "chromium/src".into(),
-                r#ref: "refs/heads/main".into(),
-                status: proto::gerrit_change::ChangeStatus::New as i32,
-                owner_email: "owner@chromium.org".into(),
-                owner_account_id: 7,
-                current_revision: format!("{clid:08x}{eversion:08x}"),
-                current_revision_created: Some(Timestamp {
-                    seconds: vote - 60,
-                    nanos: 0,
-                }),
-                votes: vec![proto::Vote {
-                    label: "Commit-Queue".into(),
-                    value: 1,
-                    email: "dev@chromium.org".into(),
-                    account_id: 8,
-                    time: Some(Timestamp {
-                        seconds: vote,
-                        nanos: 0,
-                    }),
-                }],
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    ClBuilder::new(project, clid)
+        .eversion(eversion)
+        .host(HOST)
+        .repo("chromium/src")
+        .change(1_000_000 + clid)
+        .patchset(1 + (eversion as i32 % 5))
+        .revision(&format!("{clid:08x}{eversion:08x}"))
+        .owner("owner@chromium.org")
+        .uploaded(ts(vote - 60))
+        .deps_hard(parent.as_slice())
+        .cq_vote(1, "dev@chromium.org", ts(vote))
+        .group("main")
+        .build(Some(&config("h1")))
 }
 
 /// A project state folded to `stacks` stacks of `per_stack` active CLs.
@@ -236,29 +193,58 @@ impl Mix {
     }
 }
 
-/// Folds a realistic mix for `events` input events; returns (events, time,
-/// components at the end).
+/// The stored form of an event at `revision` of `project`'s stream, as the
+/// store returns it.
+fn recorded(project: &str, revision: u64, event: &Event) -> RecordedEvent {
+    RecordedEvent {
+        stream: streams::project_stream(project),
+        revision,
+        position: revision + 1,
+        id: uuid::Uuid::from_u128(u128::from(revision) + 1),
+        event_type: events::type_name(event).to_string(),
+        data: events::encode(event),
+        metadata: Vec::new(),
+    }
+}
+
+/// Folds a realistic mix for `events` input events through
+/// [`fold::apply_recorded`], as the service and the replay tool do
+/// (decoding each stored event, and digesting the state at every marker);
+/// returns (events, time spent in the fold, components at the end). The
+/// time leaves out generating and encoding the events.
 pub fn run_fold(events: u64, clids: i64, stacks: i64, markers_every: u64) -> (u64, Duration, i64) {
+    let project = "bench";
     let start = 1_700_000_000;
-    let (mut state, mut revision) = active_project("bench", stacks, clids / stacks, start);
-    let mut mix = Mix::new("bench", clids, stacks, 2, 10);
+    let (mut state, mut revision) = active_project(project, stacks, clids / stacks, start);
+    let mut mix = Mix::new(project, clids, stacks, 2, 10);
     let mut now = start;
     let mut folded = 0;
-    let began = Instant::now();
+    let mut elapsed = Duration::ZERO;
+    let mut fold_one = |state: &mut proto::ProjectState, event: &Event, revision: u64| {
+        let stored = recorded(project, revision, event);
+        let began = Instant::now();
+        let outcome = fold::apply_recorded(state, &stored).expect("valid benchmark event");
+        elapsed += began.elapsed();
+        outcome
+    };
     while folded < events {
         let event = mix.next_event(now);
-        domain::apply_event(&mut state, revision, &event).expect("valid benchmark event");
+        fold_one(&mut state, &event, revision);
         revision += 1;
         folded += 1;
         if folded % markers_every == 0 {
             now += 1;
-            let evaluation = domain::evaluate(&mut state, revision, ts(now));
+            let marker = Event::Evaluated(proto::Evaluated {
+                now: Some(ts(now)),
+                ..Default::default()
+            });
+            let outcome = fold_one(&mut state, &marker, revision).expect("a marker's outcome");
             revision += 1;
-            mix.observe(&evaluation);
+            mix.observe(&outcome.evaluation);
         }
     }
     let components = state.pstate.as_ref().map_or(0, |p| p.components.len());
-    (folded, began.elapsed(), components as i64)
+    (folded, elapsed, components as i64)
 }
 
 /// The resident set size of this process, from /proc (Linux).

@@ -19,6 +19,7 @@ use pbjson_types::Timestamp;
 use prjmanager::proto::{
     self, action::Action as A, input_event::Event, project_manager_client::ProjectManagerClient,
 };
+use prjmanager::testing::{ConfigBuilder, GroupBuilder};
 use tonic::transport::Channel;
 
 /// The fixed epoch of every recording: 2024-01-01T00:00:00Z.
@@ -278,33 +279,23 @@ impl Service {
     }
 }
 
-fn group(name: &str) -> proto::ConfigGroup {
-    proto::ConfigGroup {
-        name: name.into(),
-        gerrit: vec![proto::GerritWatch {
-            host: "review.example.com".into(),
-            projects: vec![proto::RepoWatch {
-                name: "repo".into(),
-                ref_regexp: vec!["refs/heads/main".into()],
-                ref_regexp_exclude: vec![],
-            }],
-        }],
-        ..Default::default()
-    }
-}
-
+/// A config version of one group `main` watching `repo` on
+/// `review.example.com`, shaped further by `main`.
 fn config(
     hash: &str,
     state: proto::project_config::State,
-    groups: Vec<proto::ConfigGroup>,
+    main: impl FnOnce(GroupBuilder) -> GroupBuilder,
 ) -> Event {
+    let config = ConfigBuilder::new(hash, 1).group("main", |g| {
+        main(g.watch("review.example.com", "repo", "refs/heads/main"))
+    });
+    let config = match state {
+        proto::project_config::State::Disabled => config.disabled(),
+        proto::project_config::State::Deleted => config.deleted(),
+        _ => config,
+    };
     Event::ConfigUpdated(proto::ConfigUpdated {
-        config: Some(proto::ProjectConfig {
-            state: state as i32,
-            hash: hash.into(),
-            eversion: 1,
-            config_groups: groups,
-        }),
+        config: Some(config.build()),
     })
 }
 
@@ -384,21 +375,17 @@ async fn scenario(name: &str, s: &mut Service) -> Result<()> {
     let p = p.as_str();
     match name {
         "lifecycle" => {
-            s.send(config("h1", ENABLED, vec![group("main")])).await?;
+            s.send(config("h1", ENABLED, |g| g)).await?;
             s.evaluate(0).await?;
             s.send(cls(vec![cl(p, "h1", 1, 1, 1, -60, &[], OWNER)]))
                 .await?;
             s.evaluate(2).await?;
             let runs = s.create_requested_runs(3).await?;
             s.evaluate(4).await?;
-            s.send(config("h2", ENABLED, vec![group("main")])).await?;
+            s.send(config("h2", ENABLED, |g| g)).await?;
             s.evaluate(10).await?;
-            s.send(config(
-                "h3",
-                proto::project_config::State::Disabled,
-                vec![group("main")],
-            ))
-            .await?;
+            s.send(config("h3", proto::project_config::State::Disabled, |g| g))
+                .await?;
             s.evaluate(20).await?;
             for run in &runs {
                 s.finish_run(&run.id, proto::run::Status::Cancelled, 25)
@@ -409,7 +396,7 @@ async fn scenario(name: &str, s: &mut Service) -> Result<()> {
             s.evaluate(40).await?;
         }
         "dry-run" => {
-            s.send(config("h1", ENABLED, vec![group("main")])).await?;
+            s.send(config("h1", ENABLED, |g| g)).await?;
             s.evaluate(0).await?;
             s.send(cls(vec![cl(p, "h1", 10, 1, 1, -60, &[], OWNER)]))
                 .await?;
@@ -427,7 +414,7 @@ async fn scenario(name: &str, s: &mut Service) -> Result<()> {
             s.evaluate(603).await?;
         }
         "chained-votes-denied" => {
-            s.send(config("h1", ENABLED, vec![group("main")])).await?;
+            s.send(config("h1", ENABLED, |g| g)).await?;
             s.evaluate(0).await?;
             s.send(cls(vec![
                 cl(p, "h1", 21, 1, 0, -60, &[], OWNER),
@@ -442,7 +429,7 @@ async fn scenario(name: &str, s: &mut Service) -> Result<()> {
             s.evaluate(6).await?;
         }
         "parent-run-fails" => {
-            s.send(config("h1", ENABLED, vec![group("main")])).await?;
+            s.send(config("h1", ENABLED, |g| g)).await?;
             s.evaluate(0).await?;
             s.send(cls(vec![
                 cl(p, "h1", 31, 1, 2, -60, &[], OWNER),
@@ -464,14 +451,10 @@ async fn scenario(name: &str, s: &mut Service) -> Result<()> {
             s.evaluate(303).await?;
         }
         "combine-cls" => {
-            let mut g = group("main");
-            g.combine_cls = Some(proto::CombineCls {
-                stabilization_delay: Some(pbjson_types::Duration {
-                    seconds: 300,
-                    nanos: 0,
-                }),
-            });
-            s.send(config("h1", ENABLED, vec![g])).await?;
+            s.send(config("h1", ENABLED, |g| {
+                g.combine_cls(Duration::from_secs(300))
+            }))
+            .await?;
             s.evaluate(0).await?;
             s.send(cls(vec![
                 cl(p, "h1", 41, 1, 1, 10, &[(42, SOFT)], OWNER),
@@ -490,7 +473,7 @@ async fn scenario(name: &str, s: &mut Service) -> Result<()> {
             s.evaluate(901).await?;
         }
         "reused-trigger" => {
-            s.send(config("h1", ENABLED, vec![group("main")])).await?;
+            s.send(config("h1", ENABLED, |g| g)).await?;
             s.evaluate(0).await?;
             s.send(cls(vec![cl(p, "h1", 51, 1, 1, -60, &[], OWNER)]))
                 .await?;
@@ -513,7 +496,7 @@ async fn scenario(name: &str, s: &mut Service) -> Result<()> {
             s.evaluate(163).await?;
         }
         "purge-expires" => {
-            s.send(config("h1", ENABLED, vec![group("main")])).await?;
+            s.send(config("h1", ENABLED, |g| g)).await?;
             s.evaluate(0).await?;
             // An owner without an email cannot have a Run: the trigger is purged.
             s.send(cls(vec![cl(p, "h1", 61, 1, 1, -60, &[], "")]))
@@ -533,7 +516,7 @@ async fn scenario(name: &str, s: &mut Service) -> Result<()> {
 async fn busy(s: &mut Service, p: &str) -> Result<()> {
     const STACKS: i64 = 60;
     const DEPTH: i64 = 5;
-    s.send(config("h1", ENABLED, vec![group("main")])).await?;
+    s.send(config("h1", ENABLED, |g| g)).await?;
     s.evaluate(0).await?;
     let mut sent = 2u64;
     let mut clock = 1;

@@ -1,14 +1,38 @@
-//! Tests of the triager: the acceptance scenarios of domain/luci-pm.md §11
-//! (groups K, L, M, N; the scenario id starts each test name), the RunID
-//! vector of §1.1, further cases of the original's triager tests, and
-//! properties (no panics, determinism, quiet components stay quiet).
+//! Unit tests of the triager: only what the public scenario builder
+//! (`prjmanager::testing`, used by tests/triage_snapshots.rs) cannot express.
+//!
+//! The acceptance scenarios of domain/luci-pm.md §11 groups K, L, M and N,
+//! and the further cases of the original's triager tests, live once, as
+//! scenarios folded from input events and snapshotted in
+//! tests/triage_snapshots.rs. A scenario can only reach the states the fold
+//! produces and can only observe actions and the saved state. What stays
+//! here therefore needs a hand-built `PState`/`Component`/`PmView`:
+//!
+//! * internal functions and their intermediate results: the RunID and
+//!   operation-id functions (`run_id`), `triage_deps`, `find_immediate_hard_deps`,
+//!   `quota_payer`, `user_identity`, `merge_options`;
+//! * states the fold never produces: a CL newer than its PCL
+//!   (`OutdatedPmState`), a PCL without its CL entity, an owner without email
+//!   reaching the Run creator, a triggered CL submitted outside any Run, a
+//!   custom-mode Run in a component, a purge of an untriggered CL; these
+//!   must be errors, never panics;
+//! * the §7.2 rule that an unchanged component yields no new value, which
+//!   shows in no action;
+//! * the properties (no panics, determinism, quiet components stay quiet)
+//!   over arbitrary hand-built components, most of which no event stream
+//!   produces.
+//!
+//! These tests build protos by hand rather than with `crate::testing`: that
+//! module is built on the domain (it folds through `domain::apply_event`
+//! and `domain::evaluate`), and the domain does not depend on it, not even
+//! in its unit tests.
 
 use std::collections::BTreeMap;
 
 use pbjson_types::{Duration, Timestamp};
 use proptest::prelude::*;
 
-use super::cls::{triage_cls, ClInfo};
+use super::cls::triage_cls;
 use super::creator::{merge_options, quota_payer, user_identity};
 use super::deps::triage_deps;
 use super::run_id::{self, RunIdCl};
@@ -16,12 +40,12 @@ use super::runs::find_immediate_hard_deps;
 use super::{triage, DRY_RUN, FULL_RUN, NEW_PATCHSET_RUN};
 use crate::domain::triage_api::{PmView, TriageError, TriageResult};
 use crate::proto::cl_error::invalid_deps::TooMany;
-use crate::proto::cl_error::{InvalidDeps, Kind, WatchedByManyConfigGroups};
+use crate::proto::cl_error::{InvalidDeps, Kind};
 use crate::proto::{
-    dep::DepKind, gerrit_change::ChangeStatus, pcl, purge_reason, purging_cl, run, ChangeList,
-    ClError, CombineCls, Component, ConfigGroup, CreateRun, Dep, Footer, GerritChange, InputCl,
-    Mode, NewPatchsetRun, PRun, PState, Pcl, ProjectConfig, PurgeCl, PurgeReason, PurgingCl, Run,
-    RunOptions, RunRequest, Snapshot, Trigger, TriggeringClDeps, Triggers, Vote,
+    dep::DepKind, gerrit_change::ChangeStatus, pcl, purge_reason, purging_cl, ChangeList, ClError,
+    CombineCls, Component, ConfigGroup, Dep, GerritChange, NewPatchsetRun, PRun, PState, Pcl,
+    ProjectConfig, PurgeReason, PurgingCl, Run, RunOptions, RunRequest, Snapshot, Trigger,
+    TriggeringClDeps, Triggers, Vote,
 };
 
 /// The triager is called by the state machine through a `fn` pointer of this shape.
@@ -38,9 +62,7 @@ const T0: i64 = 1_580_643_200;
 /// Group indexes of the K fixture.
 const SING: i32 = 0;
 const COMB: i32 = 1;
-const ANOTHER: i32 = 2;
 const NPR: i32 = 3;
-const NPR_COMB: i32 = 4;
 /// Stabilization delay of the combinable groups of the K fixture.
 const STABILIZATION_SECONDS: i64 = 300;
 
@@ -126,13 +148,6 @@ fn component(clids: &[i64], pruns: Vec<PRun>, triage_required: bool) -> Componen
         decision_time: None,
         pruns,
         triage_required,
-    }
-}
-
-fn mark_triaged(c: &Component) -> Component {
-    Component {
-        triage_required: false,
-        ..c.clone()
     }
 }
 
@@ -228,10 +243,6 @@ impl Fx {
 
     fn must_triage(&self, c: &Component) -> TriageResult {
         self.triage(c).expect("triage must succeed")
-    }
-
-    fn add_seconds(&mut self, seconds: i64) {
-        self.now.seconds += seconds;
     }
 
     fn set_pcl(&mut self, pcl: Pcl) {
@@ -361,30 +372,13 @@ impl Fx {
     }
 }
 
-fn clids_of(rc: &CreateRun) -> Vec<i64> {
-    rc.input_cls.iter().map(|c| c.clid).collect()
-}
-
-fn cg_name(rc: &CreateRun) -> &str {
-    rc.config_group_id.split_once('/').map_or("", |(_, n)| n)
-}
-
-fn decision_seconds(res: &TriageResult) -> Option<i64> {
-    res.new_value
-        .as_ref()
-        .and_then(|c| c.decision_time)
-        .map(|t| t.seconds)
-}
-
-fn triaged_by_new_value(res: &TriageResult) -> bool {
-    res.new_value.as_ref().is_some_and(|c| !c.triage_required)
-}
-
 // ---------------------------------------------------------------------------
 // §1.1 RunID.
 
+/// The §1.1 vector (also a scenario in tests/triage_snapshots.rs), and the
+/// id the original's older test computed with voter account 1.
 #[test]
-fn run_id_vector_of_section_1_1() {
+fn run_id_of_the_section_1_1_inputs_for_either_voter_account() {
     // The inputs of the original triage_test "with already existing Run":
     // CLs 32 (CQ+2 at T0-1s) and 33 (CQ+2 at T0) on g-review.example.com,
     // patchset 1 each (revisions "rev-0000NN-001"), voter account 2.
@@ -469,165 +463,11 @@ fn run_id_digest_without_trigger_and_operation_id() {
 }
 
 // ---------------------------------------------------------------------------
-// K. Triager.
-
-#[test]
-fn k1_component_with_its_run_only_gets_marked_triaged() {
-    let mut fx = Fx::k();
-    fx.set_pcl(Pcl {
-        clid: 33,
-        config_group_indexes: vec![SING],
-        triggers: cq_triggers(trigger(DRY_RUN, T0)),
-        ..Pcl::default()
-    });
-    let c = component(&[33], vec![prun("id", DRY_RUN, &[33])], true);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert!(res.runs_to_create.is_empty());
-    assert!(res.cls_to_purge.is_empty());
-    assert!(res.cls_to_trigger_deps.is_empty());
-}
-
-fn k2_stack(fx: &mut Fx) -> (Pcl, Pcl, Pcl) {
-    let p31 = fx.put_pcl(31, SING, "", T0 - 60, &[]);
-    let p32 = fx.put_pcl(32, SING, "", T0 - 1, &[hard(31)]);
-    let p33 = fx.put_pcl(33, SING, FULL_RUN, T0, &[hard(31), hard(32)]);
-    (p31, p32, p33)
-}
-
-#[test]
-fn k2a_full_run_on_child_requests_votes_on_its_deps() {
-    let mut fx = Fx::k();
-    let (_, _, p33) = k2_stack(&mut fx);
-    let c = component(&[31, 32, 33], vec![], true);
-    let res = fx.must_triage(&c);
-    assert_eq!(
-        res.cls_to_trigger_deps,
-        vec![TriggeringClDeps {
-            origin_clid: 33,
-            dep_clids: vec![31, 32],
-            trigger: p33.triggers.unwrap().cq_vote_trigger,
-            config_group_name: "singular".to_string(),
-            ..TriggeringClDeps::default()
-        }]
-    );
-    let nv = res.new_value.expect("new value");
-    assert!(!nv.triage_required);
-    assert_eq!(nv.decision_time, None);
-    assert!(res.runs_to_create.is_empty());
-    assert!(res.cls_to_purge.is_empty());
-}
-
-#[test]
-fn k2b_no_new_votes_while_a_dep_has_an_op_in_flight() {
-    let mut fx = Fx::k();
-    let (_, p32, _) = k2_stack(&mut fx);
-    fx.add_op(TriggeringClDeps {
-        origin_clid: 32,
-        dep_clids: vec![31],
-        trigger: p32.triggers.and_then(|t| t.cq_vote_trigger),
-        ..TriggeringClDeps::default()
-    });
-    let c = component(&[31, 32, 33], vec![], true);
-    let res = fx.must_triage(&c);
-    assert!(res.cls_to_trigger_deps.is_empty());
-    let nv = res.new_value.expect("new value");
-    assert!(!nv.triage_required);
-    assert_eq!(nv.decision_time, None);
-    assert!(res.runs_to_create.is_empty());
-    assert!(res.cls_to_purge.is_empty());
-}
-
-#[test]
-fn k2c_some_deps_voted_runs_the_bottom_and_votes_for_the_top() {
-    // Original: "with CQ vote on some dep CLs, but not all".
-    let mut fx = Fx::k();
-    fx.put_pcl(31, SING, FULL_RUN, T0 - 1, &[]);
-    fx.put_pcl(32, SING, "", T0 - 1, &[hard(31)]);
-    fx.put_pcl(33, SING, FULL_RUN, T0 - 60, &[hard(31), hard(32)]);
-    let p34 = fx.put_pcl(34, SING, FULL_RUN, T0 - 60, &[hard(31), hard(32), hard(33)]);
-    let c = component(&[31, 32, 33, 34], vec![], true);
-    let res = fx.must_triage(&c);
-    assert!(triaged_by_new_value(&res));
-    assert_eq!(decision_seconds(&res), None);
-    assert_eq!(res.runs_to_create.len(), 1);
-    assert_eq!(clids_of(&res.runs_to_create[0]), vec![31]);
-    assert!(res.runs_to_create[0].dep_runs.is_empty());
-    assert!(res.cls_to_purge.is_empty());
-    assert_eq!(
-        res.cls_to_trigger_deps,
-        vec![TriggeringClDeps {
-            origin_clid: 34,
-            dep_clids: vec![32],
-            trigger: p34.triggers.unwrap().cq_vote_trigger,
-            config_group_name: "singular".to_string(),
-            ..TriggeringClDeps::default()
-        }]
-    );
-}
-
-#[test]
-fn k2d_all_voted_stack_creates_runs_bottom_up_with_dep_runs() {
-    // Original: "with CQ votes on all CLs".
-    let mut fx = Fx::k();
-    fx.put_pcl(31, SING, FULL_RUN, T0 - 1, &[]);
-    fx.put_pcl(32, SING, FULL_RUN, T0 - 1, &[hard(31)]);
-    let mut c = component(&[31, 32], vec![], true);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.runs_to_create.len(), 1);
-    let rc31 = &res.runs_to_create[0];
-    assert_eq!(clids_of(rc31), vec![31]);
-    assert!(rc31.dep_runs.is_empty());
-    assert!(res.cls_to_purge.is_empty() && res.cls_to_trigger_deps.is_empty());
-    let rid31 = rc31.run_id.clone();
-    // The Run gets created.
-    c.pruns = vec![prun(&rid31, FULL_RUN, &[31])];
-    fx.set_run(Run {
-        id: rid31.clone(),
-        mode: FULL_RUN.to_string(),
-        clids: vec![31],
-        status: run::Status::Running as i32,
-        ..Run::default()
-    });
-
-    // With a dep in an incomplete Run: 32 depends on it.
-    let res = fx.must_triage(&c);
-    assert_eq!(res.runs_to_create.len(), 1);
-    assert_eq!(clids_of(&res.runs_to_create[0]), vec![32]);
-    assert_eq!(res.runs_to_create[0].dep_runs, vec![rid31.clone()]);
-    assert_eq!(
-        res.runs_to_create[0].expected_incomplete_run_ids,
-        Vec::<String>::new()
-    );
-    let rid32 = res.runs_to_create[0].run_id.clone();
-    let mut c2 = c.clone();
-    c2.pruns.push(prun(&rid32, FULL_RUN, &[32]));
-    c2.pruns.sort_by(|a, b| a.id.cmp(&b.id));
-    let res = fx.must_triage(&c2);
-    assert!(res.runs_to_create.is_empty());
-    assert!(res.cls_to_purge.is_empty() && res.cls_to_trigger_deps.is_empty());
-
-    // With a dep whose Run has been submitted: no dep runs.
-    let p31 = fx.pcl_mut(31);
-    p31.submitted = true;
-    p31.triggers = None;
-    fx.set_run(Run {
-        id: rid31,
-        status: run::Status::Succeeded as i32,
-        end_time: Some(ts(T0)),
-        ..Run::default()
-    });
-    c.pruns.clear();
-    let res = fx.must_triage(&c);
-    assert_eq!(res.runs_to_create.len(), 1);
-    assert_eq!(clids_of(&res.runs_to_create[0]), vec![32]);
-    assert!(res.runs_to_create[0].dep_runs.is_empty());
-    assert!(res.cls_to_purge.is_empty() && res.cls_to_trigger_deps.is_empty());
-}
+// States the fold never produces, and bug states.
 
 /// The PCL of the original "Purges CLs" tests: 33 DRY_RUN with an
 /// owner_lacks_email reason on its CQ trigger.
-fn k3_fixture() -> (Fx, Component) {
+fn owner_lacks_email_fixture() -> (Fx, Component) {
     let mut fx = Fx::k();
     fx.set_pcl(Pcl {
         clid: 33,
@@ -641,182 +481,11 @@ fn k3_fixture() -> (Fx, Component) {
     (fx, component(&[33], vec![], false))
 }
 
+/// K5's "eversion mismatch ⇒ OutdatedPmState": the fold updates PCLs from
+/// the CL versions of an invocation before triage, so it never shows the
+/// triager a CL newer than its PCL.
 #[test]
-fn k3_singular_group_purges_without_delay() {
-    let (mut fx, c) = k3_fixture();
-    fx.pcl_mut(33).config_group_indexes = vec![SING];
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert_eq!(
-        res.cls_to_purge,
-        vec![PurgeCl {
-            purging_cl: Some(PurgingCl {
-                clid: 33,
-                apply_to: Some(purging_cl::ApplyTo::Triggers(Triggers {
-                    cq_vote_trigger: Some(trigger(DRY_RUN, T0)),
-                    new_patchset_run_trigger: None,
-                })),
-                ..PurgingCl::default()
-            }),
-            purge_reasons: fx.pstate.pcls[0].purge_reasons.clone(),
-            ..PurgeCl::default()
-        }]
-    );
-    assert!(res.runs_to_create.is_empty());
-}
-
-#[test]
-fn k3_cq_purge_does_not_affect_npr() {
-    let (mut fx, c) = k3_fixture();
-    let mut p = fx.put_pcl(33, NPR, DRY_RUN, T0, &[]);
-    p.purge_reasons = vec![reason(
-        Kind::SelfCqDepend(true),
-        on_cq(trigger(DRY_RUN, T0)),
-    )];
-    fx.set_pcl(p);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert_eq!(res.cls_to_purge.len(), 1);
-    assert_eq!(res.runs_to_create.len(), 1);
-    assert_eq!(res.runs_to_create[0].mode, NEW_PATCHSET_RUN);
-}
-
-#[test]
-fn k3_npr_only_trigger_with_unsupported_mode_is_purged() {
-    let (mut fx, c) = k3_fixture();
-    let mut p = fx.put_pcl(33, NPR, NEW_PATCHSET_RUN, T0, &[]);
-    p.purge_reasons = vec![reason(
-        Kind::UnsupportedMode(String::new()),
-        on_npr(trigger(NEW_PATCHSET_RUN, T0)),
-    )];
-    fx.set_pcl(p);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert_eq!(res.cls_to_purge.len(), 1);
-    assert!(res.runs_to_create.is_empty());
-}
-
-#[test]
-fn k3_npr_purge_lets_the_dry_run_go_on() {
-    let (mut fx, c) = k3_fixture();
-    let mut p = fx.put_pcl(33, NPR, DRY_RUN, T0, &[]);
-    let npr = p
-        .triggers
-        .as_ref()
-        .unwrap()
-        .new_patchset_run_trigger
-        .clone()
-        .unwrap();
-    p.purge_reasons = vec![reason(Kind::OwnerLacksEmail(false), on_npr(npr.clone()))];
-    fx.set_pcl(p);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert_eq!(res.cls_to_purge.len(), 1);
-    assert_eq!(
-        res.cls_to_purge[0].purging_cl.as_ref().unwrap().apply_to,
-        Some(purging_cl::ApplyTo::Triggers(Triggers {
-            cq_vote_trigger: None,
-            new_patchset_run_trigger: Some(npr),
-        }))
-    );
-    assert_eq!(res.runs_to_create.len(), 1);
-    assert_eq!(res.runs_to_create[0].mode, DRY_RUN);
-}
-
-#[test]
-fn k3_combinable_group_obeys_stabilization_delay() {
-    let (mut fx, c) = k3_fixture();
-    fx.pcl_mut(33).config_group_indexes = vec![COMB];
-    let res = fx.must_triage(&c);
-    let mut expected = mark_triaged(&c);
-    expected.decision_time = Some(ts(T0 + STABILIZATION_SECONDS));
-    assert_eq!(res.new_value, Some(expected.clone()));
-    assert!(res.cls_to_purge.is_empty());
-    assert!(res.runs_to_create.is_empty());
-
-    fx.add_seconds(2 * STABILIZATION_SECONDS);
-    let res = fx.must_triage(&c);
-    expected.decision_time = None;
-    assert_eq!(res.new_value, Some(expected));
-    assert_eq!(res.cls_to_purge.len(), 1);
-    assert!(res.runs_to_create.is_empty());
-}
-
-#[test]
-fn k3_npr_only_in_combinable_npr_group_is_purged_immediately() {
-    let (mut fx, c) = k3_fixture();
-    let mut p = fx.put_pcl(33, NPR_COMB, NEW_PATCHSET_RUN, T0, &[]);
-    p.purge_reasons = vec![reason(
-        Kind::UnsupportedMode(String::new()),
-        on_npr(trigger(NEW_PATCHSET_RUN, T0)),
-    )];
-    fx.set_pcl(p);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert_eq!(res.cls_to_purge.len(), 1);
-    assert!(res.runs_to_create.is_empty());
-}
-
-#[test]
-fn k3_many_groups_purge_immediately() {
-    let (mut fx, c) = k3_fixture();
-    fx.pcl_mut(33).config_group_indexes = vec![SING, COMB, ANOTHER];
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert_eq!(res.cls_to_purge.len(), 1);
-    assert!(res.runs_to_create.is_empty());
-}
-
-#[test]
-fn k5_dry_run_and_npr_triggers_create_two_runs() {
-    let mut fx = Fx::k();
-    fx.put_pcl(33, NPR, DRY_RUN, T0, &[]);
-    let c = component(&[33], vec![], true);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert!(res.cls_to_purge.is_empty());
-    assert_eq!(res.runs_to_create.len(), 2);
-    let (cq, npr) = (&res.runs_to_create[0], &res.runs_to_create[1]);
-    assert_eq!(cg_name(cq), "newPatchsetRun");
-    assert_eq!(cq.mode, DRY_RUN);
-    assert_eq!(clids_of(cq), vec![33]);
-    assert_eq!(cg_name(npr), "newPatchsetRun");
-    assert_eq!(npr.mode, NEW_PATCHSET_RUN);
-    assert_eq!(clids_of(npr), vec![33]);
-    // The NPR Run is the owner's own.
-    assert_eq!(npr.created_by, "user:user-1@example.com");
-    assert_eq!(npr.billed_to, "user:user-1@example.com");
-    assert_eq!(npr.create_time, Some(ts(T0 - 3600)));
-    assert_ne!(cq.run_id, npr.run_id);
-}
-
-#[test]
-fn k5_npr_only_creates_an_npr_run() {
-    let mut fx = Fx::k();
-    fx.put_pcl(33, NPR, NEW_PATCHSET_RUN, T0, &[]);
-    let c = component(&[33], vec![], true);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert!(res.cls_to_purge.is_empty());
-    assert_eq!(res.runs_to_create.len(), 1);
-    assert_eq!(cg_name(&res.runs_to_create[0]), "newPatchsetRun");
-    assert_eq!(res.runs_to_create[0].mode, NEW_PATCHSET_RUN);
-    assert_eq!(clids_of(&res.runs_to_create[0]), vec![33]);
-}
-
-#[test]
-fn k5_npr_only_with_an_npr_run_is_a_noop() {
-    let mut fx = Fx::k();
-    fx.put_pcl(33, NPR, NEW_PATCHSET_RUN, T0, &[]);
-    let c = component(&[33], vec![prun("run-id", NEW_PATCHSET_RUN, &[33])], true);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert!(res.cls_to_purge.is_empty());
-    assert!(res.runs_to_create.is_empty());
-}
-
-#[test]
-fn k5_eversion_mismatch_is_outdated_pm_state() {
+fn outdated_pm_state_when_a_cl_changed_since_its_pcl() {
     for (cg, mode) in [(NPR, NEW_PATCHSET_RUN), (SING, DRY_RUN)] {
         let mut fx = Fx::k();
         fx.put_pcl(33, cg, mode, T0, &[]);
@@ -833,478 +502,7 @@ fn k5_eversion_mismatch_is_outdated_pm_state() {
     }
 }
 
-#[test]
-fn k5_singular_dry_run_creates_one_run() {
-    let mut fx = Fx::k();
-    fx.put_pcl(33, SING, DRY_RUN, T0, &[]);
-    let c = component(&[33], vec![], true);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert!(res.cls_to_purge.is_empty());
-    assert_eq!(res.runs_to_create.len(), 1);
-    let rc = &res.runs_to_create[0];
-    assert_eq!(cg_name(rc), "singular");
-    assert_eq!(rc.mode, DRY_RUN);
-    assert_eq!(clids_of(rc), vec![33]);
-}
-
-#[test]
-fn k5_singular_with_a_run_is_a_noop() {
-    let mut fx = Fx::k();
-    fx.put_pcl(33, SING, DRY_RUN, T0, &[]);
-    let c = component(&[33], vec![prun("run-id", DRY_RUN, &[33])], true);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert!(res.cls_to_purge.is_empty());
-    assert!(res.runs_to_create.is_empty());
-}
-
-#[test]
-fn k5_full_run_and_dry_run_with_soft_dep_create_two_runs() {
-    let mut fx = Fx::k();
-    fx.put_pcl(32, SING, FULL_RUN, T0, &[]);
-    fx.put_pcl(33, SING, DRY_RUN, T0, &[soft(32)]);
-    let c = component(&[32, 33], vec![], true);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert!(res.cls_to_purge.is_empty());
-    assert_eq!(res.runs_to_create.len(), 2);
-    assert_eq!(clids_of(&res.runs_to_create[0]), vec![32]);
-    assert_eq!(res.runs_to_create[0].mode, FULL_RUN);
-    assert_eq!(clids_of(&res.runs_to_create[1]), vec![33]);
-    assert_eq!(res.runs_to_create[1].mode, DRY_RUN);
-}
-
-#[test]
-fn k5_runs_on_other_cls_leave_only_the_middle_cl() {
-    let mut fx = Fx::k();
-    fx.put_pcl(31, SING, FULL_RUN, T0, &[]);
-    fx.put_pcl(32, SING, DRY_RUN, T0, &[soft(31)]);
-    fx.put_pcl(33, SING, DRY_RUN, T0, &[soft(32)]);
-    let c = component(
-        &[31, 32, 33],
-        vec![prun("first", DRY_RUN, &[31]), prun("third", DRY_RUN, &[33])],
-        true,
-    );
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert!(res.cls_to_purge.is_empty());
-    assert_eq!(res.runs_to_create.len(), 1);
-    assert_eq!(clids_of(&res.runs_to_create[0]), vec![32]);
-    assert_eq!(res.runs_to_create[0].mode, DRY_RUN);
-}
-
-#[test]
-fn k5_unknown_dep_waits_without_decision_time() {
-    let mut fx = Fx::k();
-    fx.set_pcl(Pcl {
-        clid: 32,
-        eversion: 1,
-        status: pcl::Status::Unknown as i32,
-        ..Pcl::default()
-    });
-    fx.put_pcl(33, SING, DRY_RUN, T0, &[soft(32)]);
-    let c = component(&[33], vec![], true);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-    assert_eq!(decision_seconds(&res), None);
-    assert!(res.cls_to_purge.is_empty());
-    assert!(res.runs_to_create.is_empty());
-}
-
-// §7.5 step 8 (the original "with already existing Run" tests; no K id in the spec).
-
-const VECTOR_RUN_ID: &str = "v8/9042327596854-1-42e0a59099a0f673";
-
-fn existing_run_fixture() -> (Fx, Component) {
-    let mut fx = Fx::k();
-    fx.put_pcl(32, COMB, FULL_RUN, T0 - 1, &[]);
-    fx.put_pcl(33, COMB, FULL_RUN, T0, &[soft(32)]);
-    fx.add_seconds(STABILIZATION_SECONDS);
-    (fx, component(&[32, 33], vec![], true))
-}
-
-#[test]
-fn existing_run_absent_creates_the_run_with_every_field() {
-    let (fx, c) = existing_run_fixture();
-    let res = fx.must_triage(&c);
-    assert_eq!(res.runs_to_create.len(), 1);
-    let rc = &res.runs_to_create[0];
-    let expected = CreateRun {
-        run_id: VECTOR_RUN_ID.to_string(),
-        config_group_id: "hash/combinable".to_string(),
-        mode: FULL_RUN.to_string(),
-        create_time: Some(ts(T0)),
-        owner: "user:user-1@example.com".to_string(),
-        created_by: "user:user-2@example.com".to_string(),
-        billed_to: "user:user-2@example.com".to_string(),
-        input_cls: vec![
-            InputCl {
-                clid: 32,
-                expected_eversion: 1,
-                trigger: Some(voter_trigger(FULL_RUN, T0 - 1)),
-            },
-            InputCl {
-                clid: 33,
-                expected_eversion: 1,
-                trigger: Some(voter_trigger(FULL_RUN, T0)),
-            },
-        ],
-        dep_runs: vec![],
-        expected_incomplete_run_ids: vec![],
-        options: Some(RunOptions::default()),
-        operation_id: run_id::operation_id("v8", VECTOR_RUN_ID),
-        mode_definition: None,
-        luci_project: "v8".to_string(),
-    };
-    assert_eq!(rc, &expected);
-    assert_eq!(res.new_value, Some(mark_triaged(&c)));
-}
-
-#[test]
-fn existing_run_still_running_rechecks_in_5s() {
-    let (mut fx, c) = existing_run_fixture();
-    fx.set_run(Run {
-        id: VECTOR_RUN_ID.to_string(),
-        status: run::Status::Running as i32,
-        ..Run::default()
-    });
-    let res = fx.must_triage(&c);
-    assert!(triaged_by_new_value(&res));
-    assert_eq!(decision_seconds(&res), Some(fx.now.seconds + 5));
-    assert!(res.runs_to_create.is_empty() && res.cls_to_purge.is_empty());
-}
-
-fn cancelled_at(fx: &mut Fx, seconds: i64) {
-    fx.set_run(Run {
-        id: VECTOR_RUN_ID.to_string(),
-        status: run::Status::Cancelled as i32,
-        end_time: Some(ts(seconds)),
-        ..Run::default()
-    });
-}
-
-#[test]
-fn existing_run_just_ended_waits_a_minute_after_its_end() {
-    let (mut fx, c) = existing_run_fixture();
-    let end = fx.now.seconds;
-    cancelled_at(&mut fx, end);
-    fx.add_seconds(5);
-    let res = fx.must_triage(&c);
-    assert!(triaged_by_new_value(&res));
-    assert_eq!(decision_seconds(&res), Some(end + 60));
-    assert!(res.runs_to_create.is_empty() && res.cls_to_purge.is_empty());
-}
-
-#[test]
-fn existing_run_ended_long_ago_purges_reused_triggers() {
-    let (mut fx, c) = existing_run_fixture();
-    let end = fx.now.seconds;
-    cancelled_at(&mut fx, end);
-    fx.add_seconds(120);
-    let res = fx.must_triage(&c);
-    assert!(triaged_by_new_value(&res));
-    assert_eq!(decision_seconds(&res), None);
-    assert!(res.runs_to_create.is_empty());
-    assert_eq!(res.cls_to_purge.len(), 2);
-    for (p, clid) in res.cls_to_purge.iter().zip([32, 33]) {
-        assert_eq!(p.purging_cl.as_ref().unwrap().clid, clid);
-        assert_eq!(p.purge_reasons.len(), 1);
-        assert_eq!(
-            p.purge_reasons[0].cl_error.as_ref().unwrap().kind,
-            Some(Kind::ReusedTrigger(crate::proto::cl_error::ReusedTrigger {
-                run: VECTOR_RUN_ID.to_string()
-            }))
-        );
-    }
-}
-
-#[test]
-fn existing_run_requested_recently_is_not_requested_again() {
-    let (mut fx, c) = existing_run_fixture();
-    let requested = fx.now.seconds - 30;
-    fx.run_requests = vec![RunRequest {
-        run_id: VECTOR_RUN_ID.to_string(),
-        requested_at: Some(ts(requested)),
-    }];
-    let res = fx.must_triage(&c);
-    assert!(res.runs_to_create.is_empty());
-    assert_eq!(decision_seconds(&res), Some(requested + 60));
-
-    // A minute after the request, it is requested again.
-    fx.run_requests[0].requested_at = Some(ts(fx.now.seconds - 60));
-    let res = fx.must_triage(&c);
-    assert_eq!(res.runs_to_create.len(), 1);
-    assert_eq!(res.runs_to_create[0].run_id, VECTOR_RUN_ID);
-}
-
-// Further combinable cases of the original triage_test.go.
-
-#[test]
-fn combinable_stack_waits_for_stabilization_then_creates_one_run() {
-    let mut fx = Fx::k();
-    fx.put_pcl(31, COMB, FULL_RUN, T0 - 60, &[soft(33)]);
-    fx.put_pcl(32, COMB, FULL_RUN, T0 - 1, &[soft(31)]);
-    let p33 = fx.put_pcl(33, COMB, FULL_RUN, T0, &[soft(32), soft(31)]);
-    let c = component(&[31, 32, 33], vec![], true);
-    let res = fx.must_triage(&c);
-    assert!(triaged_by_new_value(&res));
-    assert_eq!(decision_seconds(&res), Some(T0 + STABILIZATION_SECONDS));
-    assert!(res.runs_to_create.is_empty() && res.cls_to_purge.is_empty());
-
-    fx.add_seconds(STABILIZATION_SECONDS);
-    let c = res.new_value.unwrap();
-    let res = fx.must_triage(&c);
-    assert!(triaged_by_new_value(&res));
-    assert_eq!(decision_seconds(&res), None);
-    let rc = &res.runs_to_create[0];
-    assert_eq!(cg_name(rc), "combinable");
-    assert_eq!(rc.mode, FULL_RUN);
-    assert_eq!(
-        rc.create_time,
-        p33.triggers.unwrap().cq_vote_trigger.unwrap().time
-    );
-    assert_eq!(clids_of(rc), vec![31, 32, 33]);
-}
-
-#[test]
-fn combinable_single_cl_waits_for_stabilization() {
-    let mut fx = Fx::k();
-    fx.put_pcl(33, COMB, FULL_RUN, T0, &[]);
-    let res = fx.must_triage(&component(&[33], vec![], true));
-    assert_eq!(decision_seconds(&res), Some(T0 + STABILIZATION_SECONDS));
-    assert!(res.runs_to_create.is_empty());
-    fx.add_seconds(STABILIZATION_SECONDS);
-    let res = fx.must_triage(&res.new_value.unwrap());
-    assert_eq!(decision_seconds(&res), None);
-    assert_eq!(clids_of(&res.runs_to_create[0]), vec![33]);
-}
-
-#[test]
-fn combinable_waits_for_unresolved_dep_even_after_stabilization() {
-    let mut fx = Fx::k();
-    fx.set_pcl(Pcl {
-        clid: 32,
-        eversion: 1,
-        status: pcl::Status::Unknown as i32,
-        ..Pcl::default()
-    });
-    fx.put_pcl(33, COMB, FULL_RUN, T0, &[soft(32)]);
-    let res = fx.must_triage(&component(&[33], vec![], true));
-    assert_eq!(decision_seconds(&res), Some(T0 + STABILIZATION_SECONDS));
-    fx.add_seconds(STABILIZATION_SECONDS);
-    let res = fx.must_triage(&res.new_value.unwrap());
-    assert_eq!(decision_seconds(&res), None);
-    assert!(res.runs_to_create.is_empty() && res.cls_to_purge.is_empty());
-}
-
-#[test]
-fn combinable_noop_with_a_run_on_all_cls_even_while_it_finalizes() {
-    for variant in 0..3 {
-        let mut fx = Fx::k();
-        fx.put_pcl(31, COMB, FULL_RUN, T0 - 3600, &[soft(32)]);
-        fx.put_pcl(32, COMB, FULL_RUN, T0 - 3600, &[soft(31)]);
-        match variant {
-            1 => fx.pcl_mut(31).triggers = None,
-            2 => {
-                let p = fx.pcl_mut(32);
-                p.triggers = None;
-                p.submitted = true;
-            }
-            _ => {}
-        }
-        let c = component(&[31, 32], vec![prun("runID", DRY_RUN, &[31, 32])], true);
-        let res = fx.must_triage(&c);
-        assert!(triaged_by_new_value(&res), "variant {variant}");
-        assert!(res.runs_to_create.is_empty() && res.cls_to_purge.is_empty());
-    }
-}
-
-#[test]
-fn combinable_growing_component_waits_for_the_smaller_run() {
-    let mut fx = Fx::k();
-    fx.put_pcl(31, COMB, FULL_RUN, T0 - 3600, &[]);
-    fx.put_pcl(41, COMB, FULL_RUN, T0 - 3600, &[soft(31)]);
-    fx.put_pcl(51, COMB, FULL_RUN, T0, &[soft(31)]);
-    fx.add_seconds(2 * STABILIZATION_SECONDS);
-    let c = component(&[31, 41, 51], vec![prun("41-31", DRY_RUN, &[31, 41])], true);
-    let res = fx.must_triage(&c);
-    assert!(triaged_by_new_value(&res));
-    assert_eq!(decision_seconds(&res), None);
-    assert!(res.runs_to_create.is_empty() && res.cls_to_purge.is_empty());
-}
-
-#[test]
-fn combinable_leaves_finalizing_runs_to_the_run_manager() {
-    for variant in 0..4 {
-        let mut fx = Fx::k();
-        fx.put_pcl(31, COMB, DRY_RUN, T0 - 3600, &[soft(31)]);
-        fx.put_pcl(41, COMB, DRY_RUN, T0 - 3600, &[soft(31)]);
-        fx.put_pcl(51, COMB, DRY_RUN, T0 - 3600, &[soft(31), soft(41)]);
-        let p31 = fx.pcl_mut(31);
-        match variant {
-            // Being submitted.
-            0 => {
-                p31.submitted = true;
-                p31.triggers = None;
-            }
-            // Being cancelled.
-            1 => p31.triggers = None,
-            // No longer in the same config group.
-            2 => p31.config_group_indexes = vec![ANOTHER],
-            // No longer in the same LUCI project.
-            _ => {
-                p31.status = pcl::Status::Unwatched as i32;
-                p31.config_group_indexes.clear();
-                p31.triggers = None;
-            }
-        }
-        let c = component(
-            &[31, 41, 51],
-            vec![prun("sub/mitting", DRY_RUN, &[31, 41, 51])],
-            true,
-        );
-        let res = fx.must_triage(&c);
-        assert!(triaged_by_new_value(&res), "variant {variant}");
-        assert_eq!(decision_seconds(&res), None, "variant {variant}");
-        assert!(res.runs_to_create.is_empty(), "variant {variant}");
-        assert!(res.cls_to_purge.is_empty(), "variant {variant}");
-    }
-}
-
-#[test]
-fn combinable_waits_for_an_in_flight_purge_of_a_member() {
-    let mut fx = Fx::k();
-    fx.put_pcl(31, COMB, DRY_RUN, T0, &[]);
-    fx.put_pcl(32, COMB, DRY_RUN, T0, &[soft(31)]);
-    fx.put_pcl(33, COMB, DRY_RUN, T0, &[soft(31)]);
-    fx.add_seconds(2 * STABILIZATION_SECONDS);
-    fx.add_purging(PurgingCl {
-        clid: 31,
-        operation_id: "purge-op-31".to_string(),
-        deadline: Some(ts(fx.now.seconds + 60)),
-        apply_to: Some(purging_cl::ApplyTo::AllActiveTriggers(true)),
-        ..PurgingCl::default()
-    });
-    let res = fx.must_triage(&component(&[31, 32, 33], vec![], true));
-    assert!(triaged_by_new_value(&res));
-    assert_eq!(decision_seconds(&res), None);
-    assert!(res.runs_to_create.is_empty() && res.cls_to_purge.is_empty());
-}
-
-// §7.5.1 fields.
-
-#[test]
-fn creator_fields_options_payer_and_incomplete_runs() {
-    let mut fx = Fx::k();
-    fx.put_pcl(33, NPR, DRY_RUN, T0, &[]);
-    {
-        let cl = fx.cl_mut(33);
-        let snapshot = cl.snapshot.as_mut().unwrap();
-        snapshot.metadata = vec![
-            Footer {
-                key: "No-Tree-Checks".into(),
-                value: "TRUE".into(),
-            },
-            Footer {
-                key: "No-Try".into(),
-                value: "false".into(),
-            },
-            Footer {
-                key: "NOPRESUBMIT".into(),
-                value: "true".into(),
-            },
-            Footer {
-                key: "Cq-Include-Trybots".into(),
-                value: "luci.p.try:a".into(),
-            },
-            Footer {
-                key: "CQ_INCLUDE_TRYBOTS".into(),
-                value: "luci.p.try:b".into(),
-            },
-            Footer {
-                key: "Cq-Cl-Tag".into(),
-                value: "k:v".into(),
-            },
-            Footer {
-                key: "Cq-Do-Not-Cancel-Tryjobs".into(),
-                value: "True".into(),
-            },
-        ];
-    }
-    // An NPR Run exists: the CQ Run expects it; no new NPR Run.
-    let c = component(&[33], vec![prun("v8/npr", NEW_PATCHSET_RUN, &[33])], true);
-    let res = fx.must_triage(&c);
-    assert_eq!(res.runs_to_create.len(), 1);
-    let rc = &res.runs_to_create[0];
-    assert_eq!(rc.mode, DRY_RUN);
-    assert_eq!(rc.expected_incomplete_run_ids, vec!["v8/npr".to_string()]);
-    assert_eq!(
-        rc.options,
-        Some(RunOptions {
-            skip_tree_checks: true,
-            skip_equivalent_builders: false,
-            avoid_cancelling_tryjobs: true,
-            skip_tryjobs: false,
-            skip_presubmit: true,
-            custom_tryjob_tags: vec!["k:v".into()],
-            include_trybots: vec!["luci.p.try:a".into(), "luci.p.try:b".into()],
-        })
-    );
-    assert_eq!(rc.billed_to, "user:user-2@example.com");
-}
-
-#[test]
-fn creator_full_run_with_auto_submit_is_billed_to_the_owner() {
-    let mut fx = Fx::k();
-    fx.put_pcl(33, SING, FULL_RUN, T0, &[]);
-    let gerrit = fx
-        .cl_mut(33)
-        .snapshot
-        .as_mut()
-        .unwrap()
-        .gerrit
-        .as_mut()
-        .unwrap();
-    gerrit.votes.push(Vote {
-        label: "Auto-Submit".into(),
-        value: 1,
-        email: "user-1@example.com".into(),
-        account_id: 1,
-        time: Some(ts(T0)),
-    });
-    let res = fx.must_triage(&component(&[33], vec![], true));
-    let rc = &res.runs_to_create[0];
-    assert_eq!(rc.owner, "user:user-1@example.com");
-    assert_eq!(rc.created_by, "user:user-2@example.com");
-    assert_eq!(rc.billed_to, "user:user-1@example.com");
-}
-
-#[test]
-fn creator_create_time_is_rounded_to_microseconds() {
-    let mut fx = Fx::k();
-    let mut p = fx.put_pcl(33, SING, DRY_RUN, T0, &[]);
-    let t = p
-        .triggers
-        .as_mut()
-        .unwrap()
-        .cq_vote_trigger
-        .as_mut()
-        .unwrap();
-    t.time = Some(Timestamp {
-        seconds: T0,
-        nanos: 1_500,
-    });
-    fx.set_pcl(p);
-    let res = fx.must_triage(&component(&[33], vec![], true));
-    assert_eq!(
-        res.runs_to_create[0].create_time,
-        Some(Timestamp {
-            seconds: T0,
-            nanos: 2_000
-        })
-    );
-}
+// §7.5.1 fields of the Runs to create.
 
 #[test]
 fn creator_owner_without_email_is_a_bug_not_a_panic() {
@@ -1337,28 +535,6 @@ fn creator_unknown_cl_entity_is_outdated_pm_state() {
 }
 
 #[test]
-fn creator_latest_triggered_tie_goes_to_the_lowest_clid() {
-    let mut fx = Fx::k();
-    fx.put_pcl(31, COMB, DRY_RUN, T0, &[]);
-    fx.put_pcl(32, COMB, DRY_RUN, T0, &[soft(31)]);
-    // Same trigger time, different voters: 31's voter is "latest".
-    for (clid, email) in [(31, "a@example.com"), (32, "b@example.com")] {
-        let t = fx
-            .pcl_mut(clid)
-            .triggers
-            .as_mut()
-            .unwrap()
-            .cq_vote_trigger
-            .as_mut()
-            .unwrap();
-        t.email = email.to_string();
-    }
-    fx.add_seconds(STABILIZATION_SECONDS);
-    let res = fx.must_triage(&component(&[31, 32], vec![], true));
-    assert_eq!(res.runs_to_create[0].created_by, "user:a@example.com");
-}
-
-#[test]
 fn creator_identities_and_options_helpers() {
     assert_eq!(
         user_identity("a.b+c%d@x-y.z").unwrap(),
@@ -1374,7 +550,10 @@ fn creator_identities_and_options_helpers() {
 }
 
 // ---------------------------------------------------------------------------
-// L. Per-CL triage.
+// Per-CL triage (`triage_cls`) on bug states, and deps triage
+// (`triage_deps`): its intermediate results (the categories of each dep,
+// submitted positions, the latest dep vote, the too-many rule's interplay
+// with the other categories) show in no action.
 
 fn l_fixture() -> Fx {
     Fx::new(
@@ -1393,7 +572,6 @@ fn l_fixture() -> Fx {
 const L_SING: i32 = 0;
 const L_COMB: i32 = 1;
 const L_ANOTHER: i32 = 2;
-const L_NPR: i32 = 3;
 
 fn l_pcl(clid: i64, cg: i32, triggers: Option<Triggers>, deps: Vec<Dep>) -> Pcl {
     Pcl {
@@ -1403,348 +581,6 @@ fn l_pcl(clid: i64, cg: i32, triggers: Option<Triggers>, deps: Vec<Dep>) -> Pcl 
         triggers,
         deps,
         ..Pcl::default()
-    }
-}
-
-fn triage_l<'a>(fx: &'a Fx, c: &Component) -> BTreeMap<i64, ClInfo<'a>> {
-    triage_cls(c, &fx.view()).expect("triage_cls must succeed")
-}
-
-#[test]
-fn l1_single_dry_run_cl_is_ready_even_inside_a_run() {
-    let mut fx = l_fixture();
-    fx.set_pcl(l_pcl(1, L_SING, cq_triggers(trigger(DRY_RUN, T0)), vec![]));
-    let cls = triage_l(&fx, &component(&[1], vec![], false));
-    let info = &cls[&1];
-    assert!(info.cq_ready && !info.npr_ready);
-    assert_eq!(info.deps, Some(Default::default()));
-    assert!(info.purge_reasons.is_empty() && info.run_indexes.is_empty());
-    assert!(info.purging_cl.is_none());
-
-    let cls = triage_l(
-        &fx,
-        &component(&[1], vec![prun("r1", DRY_RUN, &[1])], false),
-    );
-    let info = &cls[&1];
-    assert!(info.cq_ready);
-    assert_eq!(info.run_indexes, vec![0]);
-    assert_eq!(
-        info.run_count_by_mode,
-        BTreeMap::from([(DRY_RUN.to_string(), 1)])
-    );
-    assert_eq!(info.deps, Some(Default::default()));
-}
-
-#[test]
-fn l2_pcl_purge_reasons_make_the_cl_not_ready() {
-    let mut fx = l_fixture();
-    let mut p = l_pcl(1, L_SING, cq_triggers(trigger(DRY_RUN, T0)), vec![]);
-    p.purge_reasons = vec![
-        reason(
-            Kind::OwnerLacksEmail(true),
-            purge_reason::ApplyTo::AllActiveTriggers(true),
-        ),
-        reason(
-            Kind::UnsupportedMode("CUSTOM_RUN".into()),
-            purge_reason::ApplyTo::AllActiveTriggers(true),
-        ),
-    ];
-    fx.set_pcl(p.clone());
-    let cls = triage_l(&fx, &component(&[1], vec![], false));
-    let info = &cls[&1];
-    assert!(!info.cq_ready && !info.npr_ready);
-    assert_eq!(info.purge_reasons, p.purge_reasons);
-    assert_eq!(info.deps, None);
-}
-
-#[test]
-fn l3_being_purged_is_never_ready_even_inside_a_run() {
-    let mut fx = l_fixture();
-    fx.set_pcl(l_pcl(1, L_SING, cq_triggers(trigger(DRY_RUN, T0)), vec![]));
-    fx.add_purging(PurgingCl {
-        clid: 1,
-        apply_to: Some(purging_cl::ApplyTo::AllActiveTriggers(true)),
-        ..PurgingCl::default()
-    });
-    for pruns in [vec![], vec![prun("r1", DRY_RUN, &[1])]] {
-        let in_run = !pruns.is_empty();
-        let cls = triage_l(&fx, &component(&[1], pruns, false));
-        let info = &cls[&1];
-        assert!(!info.cq_ready, "in run: {in_run}");
-        assert_eq!(info.deps, Some(Default::default()));
-        assert!(info.purge_reasons.is_empty());
-        assert!(info.purging_cl.is_some());
-    }
-}
-
-#[test]
-fn l4_several_config_groups_purge_unless_in_a_run() {
-    let mut fx = l_fixture();
-    let mut p = l_pcl(1, L_SING, cq_triggers(trigger(DRY_RUN, T0)), vec![]);
-    p.config_group_indexes = vec![L_SING, L_ANOTHER];
-    fx.set_pcl(p);
-    let cls = triage_l(&fx, &component(&[1], vec![], false));
-    let info = &cls[&1];
-    assert!(!info.cq_ready);
-    assert_eq!(info.deps, None);
-    assert_eq!(
-        info.purge_reasons,
-        vec![reason(
-            Kind::WatchedByManyConfigGroups(WatchedByManyConfigGroups {
-                config_groups: vec!["singular".into(), "another".into()],
-            }),
-            on_cq(trigger(DRY_RUN, T0)),
-        )]
-    );
-    // The Run protects it from purging.
-    let cls = triage_l(
-        &fx,
-        &component(&[1], vec![prun("r1", DRY_RUN, &[1])], false),
-    );
-    let info = &cls[&1];
-    assert!(!info.cq_ready);
-    assert!(info.purge_reasons.is_empty());
-    assert_eq!(info.deps, None);
-}
-
-#[test]
-fn l5_npr_group_purges_of_one_trigger_keep_the_other_ready() {
-    let both = Some(Triggers {
-        cq_vote_trigger: Some(trigger(DRY_RUN, T0)),
-        new_patchset_run_trigger: Some(trigger(NEW_PATCHSET_RUN, T0)),
-    });
-    // CQ purge in flight.
-    let mut fx = l_fixture();
-    fx.set_pcl(l_pcl(1, L_NPR, both.clone(), vec![]));
-    fx.add_purging(PurgingCl {
-        clid: 1,
-        apply_to: Some(purging_cl::ApplyTo::Triggers(Triggers {
-            cq_vote_trigger: Some(trigger(DRY_RUN, T0)),
-            new_patchset_run_trigger: None,
-        })),
-        ..PurgingCl::default()
-    });
-    let cls = triage_l(&fx, &component(&[1], vec![], false));
-    assert!(!cls[&1].cq_ready && cls[&1].npr_ready);
-    assert_eq!(cls[&1].deps, Some(Default::default()));
-    assert!(cls[&1].purge_reasons.is_empty());
-
-    // NPR purge in flight.
-    let mut fx = l_fixture();
-    fx.set_pcl(l_pcl(1, L_NPR, both, vec![]));
-    fx.add_purging(PurgingCl {
-        clid: 1,
-        apply_to: Some(purging_cl::ApplyTo::Triggers(Triggers {
-            cq_vote_trigger: None,
-            new_patchset_run_trigger: Some(trigger(NEW_PATCHSET_RUN, T0)),
-        })),
-        ..PurgingCl::default()
-    });
-    let cls = triage_l(&fx, &component(&[1], vec![], false));
-    assert!(cls[&1].cq_ready && !cls[&1].npr_ready);
-    assert_eq!(cls[&1].deps, Some(Default::default()));
-
-    // With an ongoing NEW_PATCHSET_RUN Run.
-    let mut fx = l_fixture();
-    let npr_only = Some(Triggers {
-        cq_vote_trigger: None,
-        new_patchset_run_trigger: Some(trigger(NEW_PATCHSET_RUN, T0)),
-    });
-    fx.set_pcl(l_pcl(1, L_NPR, npr_only, vec![]));
-    let cls = triage_l(
-        &fx,
-        &component(&[1], vec![prun("r1", NEW_PATCHSET_RUN, &[1])], false),
-    );
-    let info = &cls[&1];
-    assert!(info.npr_ready && !info.cq_ready);
-    assert_eq!(info.run_indexes, vec![0]);
-    assert_eq!(
-        info.run_count_by_mode,
-        BTreeMap::from([(NEW_PATCHSET_RUN.to_string(), 1)])
-    );
-    assert_eq!(info.deps, None);
-    assert!(info.purge_reasons.is_empty());
-}
-
-#[test]
-fn l8_ready_cls_can_have_not_yet_loaded_deps() {
-    let mut fx = l_fixture();
-    fx.set_pcl(Pcl {
-        clid: 1,
-        status: pcl::Status::Unknown as i32,
-        ..Pcl::default()
-    });
-    fx.set_pcl(l_pcl(
-        2,
-        L_COMB,
-        cq_triggers(trigger(DRY_RUN, T0)),
-        vec![soft(1)],
-    ));
-    let cls = triage_l(&fx, &component(&[2], vec![], false));
-    let info = &cls[&2];
-    assert!(info.cq_ready);
-    let deps = info.deps.as_ref().unwrap();
-    assert_eq!(deps.not_yet_loaded, vec![soft(1)]);
-    assert!(deps.ok());
-}
-
-// Further per-CL cases of the original cls_test.go.
-
-fn l_stack(fx: &mut Fx, t1: Trigger, t2: Trigger, t3: Trigger, npr: bool) {
-    let tr = |t: Trigger| {
-        Some(Triggers {
-            cq_vote_trigger: Some(t),
-            new_patchset_run_trigger: npr.then(|| trigger(NEW_PATCHSET_RUN, T0)),
-        })
-    };
-    fx.set_pcl(l_pcl(1, L_SING, tr(t1), vec![]));
-    fx.set_pcl(l_pcl(2, L_SING, tr(t2), vec![hard(1)]));
-    fx.set_pcl(l_pcl(3, L_SING, tr(t3), vec![soft(1), hard(2)]));
-}
-
-#[test]
-fn l_stack_full_run_on_top_with_soft_dep_is_purged_but_npr_is_not() {
-    let mut fx = l_fixture();
-    l_stack(
-        &mut fx,
-        trigger(DRY_RUN, T0),
-        trigger(DRY_RUN, T0),
-        trigger(FULL_RUN, T0),
-        true,
-    );
-    let cls = triage_l(&fx, &component(&[1, 2, 3], vec![], false));
-    assert!(cls[&1].cq_ready && cls[&2].cq_ready);
-    assert!(cls[&1].npr_ready && cls[&2].npr_ready && cls[&3].npr_ready);
-    let info = &cls[&3];
-    assert!(!info.cq_ready);
-    let invalid = InvalidDeps {
-        single_full_deps: vec![soft(1)],
-        ..InvalidDeps::default()
-    };
-    assert_eq!(
-        info.purge_reasons,
-        vec![reason(
-            Kind::InvalidDeps(invalid.clone()),
-            on_cq(trigger(FULL_RUN, T0))
-        )]
-    );
-    let deps = info.deps.as_ref().unwrap();
-    assert_eq!(deps.invalid_deps, Some(invalid));
-    assert_eq!(deps.need_to_trigger, vec![hard(2)]);
-    assert_eq!(
-        deps.last_cq_vote_triggered,
-        Some(i128::from(T0) * 1_000_000_000)
-    );
-    assert_eq!(
-        info.last_cq_vote_triggered(),
-        Some(i128::from(T0) * 1_000_000_000)
-    );
-}
-
-#[test]
-fn l_stack_full_run_at_the_bottom_and_dry_runs_above_are_ready() {
-    let mut fx = l_fixture();
-    l_stack(
-        &mut fx,
-        trigger(FULL_RUN, T0),
-        trigger(DRY_RUN, T0),
-        trigger(DRY_RUN, T0),
-        false,
-    );
-    let cls = triage_l(&fx, &component(&[1, 2, 3], vec![], false));
-    for info in cls.values() {
-        assert!(info.cq_ready && info.deps.as_ref().unwrap().ok());
-    }
-}
-
-#[test]
-fn l_chained_votes_and_in_flight_op_force_not_ready() {
-    let mut fx = l_fixture();
-    let full = || cq_triggers(voter_trigger(FULL_RUN, T0));
-    fx.set_pcl(l_pcl(1, L_SING, None, vec![]));
-    fx.set_pcl(l_pcl(2, L_SING, full(), vec![hard(1)]));
-    fx.set_pcl(l_pcl(3, L_SING, None, vec![hard(1), hard(2)]));
-    fx.set_pcl(l_pcl(4, L_SING, full(), vec![hard(1), hard(2), hard(3)]));
-    let c = component(&[1, 2, 3, 4], vec![], false);
-    let cls = triage_l(&fx, &c);
-    assert!(cls.values().all(|i| !i.cq_ready));
-    assert_eq!(cls[&1].deps, None);
-    assert_eq!(
-        cls[&2].deps.as_ref().unwrap().need_to_trigger,
-        vec![hard(1)]
-    );
-    assert_eq!(cls[&3].deps, None);
-    assert_eq!(
-        cls[&4].deps.as_ref().unwrap().need_to_trigger,
-        vec![hard(1), hard(3)]
-    );
-
-    for clid in [1, 3] {
-        fx.pcl_mut(clid).triggers = full();
-    }
-    let cls = triage_l(&fx, &c);
-    assert!(cls.values().all(|i| i.cq_ready));
-    fx.add_op(TriggeringClDeps {
-        origin_clid: 4,
-        dep_clids: vec![1, 2, 3],
-        operation_id: "op-1".into(),
-        ..TriggeringClDeps::default()
-    });
-    let cls = triage_l(&fx, &c);
-    assert!(cls.values().all(|i| !i.cq_ready));
-}
-
-#[test]
-fn l_combinable_mismatched_modes_and_wrong_groups() {
-    let mut fx = l_fixture();
-    fx.set_pcl(l_pcl(
-        1,
-        L_COMB,
-        cq_triggers(trigger(FULL_RUN, T0)),
-        vec![soft(2)],
-    ));
-    fx.set_pcl(l_pcl(
-        2,
-        L_COMB,
-        cq_triggers(trigger(FULL_RUN, T0)),
-        vec![soft(1)],
-    ));
-    fx.set_pcl(l_pcl(
-        3,
-        L_COMB,
-        cq_triggers(trigger(DRY_RUN, T0)),
-        vec![soft(1), soft(2)],
-    ));
-    let cls = triage_l(&fx, &component(&[1, 2, 3], vec![], false));
-    assert!(cls[&1].cq_ready && cls[&2].cq_ready && !cls[&3].cq_ready);
-    assert_eq!(
-        cls[&3].purge_reasons,
-        vec![reason(
-            Kind::InvalidDeps(InvalidDeps {
-                combinable_mismatched_mode: vec![soft(1), soft(2)],
-                ..InvalidDeps::default()
-            }),
-            on_cq(trigger(DRY_RUN, T0)),
-        )]
-    );
-
-    // 2 in another group: 1 and 3 have a wrong-config-group dep, 2 too.
-    fx.pcl_mut(2).config_group_indexes = vec![L_ANOTHER];
-    let cls = triage_l(&fx, &component(&[1, 2, 3], vec![], false));
-    for info in cls.values() {
-        assert!(!info.cq_ready);
-        assert_eq!(info.purge_reasons.len(), 1);
-    }
-    // ... unless it is submitted.
-    let p2 = fx.pcl_mut(2);
-    p2.triggers = None;
-    p2.submitted = true;
-    fx.pcl_mut(1).triggers = cq_triggers(trigger(DRY_RUN, T0));
-    let cls = triage_l(&fx, &component(&[1, 3], vec![], false));
-    for info in cls.values() {
-        assert!(info.cq_ready);
-        assert!(info.purge_reasons.is_empty());
-        assert_eq!(info.deps.as_ref().unwrap().submitted, vec![soft(2)]);
     }
 }
 
@@ -1944,186 +780,8 @@ fn deps_singular_and_combinable_specialities() {
 }
 
 // ---------------------------------------------------------------------------
-// M. Trigger-deps staging.
-
-fn m_fixture(votes: [bool; 3]) -> Fx {
-    let mut fx = Fx::new("test", vec![group("cg1")]);
-    let deps: [Vec<Dep>; 3] = [vec![], vec![hard(1)], vec![hard(1), hard(2)]];
-    for (i, d) in deps.into_iter().enumerate() {
-        let clid = i as i64 + 1;
-        let mode = if votes[i] { FULL_RUN } else { "" };
-        fx.put_pcl_m(clid, mode, d);
-    }
-    fx
-}
-
-impl Fx {
-    fn put_pcl_m(&mut self, clid: i64, mode: &str, deps: Vec<Dep>) {
-        let t = (!mode.is_empty()).then(|| voter_trigger(mode, T0 - 60));
-        self.set_pcl(l_pcl(clid, 0, t.and_then(cq_triggers), deps.clone()));
-        self.set_cl(ChangeList {
-            clid,
-            eversion: 1,
-            snapshot: Some(Snapshot {
-                deps,
-                gerrit: Some(GerritChange {
-                    host: HOST.into(),
-                    change: clid,
-                    owner_email: "user-1@example.com".into(),
-                    current_revision: format!("rev-{clid:06}-001"),
-                    ..GerritChange::default()
-                }),
-                ..Snapshot::default()
-            }),
-            ..ChangeList::default()
-        });
-        self.pcl_mut(clid).eversion = 1;
-    }
-}
-
-fn m_trigger_deps(fx: &Fx, clids: &[i64]) -> Vec<TriggeringClDeps> {
-    fx.must_triage(&component(clids, vec![], true))
-        .cls_to_trigger_deps
-}
-
-fn m_expected(origin: i64, deps: &[i64]) -> TriggeringClDeps {
-    TriggeringClDeps {
-        origin_clid: origin,
-        dep_clids: deps.to_vec(),
-        trigger: Some(voter_trigger(FULL_RUN, T0 - 60)),
-        config_group_name: "cg1".into(),
-        ..TriggeringClDeps::default()
-    }
-}
-
-#[test]
-fn m1_top_of_stack_requests_votes_on_unvoted_deps() {
-    let fx = m_fixture([false, false, true]);
-    assert_eq!(
-        m_trigger_deps(&fx, &[1, 2, 3]),
-        vec![m_expected(3, &[1, 2])]
-    );
-}
-
-#[test]
-fn m1_no_request_when_origin_or_a_dep_is_outdated() {
-    for outdated in [3, 2] {
-        let mut fx = m_fixture([false, false, true]);
-        fx.pcl_mut(outdated).outdated = Some(Default::default());
-        assert!(
-            m_trigger_deps(&fx, &[1, 2, 3]).is_empty(),
-            "outdated {outdated}"
-        );
-    }
-}
-
-#[test]
-fn m1_no_new_request_while_the_op_runs_and_a_dep_got_voted() {
-    let mut fx = m_fixture([false, true, true]);
-    fx.add_op(TriggeringClDeps {
-        origin_clid: 3,
-        dep_clids: vec![1, 2],
-        ..TriggeringClDeps::default()
-    });
-    assert!(m_trigger_deps(&fx, &[1, 2, 3]).is_empty());
-}
-
-#[test]
-fn m1_no_request_while_a_dep_is_not_loaded() {
-    let mut fx = m_fixture([false, false, true]);
-    fx.pstate.pcls.retain(|p| p.clid != 1);
-    assert!(m_trigger_deps(&fx, &[2, 3]).is_empty());
-}
-
-#[test]
-fn m2_all_voted_needs_no_request() {
-    let fx = m_fixture([true, true, true]);
-    let res = fx.must_triage(&component(&[1, 2, 3], vec![], true));
-    assert!(res.cls_to_trigger_deps.is_empty());
-    // Only the bottom CL runs now; the others wait for its Run.
-    assert_eq!(res.runs_to_create.len(), 1);
-    assert_eq!(clids_of(&res.runs_to_create[0]), vec![1]);
-}
-
-#[test]
-fn m2_only_the_top_most_cl_requests() {
-    let fx = m_fixture([false, true, true]);
-    assert_eq!(m_trigger_deps(&fx, &[1, 2, 3]), vec![m_expected(3, &[1])]);
-}
-
-#[test]
-fn m3_purges_on_origin_or_parent_block_requests() {
-    for (clid, purging) in [(3, true), (2, true), (3, false), (2, false)] {
-        let mut fx = m_fixture([false, clid == 2, true]);
-        if purging {
-            fx.add_purging(PurgingCl {
-                clid,
-                apply_to: Some(purging_cl::ApplyTo::AllActiveTriggers(true)),
-                ..PurgingCl::default()
-            });
-        } else {
-            fx.pcl_mut(clid).purge_reasons = vec![reason(
-                Kind::OwnerLacksEmail(true),
-                purge_reason::ApplyTo::AllActiveTriggers(true),
-            )];
-        }
-        assert!(
-            m_trigger_deps(&fx, &[1, 2, 3]).is_empty(),
-            "clid {clid} purging {purging}"
-        );
-    }
-}
-
-#[test]
-fn m3_ops_on_origin_or_parent_block_requests() {
-    for (origin, deps) in [(3, vec![1, 2]), (2, vec![1])] {
-        let mut fx = m_fixture([false, origin == 2, true]);
-        fx.add_op(TriggeringClDeps {
-            origin_clid: origin,
-            dep_clids: deps,
-            ..TriggeringClDeps::default()
-        });
-        assert!(
-            m_trigger_deps(&fx, &[1, 2, 3]).is_empty(),
-            "origin {origin}"
-        );
-    }
-}
-
-#[test]
-fn m_dep_running_with_its_own_unvoted_deps_blocks_the_child() {
-    // Original "incomplete run with different CQVotes in deps": the parent
-    // (3) still runs FULL_RUN while its own deps lost their votes.
-    let mut fx = Fx::new("test", vec![group("cg1")]);
-    fx.put_pcl_m(1, "", vec![]);
-    fx.put_pcl_m(2, DRY_RUN, vec![hard(1)]);
-    fx.put_pcl_m(3, FULL_RUN, vec![hard(1), hard(2)]);
-    fx.put_pcl_m(4, FULL_RUN, vec![hard(1), hard(2), hard(3)]);
-    let c = component(
-        &[1, 2, 3, 4],
-        vec![prun("r2", DRY_RUN, &[2]), prun("r3", FULL_RUN, &[3])],
-        true,
-    );
-    assert!(fx.must_triage(&c).cls_to_trigger_deps.is_empty());
-    // MCE over MCE: 1 and 2 run FULL_RUN, 3 is unvoted, 4 voted.
-    let mut fx = Fx::new("test", vec![group("cg1")]);
-    fx.put_pcl_m(1, FULL_RUN, vec![]);
-    fx.put_pcl_m(2, FULL_RUN, vec![hard(1)]);
-    fx.put_pcl_m(3, "", vec![hard(1), hard(2)]);
-    fx.put_pcl_m(4, FULL_RUN, vec![hard(1), hard(2), hard(3)]);
-    let c = component(
-        &[1, 2, 3, 4],
-        vec![prun("r1", FULL_RUN, &[1]), prun("r2", FULL_RUN, &[2])],
-        true,
-    );
-    assert_eq!(
-        fx.must_triage(&c).cls_to_trigger_deps,
-        vec![m_expected(4, &[3])]
-    );
-}
-
-// ---------------------------------------------------------------------------
-// N. Immediate hard deps / quota payer.
+// Helpers of the Run creator on inputs the fold never gives them. N1 and N2
+// themselves are scenarios in tests/triage_snapshots.rs.
 
 fn n_immediate(pcls: &[(i64, Vec<Dep>)], of: i64) -> Vec<i64> {
     let mut fx = Fx::new("test", vec![group("g")]);
@@ -2135,23 +793,10 @@ fn n_immediate(pcls: &[(i64, Vec<Dep>)], of: i64) -> Vec<i64> {
     find_immediate_hard_deps(pcl, &BTreeMap::new(), &view).unwrap()
 }
 
+/// SOFT deps are never immediate HARD deps. Through the fold a FULL_RUN
+/// with a SOFT dep is purged (`single_full_deps`) before dep Runs matter.
 #[test]
-fn n1_immediate_hard_deps() {
-    let stack = vec![(1, vec![]), (2, vec![hard(1)]), (3, vec![hard(1), hard(2)])];
-    assert_eq!(n_immediate(&stack, 1), Vec::<i64>::new());
-    assert_eq!(n_immediate(&stack, 2), vec![1]);
-    assert_eq!(n_immediate(&stack, 3), vec![2]);
-
-    // Two stacks merged: s1 = 11 <- 12, s2 = 21 <- 22; 3 on top of both.
-    let merged = vec![
-        (11, vec![]),
-        (12, vec![hard(11)]),
-        (21, vec![]),
-        (22, vec![hard(21)]),
-        (3, vec![hard(11), hard(12), hard(21), hard(22)]),
-    ];
-    assert_eq!(n_immediate(&merged, 3), vec![12, 22]);
-
+fn immediate_hard_deps_skip_soft_deps() {
     let softs = vec![(1, vec![]), (2, vec![soft(1)]), (3, vec![soft(1), soft(2)])];
     assert_eq!(n_immediate(&softs, 2), Vec::<i64>::new());
     assert_eq!(n_immediate(&softs, 3), Vec::<i64>::new());
@@ -2168,63 +813,31 @@ fn n1_immediate_hard_deps() {
     assert_eq!(n_immediate(&mixed, 4), vec![3]);
 }
 
+/// The quota payer of a CL whose owner is empty or anonymous is a bug:
+/// through the fold such a CL has an `owner_lacks_email` purge reason and
+/// never reaches the Run creator.
 #[test]
-fn n2_quota_payer() {
-    let owner = "user:user-1@example.com";
+fn quota_payer_of_an_empty_or_anonymous_owner_is_a_bug() {
     let triggerer = "user:user-2@example.com";
-    let auto_submit = |on: bool| Snapshot {
+    let auto_submit = Snapshot {
         gerrit: Some(GerritChange {
-            votes: if on {
-                vec![Vote {
-                    label: "Auto-Submit".into(),
-                    value: 1,
-                    ..Vote::default()
-                }]
-            } else {
-                vec![]
-            },
+            votes: vec![Vote {
+                label: "Auto-Submit".into(),
+                value: 1,
+                ..Vote::default()
+            }],
             ..GerritChange::default()
         }),
         ..Snapshot::default()
     };
-    let custom = |cq: i32| Trigger {
-        mode: "custom-mode".into(),
-        mode_definition: Some(Mode {
-            name: "custom-mode".into(),
-            cq_label_value: cq,
-            triggering_label: "custom-label".into(),
-            triggering_value: 1,
-        }),
-        ..Trigger::default()
-    };
-    let pay = |t: &Trigger, on: bool, o: &str, tr: &str| {
-        quota_payer(1234, o, tr, t, Some(&auto_submit(on)))
-    };
-    // NEW_PATCHSET_RUN: the triggerer (who is the owner).
-    for on in [true, false] {
-        assert_eq!(
-            pay(&trigger(NEW_PATCHSET_RUN, T0), on, owner, owner).unwrap(),
-            owner
-        );
-    }
-    // Dry runs, standard or custom (CQ value 1): always the triggerer.
-    for t in [trigger(DRY_RUN, T0), custom(1)] {
-        for on in [true, false] {
-            assert_eq!(pay(&t, on, owner, triggerer).unwrap(), triggerer);
-        }
-    }
-    // Full runs, standard or custom (CQ value 2): the owner iff Auto-Submit.
-    for t in [trigger(FULL_RUN, T0), custom(2)] {
-        assert_eq!(pay(&t, true, owner, triggerer).unwrap(), owner);
-        assert_eq!(pay(&t, false, owner, triggerer).unwrap(), triggerer);
-    }
+    let pay = |t: &Trigger, o: &str, tr: &str| quota_payer(1234, o, tr, t, Some(&auto_submit));
     // Empty or anonymous owner: a bug.
     let t = trigger(FULL_RUN, T0);
-    match pay(&t, true, "", triggerer) {
+    match pay(&t, "", triggerer) {
         Err(TriageError::Bug(m)) => assert!(m.contains("empty owner"), "{m}"),
         other => panic!("unexpected {other:?}"),
     }
-    match pay(&t, true, "anonymous:anonymous", triggerer) {
+    match pay(&t, "anonymous:anonymous", triggerer) {
         Err(TriageError::Bug(m)) => assert!(m.contains("the CL owner is anonymous"), "{m}"),
         other => panic!("unexpected {other:?}"),
     }
@@ -2247,7 +860,7 @@ fn new_value_is_absent_when_nothing_changes() {
 
 #[test]
 fn new_value_keeps_an_unchanged_decision_time_quiet() {
-    let (mut fx, c) = k3_fixture();
+    let (mut fx, c) = owner_lacks_email_fixture();
     fx.pcl_mut(33).config_group_indexes = vec![COMB];
     let mut c = c;
     c.decision_time = Some(ts(T0 + STABILIZATION_SECONDS));
