@@ -2398,7 +2398,7 @@ fn i9_run_creation_requests() {
         assert_eq!(r.luci_project, I_PROJECT);
         assert_eq!(
             r.operation_id,
-            domain::run_operation_id(I_PROJECT, e.eversion, &r.run_id)
+            domain::triager::run_id::operation_id(I_PROJECT, &r.run_id)
         );
         assert!(r.operation_id.starts_with("PM-"));
     }

@@ -29,7 +29,6 @@ use pbjson_types::Timestamp;
 use crate::proto;
 use triage_api::{PmView, TriageError, TriageResult};
 
-pub use exec_deferred::run_operation_id;
 pub use invocation::{cancel_reason, run_status_ended};
 
 /// A triager: decides what to do with one component given a read-only view
