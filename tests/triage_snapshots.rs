@@ -125,11 +125,10 @@ fn k3_l5_cq_purge_does_not_affect_npr() {
 /// K3 "NPR-only trigger with a reason on it ⇒ purge, no run". An
 /// `unsupported_mode` reason cannot come from events (every mode the
 /// trigger finder yields is allowed); an owner without email stands for it.
-/// Through the fold nothing happens at all: a CL with only a new-patchset
-/// trigger is not active (§6.9, quirk §13.3, as the Go `categorize.go`), so
-/// it is in no component and never triaged.
+/// A CL with only a new-patchset trigger is active (luci-pm-head.md R1), so
+/// it is triaged and purged at once.
 #[test]
-fn k3_npr_only_trigger_with_a_reason_is_not_active_quirk_13_3() {
+fn k3_npr_only_trigger_with_a_reason_is_purged() {
     let s = k()
         .cl(33, |cl| cl.group("newPatchsetRun").owner(""))
         .at(t(1))
@@ -177,10 +176,11 @@ fn k3_combinable_group_obeys_stabilization_delay() {
     insta::assert_snapshot!(s.render());
 }
 
-/// As the previous test: an NPR-only CL is not active (quirk §13.3), so
-/// the original's immediate purge does not happen through the fold.
+/// As the previous test in a combinable group: an NPR-only CL is active
+/// (luci-pm-head.md R1) and purged immediately (no stabilization delay
+/// without a CQ vote).
 #[test]
-fn k3_npr_only_in_combinable_npr_group_is_not_active_quirk_13_3() {
+fn k3_npr_only_in_combinable_npr_group_is_purged_immediately() {
     let s = k()
         .cl(33, |cl| cl.group("newPatchsetRunCombi").owner(""))
         .evaluate();
@@ -209,11 +209,10 @@ fn k5_dry_run_and_npr_triggers_create_two_runs() {
     insta::assert_snapshot!(s.render());
 }
 
-/// K5 "NPR-only ⇒ NPR Run": through the fold an NPR-only CL is not active
-/// (quirk §13.3), so no Run is created; the triager unit test covers the
-/// original's hand-built component.
+/// K5 "NPR-only ⇒ NPR Run": an NPR-only CL is active (luci-pm-head.md R1)
+/// and gets its NEW_PATCHSET_RUN Run.
 #[test]
-fn k5_npr_only_is_not_active_quirk_13_3() {
+fn k5_npr_only_creates_an_npr_run() {
     let s = k().cl(33, |cl| cl.group("newPatchsetRun")).evaluate();
     insta::assert_snapshot!(s.render());
 }
