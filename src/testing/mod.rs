@@ -302,6 +302,9 @@ impl Scenario {
     fn entity(&self, builder: &ClBuilder) -> ChangeList {
         let mut cl = builder.cl.clone();
         let group_ids = || -> Vec<String> {
+            if let Some(ids) = &builder.group_ids {
+                return ids.clone();
+            }
             let Some(config) = &self.latest_config else {
                 return Vec::new();
             };
