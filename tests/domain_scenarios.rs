@@ -885,6 +885,8 @@ fn b_additional_mode_and_new_patchset_trigger() {
             time: Some(t(-HOUR)),
             mode: "NEW_PATCHSET_RUN".into(),
             email: "owner@example.com".into(),
+            // The owner's account id (luci-pm-head.md R6).
+            gerrit_account_id: 99,
             ..Default::default()
         })
     );
@@ -1384,10 +1386,10 @@ fn d7_failed_chained_vote_run_purges_children() {
 }
 
 #[test]
-fn d7_combinable_group_run_is_not_chained_vote() {
-    // Decision: the pinned config is always known, so a combinable group's
-    // Run is not treated as a chained-vote Run (the original's "config not
-    // loaded" shortcut is not reproduced).
+fn d7_combinable_group_run_is_purged_like_a_chained_vote_run() {
+    // The original never has the config loaded when Runs finish, so it never
+    // tests combine_cls: a combinable group's failed FULL_RUN purges the
+    // children as a chained-vote Run does (luci-pm-head.md R7).
     let mut p = d7_fixture(true, false);
     p.send(run_finished(
         "test/202-deef",
@@ -1395,7 +1397,14 @@ fn d7_combinable_group_run_is_not_chained_vote() {
         t(MINUTE),
     ));
     let e = p.eval(t(2 * MINUTE));
-    assert!(purges(&e).is_empty());
+    let now = T + 2 * MINUTE;
+    assert_eq!(
+        purges(&e),
+        vec![
+            &dep_run_failed_purge(203, 3, no_notification(), now),
+            &dep_run_failed_purge(204, 4, None, now)
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -2398,7 +2407,7 @@ fn i9_run_creation_requests() {
         assert_eq!(r.luci_project, I_PROJECT);
         assert_eq!(
             r.operation_id,
-            domain::run_operation_id(I_PROJECT, e.eversion, &r.run_id)
+            domain::triager::run_id::operation_id(I_PROJECT, &r.run_id)
         );
         assert!(r.operation_id.starts_with("PM-"));
     }

@@ -222,12 +222,10 @@ fn k3_l5_cq_purge_does_not_affect_npr() {
 /// K3 "NPR-only trigger with a reason on it ⇒ purge, no run". An
 /// `unsupported_mode` reason cannot come from events (every mode the
 /// trigger finder yields is allowed); an owner without email stands for it.
-/// Through the fold nothing happens at all: a CL with only a new-patchset
-/// trigger is not active (§6.9, quirk §13.3, as the Go `categorize.go`), so
-/// it is in no component and never triaged (but see
-/// `k3_npr_only_trigger_with_a_reason_in_a_dry_run_is_purged`).
+/// A CL with only a new-patchset trigger is active (luci-pm-head.md R1), so
+/// it is triaged and purged at once.
 #[test]
-fn k3_npr_only_trigger_with_a_reason_is_not_active_quirk_13_3() {
+fn k3_npr_only_trigger_with_a_reason_is_purged() {
     let s = k()
         .cl(33, |cl| cl.group("newPatchsetRun").owner(""))
         .at(t(1))
@@ -275,10 +273,11 @@ fn k3_combinable_group_obeys_stabilization_delay() {
     insta::assert_snapshot!(s.render());
 }
 
-/// As the previous test: an NPR-only CL is not active (quirk §13.3), so
-/// the original's immediate purge does not happen through the fold.
+/// As the previous test in a combinable group: an NPR-only CL is active
+/// (luci-pm-head.md R1) and purged immediately (no stabilization delay
+/// without a CQ vote).
 #[test]
-fn k3_npr_only_in_combinable_npr_group_is_not_active_quirk_13_3() {
+fn k3_npr_only_in_combinable_npr_group_is_purged_immediately() {
     let s = k()
         .cl(33, |cl| cl.group("newPatchsetRunCombi").owner(""))
         .evaluate();
@@ -307,12 +306,10 @@ fn k5_dry_run_and_npr_triggers_create_two_runs() {
     insta::assert_snapshot!(s.render());
 }
 
-/// K5 "NPR-only ⇒ NPR Run": through the fold a CL with only a new-patchset
-/// trigger and no Run is not active (quirk §13.3), so no Run is created; see
-/// `k5_npr_only_in_a_dry_run_creates_an_npr_run` for an NPR-only CL that is
-/// in a component.
+/// K5 "NPR-only ⇒ NPR Run": an NPR-only CL is active (luci-pm-head.md R1)
+/// and gets its NEW_PATCHSET_RUN Run.
 #[test]
-fn k5_npr_only_is_not_active_quirk_13_3() {
+fn k5_npr_only_creates_an_npr_run() {
     let s = k().cl(33, |cl| cl.group("newPatchsetRun")).evaluate();
     insta::assert_snapshot!(s.render());
 }
@@ -389,7 +386,7 @@ fn k5_unknown_dep_waits_without_decision_time() {
     insta::assert_snapshot!(s.render());
 }
 
-/// K5 "NPR-only ⇒ NPR Run" through the fold: the CL lost its CQ vote while
+/// K5 "NPR-only ⇒ NPR Run", the CL inside a Run: it lost its CQ vote while
 /// its DRY_RUN Run goes on, so it stays in the component with only a
 /// new-patchset trigger, and the NEW_PATCHSET_RUN Run is created.
 #[test]
@@ -403,8 +400,8 @@ fn k5_npr_only_in_a_dry_run_creates_an_npr_run() {
     insta::assert_snapshot!(s.render());
 }
 
-/// K3 "NPR-only trigger with a reason on it ⇒ purge, no Run" through the
-/// fold: as the previous test, with an owner without email (the reason).
+/// K3 "NPR-only trigger with a reason on it ⇒ purge, no Run", the CL inside
+/// a Run: as the previous test, with an owner without email (the reason).
 #[test]
 fn k3_npr_only_trigger_with_a_reason_in_a_dry_run_is_purged() {
     let s = k()
@@ -418,8 +415,8 @@ fn k3_npr_only_trigger_with_a_reason_in_a_dry_run_is_purged() {
     insta::assert_snapshot!(s.render());
 }
 
-/// K3 "NPR-only in a combinable NPR group ⇒ purged immediately" through
-/// the fold, as the previous test in `newPatchsetRunCombi`.
+/// K3 "NPR-only in a combinable NPR group ⇒ purged immediately", the CL
+/// inside a Run, as the previous test in `newPatchsetRunCombi`.
 #[test]
 fn k3_npr_only_in_combinable_npr_group_in_a_dry_run_is_purged_immediately() {
     let s = k()

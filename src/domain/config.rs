@@ -6,12 +6,10 @@ use regex::Regex;
 
 use crate::proto::{ConfigGroup, ProjectConfig};
 
-/// The ref watched by a repo whose `ref_regexp` list is empty.
-///
-/// The original's matcher defaults to `refs/heads/master`; our config contract
-/// (`config.proto`, `RepoWatch.ref_regexp`) documents `refs/heads/main`, and
-/// we follow the contract.
-pub const DEFAULT_REF_REGEXP: &str = "refs/heads/main";
+/// The ref watched by a repo whose `ref_regexp` list is empty: exactly
+/// `refs/heads/master`, as the original's matcher (`defaultRefRegexpInclude`)
+/// and its config doc (luci-pm-head.md R8).
+pub const DEFAULT_REF_REGEXP: &str = "refs/heads/master";
 
 /// The full config group id `"<hash>/<name>"`.
 pub fn config_group_id(hash: &str, name: &str) -> String {
@@ -237,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn empty_ref_regexp_means_main_and_bad_regexp_matches_nothing() {
+    fn empty_ref_regexp_means_master_and_bad_regexp_matches_nothing() {
         let config = ProjectConfig {
             hash: "h".into(),
             config_groups: vec![group("g0", &[], false), group("bad", &["("], false)],
@@ -250,11 +248,17 @@ mod tests {
             m.match_groups(
                 "c-review.example.com",
                 "repo/a",
-                "refs/heads/main",
+                "refs/heads/master",
                 &mut trace
             ),
             vec![0]
         );
+        // Only master: `main` and a prefix of master are not watched.
+        for git_ref in ["refs/heads/main", "refs/heads/mast"] {
+            assert!(m
+                .match_groups("c-review.example.com", "repo/a", git_ref, &mut trace)
+                .is_empty());
+        }
         assert!(m
             .match_groups(
                 "c-review.example.com",

@@ -259,7 +259,6 @@ pub fn evaluate(
         immediate: Vec::new(),
         trace,
         new_run_requests: Vec::new(),
-        eversion,
     };
     let result = run_transitions(&mut inv, &batch, triage);
     let Invocation {

@@ -4,11 +4,10 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use sha2::{Digest, Sha256};
-
 use super::invocation::Invocation;
 use super::time;
 use super::triage_api::{PmView, TriageError, TriageResult};
+use super::triager::run_id::operation_id;
 use super::TriageFn;
 use crate::proto::project_log::LogReason;
 use crate::proto::{action, p_state, Component, CreateRun, ProjectConfig};
@@ -19,21 +18,6 @@ fn needs_triage(c: &Component, now: &pbjson_types::Timestamp) -> bool {
         || c.decision_time
             .as_ref()
             .is_some_and(|t| time::cmp(t, now).is_le())
-}
-
-/// The Run creator's operation id, derived from (project, eversion, run id)
-/// in the original's `"PM-<int63>"` shape.
-pub fn run_operation_id(project: &str, eversion: i64, run_id: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(project.as_bytes());
-    hasher.update([0]);
-    hasher.update(eversion.to_string().as_bytes());
-    hasher.update([0]);
-    hasher.update(run_id.as_bytes());
-    let digest = hasher.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    format!("PM-{}", u64::from_be_bytes(first) & (u64::MAX >> 1))
 }
 
 /// Calls the triager, turning a panic into `TriageError::Bug` as the
@@ -217,13 +201,15 @@ impl Invocation<'_> {
         effects
     }
 
-    /// Fills what only the state machine knows into a requested Run.
+    /// Fills what a triager may leave out of a requested Run: the project,
+    /// and the operation id derived from (project, run id) as the real
+    /// triager derives it.
     fn complete_create_run(&self, mut run: CreateRun) -> CreateRun {
         if run.luci_project.is_empty() {
             run.luci_project = self.project.to_string();
         }
         if run.operation_id.is_empty() {
-            run.operation_id = run_operation_id(self.project, self.eversion, &run.run_id);
+            run.operation_id = operation_id(self.project, &run.run_id);
         }
         run
     }

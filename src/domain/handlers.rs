@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::config::group_at;
 use super::invocation::{
     cancel_reason, make_prun, no_notification, run_status_ended, Invocation,
     OPERATION_EXPIRY_GRACE_MINUTES,
@@ -287,25 +286,19 @@ impl Invocation<'_> {
     }
 
     /// Whether a Run may have been started by chained CQ votes: a FULL_RUN
-    /// whose first CL has exactly one config group, not a combinable one.
+    /// whose first CL has exactly one config group.
     ///
-    /// The original treats the group as non-combinable when its config
-    /// groups are not loaded in the invocation (always the case at this
-    /// step); the fold always has the pinned config, so the check is applied.
+    /// The group's `combine_cls` is not consulted: the original reads its
+    /// cached config groups, which are never loaded at this step of an
+    /// invocation, and then skips the test (luci-pm-head.md R7).
     fn maybe_mce_run(&self, prun: &PRun) -> bool {
         if prun.mode != FULL_RUN {
             return false;
         }
-        let Some(pcl) = prun.clids.first().and_then(|&id| self.pcl(id)) else {
-            return false;
-        };
-        match pcl.config_group_indexes.as_slice() {
-            [index] => match self.pinned.as_ref().and_then(|c| group_at(c, *index)) {
-                Some(group) => group.combine_cls.is_none(),
-                None => true,
-            },
-            _ => false,
-        }
+        prun.clids
+            .first()
+            .and_then(|&id| self.pcl(id))
+            .is_some_and(|pcl| pcl.config_group_indexes.len() == 1)
     }
 
     /// Purge tasks for the HARD-dep children of failed chained-vote Runs

@@ -79,8 +79,6 @@ pub struct Invocation<'a> {
     pub trace: Vec<String>,
     /// Run ids requested by this invocation.
     pub new_run_requests: Vec<String>,
-    /// The eversion this invocation will save.
-    pub eversion: i64,
 }
 
 impl<'a> Invocation<'a> {

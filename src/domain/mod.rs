@@ -30,7 +30,6 @@ use crate::proto;
 use triage_api::{PmView, TriageError, TriageResult};
 
 pub use evaluate::project_log;
-pub use exec_deferred::run_operation_id;
 pub use invocation::{cancel_reason, run_status_ended};
 
 /// A triager: decides what to do with one component given a read-only view

@@ -25,18 +25,24 @@ pub struct Categories {
     pub unloaded: BTreeSet<i64>,
 }
 
-/// Whether a PCL is active on its own: watched (status OK) with a CQ vote
-/// trigger strictly newer than `now - 7 days`. As in the version of the
-/// original read, the new-patchset trigger does not count.
+/// Whether a PCL is active on its own: watched (status OK) with a CQ-vote
+/// or a new-patchset trigger strictly newer than `now - 7 days`
+/// (luci-pm-head.md R1; a missing trigger counts as "not newer").
 pub fn is_active_standalone(p: &Pcl, now: &Timestamp) -> bool {
     if p.status != pcl::Status::Ok as i32 {
         return false;
     }
-    let Some(trigger) = p.triggers.as_ref().and_then(|t| t.cq_vote_trigger.as_ref()) else {
+    let Some(triggers) = p.triggers.as_ref() else {
         return false;
     };
     let cutoff = time::add_days(now, -MAX_TRIGGER_AGE_DAYS);
-    time::cmp_opt(trigger.time.as_ref(), Some(&cutoff)).is_gt()
+    [
+        &triggers.cq_vote_trigger,
+        &triggers.new_patchset_run_trigger,
+    ]
+    .into_iter()
+    .flatten()
+    .any(|t| time::cmp_opt(t.time.as_ref(), Some(&cutoff)).is_gt())
 }
 
 /// A disjoint-set forest over PCL positions.
@@ -202,10 +208,16 @@ impl Invocation<'_> {
         }
 
         let old_components = std::mem::take(&mut self.pstate.components);
+        let created_run_first_clids: BTreeSet<i64> = self
+            .pstate
+            .created_pruns
+            .iter()
+            .filter_map(|r| r.clids.first().copied())
+            .collect();
         let mut reused: BTreeMap<usize, Component> = BTreeMap::new();
         let mut deleted: Vec<Component> = Vec::new();
         for c in old_components {
-            match reusable_root(&c, &index, &mut sets, cat) {
+            match reusable_root(&c, &index, &mut sets, cat, &created_run_first_clids) {
                 Some(root) => {
                     reused.insert(root, c);
                 }
@@ -241,15 +253,14 @@ impl Invocation<'_> {
             let root = sets.root(position(first));
             if let Some(c) = created.get_mut(&root) {
                 c.pruns.push(run);
-            } else if let Some(c) = reused.get_mut(&root) {
-                // Not reachable through events (a Run whose CLs all sit in an
-                // existing component is placed there when created); the
-                // original would crash. Keep the Run, in order.
-                let at = c.pruns.partition_point(|r| r.id <= run.id);
-                c.pruns.insert(at, run);
-                c.triage_required = true;
             } else {
-                panic!("BUG: Run {} has no component to go to", run.id);
+                // Not reachable: a reused component receives no created Run
+                // and components are disjoint. The original drops such a Run
+                // with an error log (luci-pm-head.md R9).
+                self.trace.push(format!(
+                    "BUG: Run {} has no new component to go to; dropped",
+                    run.id
+                ));
             }
         }
         let mut components: Vec<Component> = reused.into_values().collect();
@@ -265,13 +276,21 @@ impl Invocation<'_> {
 }
 
 /// The disjoint set an old component can be kept as: exactly its CLs, none
-/// unused, at least one active.
+/// the first CL of a created Run, none unused, at least one active
+/// (luci-pm-head.md R9: a component that receives a created Run is remade).
 fn reusable_root(
     c: &Component,
     index: &BTreeMap<i64, usize>,
     sets: &mut DisjointSet,
     cat: &Categories,
+    created_run_first_clids: &BTreeSet<i64>,
 ) -> Option<usize> {
+    if c.clids
+        .iter()
+        .any(|id| created_run_first_clids.contains(id))
+    {
+        return None;
+    }
     let first = *index.get(c.clids.first()?)?;
     let root = sets.root(first);
     if sets.size_of(root) != c.clids.len() {

@@ -1,6 +1,7 @@
 //! Building the PM's digest of one CL (`PCL`) from the latest known CL entity
 //! version and the pinned config: the original's `makePCL`, its access check
-//! and `trigger.Find` (luci-pm.md §6.5.2).
+//! and `trigger.Find` (luci-pm.md §6.5.2, with rules R3, R4 and R6 of
+//! luci-pm-head.md).
 
 use pbjson_types::Timestamp;
 
@@ -169,6 +170,13 @@ pub fn make_pcl(
         matcher,
         trace,
     );
+    if pcl.config_group_indexes.is_empty() {
+        // No group of the pinned config watches the CL (typically its
+        // applicable config names a group of an older config): UNWATCHED,
+        // keeping only the reasons found so far (luci-pm-head.md R3).
+        pcl.status = pcl::Status::Unwatched as i32;
+        return pcl;
+    }
 
     for err in &snapshot.errors {
         push_reason(
@@ -204,6 +212,11 @@ pub fn make_pcl(
             &mut pcl,
             all_triggers_reason(cl_error::Kind::OwnerLacksEmail(true)),
         );
+    } else if !is_valid_user_email(&gerrit.owner_email) {
+        push_reason(
+            &mut pcl,
+            all_triggers_reason(cl_error::Kind::OwnerEmailMalformed(true)),
+        );
     }
 
     set_triggers(ctx, cl, snapshot, &mut pcl);
@@ -231,6 +244,21 @@ pub fn make_pcl(
         );
     }
     pcl
+}
+
+/// Whether `"user:" + email` is a valid LUCI identity: the email fully matches
+/// `^[0-9a-zA-Z_\-\.\+\%]+@[0-9a-zA-Z_\-\.]+$` (ASCII only), the original's
+/// `identity.KnownKinds[User]` (luci-pm-head.md R4).
+pub fn is_valid_user_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    let local_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+' | '%');
+    let domain_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    !local.is_empty()
+        && !domain.is_empty()
+        && local.chars().all(local_ok)
+        && domain.chars().all(domain_ok)
 }
 
 /// Sets the PCL's config group indexes: from the CL's applicable config if it
@@ -286,8 +314,8 @@ fn set_triggers(ctx: &PclContext<'_>, cl: &ChangeList, snapshot: &Snapshot, pcl:
     let Some(gerrit) = snapshot.gerrit.as_ref() else {
         return;
     };
-    // With 0 or 2+ groups (a misconfiguration purged soon anyway) the
-    // original uses an empty group.
+    // With 2+ groups (a misconfiguration purged soon anyway) the original
+    // uses an empty group; a PCL without groups is UNWATCHED before this.
     let empty_group = ConfigGroup::default();
     let group = match pcl.config_group_indexes.as_slice() {
         [index] => super::config::group_at(ctx.pinned, *index).unwrap_or(&empty_group),
@@ -427,7 +455,9 @@ fn apply_additional_mode(
 }
 
 /// The new-patchset trigger: the group has a tryjob allowing
-/// NEW_PATCHSET_RUN and the current patchset is after the last one run.
+/// NEW_PATCHSET_RUN and the current patchset is after the last one run,
+/// whatever the Gerrit status. It carries the owner's email and account id
+/// (luci-pm-head.md R6).
 fn find_new_patchset_run_trigger(
     gerrit: &GerritChange,
     group: &ConfigGroup,
@@ -441,6 +471,7 @@ fn find_new_patchset_run_trigger(
         time: gerrit.current_revision_created,
         mode: NEW_PATCHSET_RUN.to_string(),
         email: gerrit.owner_email.clone(),
+        gerrit_account_id: gerrit.owner_account_id,
         ..Default::default()
     })
 }

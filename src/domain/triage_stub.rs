@@ -1,5 +1,6 @@
-//! A trivial triager used until the real one (`domain::triager`) is wired in:
-//! it acknowledges a component that required triage and decides nothing.
+//! A trivial triager for tests of the state machine alone (passed to
+//! `domain::evaluate_with`): it acknowledges a component that required
+//! triage and decides nothing. The fold's own triager is `domain::triager`.
 
 use super::triage_api::{PmView, TriageError, TriageResult};
 use crate::proto::Component;

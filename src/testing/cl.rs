@@ -65,6 +65,7 @@ pub(crate) enum Watching {
 pub struct ClBuilder {
     pub(crate) cl: ChangeList,
     pub(crate) groups: Vec<String>,
+    pub(crate) group_ids: Option<Vec<String>>,
     pub(crate) watching: Watching,
 }
 
@@ -94,6 +95,9 @@ impl ClBuilder {
     pub(crate) fn entity(&self, project: &str, config: Option<&ProjectConfig>) -> ChangeList {
         let mut cl = self.cl.clone();
         let group_ids = || -> Vec<String> {
+            if let Some(ids) = &self.group_ids {
+                return ids.clone();
+            }
             let Some(config) = config else {
                 return Vec::new();
             };
@@ -167,6 +171,7 @@ impl ClBuilder {
                 ..ChangeList::default()
             },
             groups: Vec::new(),
+            group_ids: None,
             watching: Watching::ThisProject,
         };
         b = b.owner("user-1@example.com").patchset(1);
@@ -232,6 +237,13 @@ impl ClBuilder {
         self
     }
 
+    /// Sets the owner's Gerrit account id (after [`ClBuilder::owner`], which
+    /// derives one from the email).
+    pub fn owner_account_id(mut self, account_id: i64) -> Self {
+        self.gerrit().owner_account_id = account_id;
+        self
+    }
+
     /// Sets the Gerrit host.
     pub fn host(mut self, host: &str) -> Self {
         self.gerrit().host = host.to_string();
@@ -264,13 +276,33 @@ impl ClBuilder {
         self
     }
 
+    /// Sets the full config group ids (`"<hash>/<name>"`) of the CL's
+    /// applicable config as given, e.g. ids of an older config, whose hash
+    /// makes the PM match the CL against the pinned config instead.
+    pub fn group_ids(mut self, ids: &[&str]) -> Self {
+        self.group_ids = Some(ids.iter().map(|id| id.to_string()).collect());
+        self
+    }
+
     /// Adds a vote on `label` by `email` at `at`.
-    pub fn vote(mut self, label: &str, value: i32, email: &str, at: Timestamp) -> Self {
+    pub fn vote(self, label: &str, value: i32, email: &str, at: Timestamp) -> Self {
+        self.vote_with_account(label, value, email, account_id(email), at)
+    }
+
+    /// Adds a vote on `label` by `email` with Gerrit account `account_id` at `at`.
+    pub fn vote_with_account(
+        mut self,
+        label: &str,
+        value: i32,
+        email: &str,
+        account_id: i64,
+        at: Timestamp,
+    ) -> Self {
         self.gerrit().votes.push(Vote {
             label: label.to_string(),
             value,
             email: email.to_string(),
-            account_id: account_id(email),
+            account_id,
             time: Some(at),
         });
         self

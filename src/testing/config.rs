@@ -84,10 +84,20 @@ pub struct GroupBuilder {
 
 impl GroupBuilder {
     /// Watches `ref_regexp` of `repo` on the Gerrit `host` (adds to earlier watches).
-    pub fn watch(mut self, host: &str, repo: &str, ref_regexp: &str) -> Self {
+    pub fn watch(self, host: &str, repo: &str, ref_regexp: &str) -> Self {
+        self.add_watch(host, repo, vec![ref_regexp.to_string()])
+    }
+
+    /// Watches `repo` on the Gerrit `host` without any `ref_regexp`, which
+    /// means exactly `refs/heads/master` (adds to earlier watches).
+    pub fn watch_default_ref(self, host: &str, repo: &str) -> Self {
+        self.add_watch(host, repo, Vec::new())
+    }
+
+    fn add_watch(mut self, host: &str, repo: &str, ref_regexp: Vec<String>) -> Self {
         let repo_watch = RepoWatch {
             name: repo.to_string(),
-            ref_regexp: vec![ref_regexp.to_string()],
+            ref_regexp,
             ref_regexp_exclude: Vec::new(),
         };
         match self.group.gerrit.iter_mut().find(|g| g.host == host) {

@@ -175,6 +175,7 @@ pub fn cl_error(e: &ClError) -> String {
         Some(Kind::CommitBlocked(_)) => "commit_blocked".to_string(),
         Some(Kind::TriggerDeps(t)) => format!("trigger_deps {}", trigger_deps(t)),
         Some(Kind::DepRunFailed(clid)) => format!("dep_run_failed {clid}"),
+        Some(Kind::OwnerEmailMalformed(_)) => "owner_email_malformed".to_string(),
     }
 }
 

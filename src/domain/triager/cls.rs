@@ -12,7 +12,7 @@ use crate::proto::{
 };
 
 use super::deps::{triage_deps, TriagedDeps};
-use super::{cq_trigger, npr_trigger, DRY_RUN, FULL_RUN, NEW_PATCHSET_RUN, QUICK_DRY_RUN};
+use super::{cq_trigger, npr_trigger, NEW_PATCHSET_RUN};
 use crate::domain::time::{nanos_if_set, Nanos};
 
 /// One CL of the component being triaged, with the result of its triage.
@@ -71,48 +71,36 @@ impl<'a> ClInfo<'a> {
     }
 
     /// Adds a purge reason for a trigger (`None`: all active triggers).
-    pub(crate) fn add_purge_reason(
-        &mut self,
-        trigger: Option<&Trigger>,
-        cl_error: ClError,
-    ) -> Result<(), TriageError> {
+    pub(crate) fn add_purge_reason(&mut self, trigger: Option<&Trigger>, cl_error: ClError) {
         let apply_to = match trigger {
             None => purge_reason::ApplyTo::AllActiveTriggers(true),
             Some(t) if t.mode == NEW_PATCHSET_RUN => purge_reason::ApplyTo::Triggers(Triggers {
                 cq_vote_trigger: None,
                 new_patchset_run_trigger: Some(t.clone()),
             }),
-            Some(t) if t.mode == DRY_RUN || t.mode == FULL_RUN || t.mode == QUICK_DRY_RUN => {
-                purge_reason::ApplyTo::Triggers(Triggers {
-                    cq_vote_trigger: Some(t.clone()),
-                    new_patchset_run_trigger: None,
-                })
-            }
-            Some(t) => {
-                return Err(TriageError::Bug(format!(
-                    "CL {}: impossible Run mode {:?}",
-                    self.pcl.clid, t.mode
-                )))
-            }
+            // Every other mode, custom ones included, is a CQ-vote mode
+            // (luci-pm-head.md R5).
+            Some(t) => purge_reason::ApplyTo::Triggers(Triggers {
+                cq_vote_trigger: Some(t.clone()),
+                new_patchset_run_trigger: None,
+            }),
         };
         self.purge_reasons.push(PurgeReason {
             cl_error: Some(cl_error),
             apply_to: Some(apply_to),
         });
-        Ok(())
     }
 
-    /// Counts the component Runs of this CL: (CQ-vote Runs, NEW_PATCHSET_RUN Runs).
-    fn prun_count_by_type(&self, component: &Component) -> Result<(usize, usize), TriageError> {
-        let (mut cq, mut npr) = (0, 0);
-        for &i in &self.run_indexes {
-            match component.pruns[i].mode.as_str() {
-                NEW_PATCHSET_RUN => npr += 1,
-                DRY_RUN | FULL_RUN | QUICK_DRY_RUN | "" => cq += 1,
-                mode => return Err(TriageError::Bug(format!("unsupported runmode: {mode}"))),
-            }
-        }
-        Ok((cq, npr))
+    /// Counts the component Runs of this CL: (CQ-vote Runs, NEW_PATCHSET_RUN
+    /// Runs). Every mode but NEW_PATCHSET_RUN, custom ones included, is a
+    /// CQ-vote mode (luci-pm-head.md R5).
+    fn prun_count_by_type(&self, component: &Component) -> (usize, usize) {
+        let npr = self
+            .run_indexes
+            .iter()
+            .filter(|&&i| component.pruns[i].mode == NEW_PATCHSET_RUN)
+            .count();
+        (self.run_indexes.len() - npr, npr)
     }
 
     /// Whether the PCL status lets the PM act on the CL (OK); others: false.
@@ -128,7 +116,7 @@ impl<'a> ClInfo<'a> {
     }
 
     fn triage(&mut self, component: &Component, view: &PmView<'_>) -> Result<(), TriageError> {
-        let (n_cq_runs, n_npr_runs) = self.prun_count_by_type(component)?;
+        let (n_cq_runs, n_npr_runs) = self.prun_count_by_type(component);
         let mut triage_cq = false;
         let mut triage_npr = false;
         if n_cq_runs > 0 {
@@ -266,7 +254,7 @@ impl<'a> ClInfo<'a> {
                     if !deps.ok() {
                         let reason = deps.make_purge_reason()?;
                         self.deps = Some(deps);
-                        self.add_purge_reason(cq_trigger(pcl), reason)?;
+                        self.add_purge_reason(cq_trigger(pcl), reason);
                     } else {
                         // Not ready while some deps still need the chained vote.
                         self.cq_ready = deps.need_to_trigger.is_empty();
@@ -301,7 +289,8 @@ impl<'a> ClInfo<'a> {
                             config_groups: names,
                         })),
                     },
-                )
+                );
+                Ok(())
             }
         }
     }

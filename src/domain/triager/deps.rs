@@ -1,8 +1,9 @@
 //! Deps triage of one triggered CL (domain/luci-pm.md §7.4, the original's
 //! `triagedDeps` in `deps.go`).
 //!
-//! Chained CQ votes are *not* gated on the `luci-cv-mce-dogfooders` group:
-//! the newest tests expect the ungated behaviour (§7.4 VERSION NOTE, §13.2).
+//! Chained CQ votes are *not* gated on the `luci-cv-mce-dogfooders` group,
+//! and a group with `allow_submit_with_open_deps` needs none: its HARD deps
+//! are OK for a FULL_RUN (luci-pm-head.md R2).
 
 use crate::domain::triage_api::{PmView, TriageError};
 use crate::proto::cl_error::invalid_deps::TooMany;
@@ -159,7 +160,7 @@ impl TriagedDeps {
         let tr = cq_trigger(pcl);
         let dtr = cq_trigger(dep_pcl);
         if cg.combine_cls.is_none() {
-            self.categorize_single(tr, dtr, dep);
+            self.categorize_single(tr, dtr, dep, cg.allow_submit_with_open_deps);
         } else {
             self.categorize_combinable(tr, dtr, dep);
         }
@@ -176,21 +177,31 @@ impl TriagedDeps {
         }
     }
 
-    fn categorize_single(&mut self, tr: Option<&Trigger>, dtr: Option<&Trigger>, dep: &Dep) {
+    fn categorize_single(
+        &mut self,
+        tr: Option<&Trigger>,
+        dtr: Option<&Trigger>,
+        dep: &Dep,
+        allow_submit_with_open_deps: bool,
+    ) {
         if mode_of(tr) != FULL_RUN {
             // Dry runs and other modes do not care about deps' triggers.
             return;
         }
-        if dep.kind == DepKind::Hard as i32 {
-            // A HARD dep without the same (FULL_RUN) vote gets it through a
-            // chained CQ vote; the Run waits for it.
-            if mode_of(tr) != mode_of(dtr) {
-                self.need_to_trigger.push(*dep);
-            }
+        if dep.kind != DepKind::Hard as i32 {
+            // A SOFT dep will not be submitted together with this CL.
+            self.invalid().single_full_deps.push(*dep);
             return;
         }
-        // A SOFT dep will not be submitted together with this CL.
-        self.invalid().single_full_deps.push(*dep);
+        if allow_submit_with_open_deps {
+            // The group lets CV submit the whole stack of HARD deps.
+            return;
+        }
+        // A HARD dep without the same (FULL_RUN) vote gets it through a
+        // chained CQ vote; the Run waits for it.
+        if mode_of(tr) != mode_of(dtr) {
+            self.need_to_trigger.push(*dep);
+        }
     }
 }
 

@@ -115,12 +115,12 @@ pub fn run_id(
     ))
 }
 
-/// The Run creation operation id the triager proposes: `"PM-"` followed by the
-/// first 16 hex digits of SHA-256(`"<project>\0<run_id>"`).
+/// The Run creation operation id: `"PM-"` followed by the first 16 hex
+/// digits of SHA-256(`"<project>\0<run_id>"`).
 ///
-/// It only has to be the same whenever the same Run is requested again (it
-/// makes Run creation idempotent); the state machine may replace it with one
-/// derived from the eversion (DESIGN §6 "Run creation").
+/// The original draws a random `"PM-<int63>"`; a hash keeps the fold pure
+/// and is the same whenever the same Run is requested again, which makes
+/// Run creation idempotent (ARCHITECTURE "Run creation").
 pub fn operation_id(luci_project: &str, run_id: &str) -> String {
     let mut h = Sha256::new();
     h.update(luci_project.as_bytes());

@@ -315,7 +315,7 @@ impl RunStage<'_, '_> {
                         ClError {
                             kind: Some(Kind::ReusedTrigger(ReusedTrigger { run: run.clone() })),
                         },
-                    )?;
+                    );
                 }
                 Ok((Vec::new(), None))
             }

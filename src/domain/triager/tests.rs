@@ -600,17 +600,18 @@ fn l_untriaged_bug_states_are_errors_not_panics() {
         triage_cls(&component(&[7], vec![], false), &fx.view()),
         Err(TriageError::Bug(_))
     ));
-    // A custom mode in a component Run.
+    // A custom mode in a component Run is a CQ-vote Run, not a bug
+    // (luci-pm-head.md R5).
     let fx = l_fixture();
     let mut fx2 = fx;
     fx2.set_pcl(l_pcl(1, L_SING, None, vec![]));
-    assert!(matches!(
-        triage_cls(
-            &component(&[1], vec![prun("r", "CUSTOM", &[1])], false),
-            &fx2.view()
-        ),
-        Err(TriageError::Bug(_))
-    ));
+    let cls = triage_cls(
+        &component(&[1], vec![prun("r", "CUSTOM", &[1])], false),
+        &fx2.view(),
+    )
+    .expect("a custom-mode Run triages fine");
+    assert!(cls[&1].has_incomplete_run("CUSTOM"));
+    assert!(!cls[&1].cq_ready && !cls[&1].npr_ready);
 }
 
 // §7.4 deps triage.
@@ -737,19 +738,22 @@ fn deps_singular_and_combinable_specialities() {
     let td = triage_deps(&p, L_SING, &fx.view()).unwrap();
     assert!(td.ok() && td.need_to_trigger.is_empty());
     // Full run: HARD deps without CQ+2 need the chained vote (no dogfood
-    // gate, whatever allow_submit_with_open_deps says); SOFT deps are invalid.
-    fx.config.config_groups[0].allow_submit_with_open_deps = true;
+    // gate); SOFT deps are invalid.
     let deps = vec![hard(31), hard(32), hard(33), soft(33)];
     let p = l_pcl(40, L_SING, cq_triggers(voter_trigger(FULL_RUN, T0)), deps);
     let td = triage_deps(&p, L_SING, &fx.view()).unwrap();
     assert_eq!(td.need_to_trigger, vec![hard(31), hard(32)]);
-    assert_eq!(
-        td.invalid_deps,
-        Some(InvalidDeps {
-            single_full_deps: vec![soft(33)],
-            ..InvalidDeps::default()
-        })
-    );
+    let soft_invalid = Some(InvalidDeps {
+        single_full_deps: vec![soft(33)],
+        ..InvalidDeps::default()
+    });
+    assert_eq!(td.invalid_deps, soft_invalid);
+    // With allow_submit_with_open_deps HARD deps are OK without votes; SOFT
+    // deps stay invalid (luci-pm-head.md R2).
+    fx.config.config_groups[0].allow_submit_with_open_deps = true;
+    let td = triage_deps(&p, L_SING, &fx.view()).unwrap();
+    assert!(td.need_to_trigger.is_empty());
+    assert_eq!(td.invalid_deps, soft_invalid);
 
     // Combinable: a dep must have the same mode.
     let mut fx = l_fixture();
