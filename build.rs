@@ -26,6 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_well_known_types(true)
+        // Timestamps print as canonical proto3 JSON (`Z`), see src/proto/timestamp.rs.
+        .extern_path(".google.protobuf.Timestamp", "crate::proto::Timestamp")
         .extern_path(".google.protobuf", "::pbjson_types")
         .skip_protoc_run()
         .compile_fds(descriptors)?;

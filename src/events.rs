@@ -164,7 +164,7 @@ mod tests {
         let event = Event::RunFinished(proto::RunFinished {
             run_id: "infra/111-beef".into(),
             status: proto::run::Status::Failed as i32,
-            end_time: Some(pbjson_types::Timestamp {
+            end_time: Some(crate::proto::Timestamp {
                 seconds: 1_580_640_000,
                 nanos: 0,
             }),
@@ -172,7 +172,7 @@ mod tests {
         let json = to_json(&event);
         assert_eq!(
             json.to_string(),
-            r#"{"endTime":"2020-02-02T10:40:00+00:00","runId":"infra/111-beef","status":"FAILED"}"#
+            r#"{"endTime":"2020-02-02T10:40:00Z","runId":"infra/111-beef","status":"FAILED"}"#
         );
         let back = from_json("RunFinished", json).unwrap();
         assert_eq!(back, event);

@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use pbjson_types::Timestamp;
+use crate::proto::Timestamp;
 use regex::Regex;
 use uuid::Uuid;
 

@@ -3,6 +3,10 @@
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
+mod timestamp;
+
+pub use timestamp::{OutOfRange, Timestamp};
+
 include!(concat!(env!("OUT_DIR"), "/prjmanager.v1.rs"));
 include!(concat!(env!("OUT_DIR"), "/prjmanager.v1.serde.rs"));
 

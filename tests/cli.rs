@@ -365,3 +365,66 @@ fn export_of_an_unknown_project_fails() {
         .unwrap();
     assert_exit(&out, 2, "unknown store URL");
 }
+
+/// Every RFC 3339 timestamp in a text: (the whole value, whether it is
+/// canonical proto3 JSON: `Z`, and 0, 3, 6 or 9 fraction digits).
+fn timestamps(text: &str) -> Vec<(String, bool)> {
+    let any =
+        regex::Regex::new(r#""(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d))""#)
+            .unwrap();
+    let canonical =
+        regex::Regex::new(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.(\d{3}|\d{6}|\d{9}))?Z$").unwrap();
+    any.captures_iter(text)
+        .map(|c| {
+            let value = c[1].to_string();
+            let ok = canonical.is_match(&value);
+            (value, ok)
+        })
+        .collect()
+}
+
+#[test]
+fn timestamps_are_printed_canonically_whatever_offset_they_came_with() {
+    let env = Env::new();
+    let file = env.write(
+        "offsets.jsonl",
+        &[
+            r#"{"format":"prjmanager-stream","version":1,"project":"t"}"#,
+            r#"{"type":"ConfigUpdated","data":{"config":{"state":"ENABLED","hash":"h1","eversion":"1","configGroups":[{"name":"g0","gerrit":[{"host":"c-review.example.com","projects":[{"name":"repo/a","refRegexp":["refs/heads/main"]}]}]}]}}}"#,
+            r#"{"type":"Evaluated","data":{"now":"2020-02-02T11:00:00+01:00"}}"#,
+            r#"{"type":"RunFinished","data":{"runId":"t/1-1-ab","status":"FAILED","endTime":"2020-02-02T05:00:00.5-05:00"}}"#,
+            r#"{"type":"Evaluated","data":{"now":"2020-02-02T10:00:01.000001Z"}}"#,
+        ]
+        .join("\n"),
+    );
+    assert_exit(&env.run(&["import", file.to_str().unwrap()]), 0, "");
+    let out = env.run(&["evaluate", "t", "--now", "2020-02-02T12:00:02.25+02:00"]);
+    assert_exit(&out, 0, "");
+
+    let exported = env.run(&["export", "t"]);
+    assert_exit(&exported, 0, "");
+    let exported = String::from_utf8(exported.stdout).unwrap();
+    let found = timestamps(&exported);
+    let values: Vec<&str> = found.iter().map(|(v, _)| v.as_str()).collect();
+    assert_eq!(
+        values,
+        [
+            "2020-02-02T10:00:00Z",
+            "2020-02-02T10:00:00.500Z",
+            "2020-02-02T10:00:01.000001Z",
+            "2020-02-02T10:00:02.250Z",
+        ],
+        "{exported}"
+    );
+    let state = env.run(&["state", "t"]);
+    assert_exit(&state, 0, "");
+    let events = env.run(&["events", "t"]);
+    // (`logs` and `actions` print what a running projector stored; the
+    // service tests read them.)
+    for out in [&state, &events] {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let found = timestamps(&text);
+        assert!(!found.is_empty(), "no timestamp in {text}");
+        assert!(found.iter().all(|(_, ok)| *ok), "{found:?}");
+    }
+}

@@ -9,7 +9,7 @@
 //! * invalid inputs (a completion for an unknown CL, a Run finishing twice,
 //!   a Run of another project, a zero clid…) leave a trace and never panic.
 
-use pbjson_types::Timestamp;
+use prjmanager::proto::Timestamp;
 use proptest::prelude::*;
 use prost::Message;
 

@@ -10,11 +10,11 @@
 //! every component it sees with `triage_required`, and PCLs that would be
 //! dropped as unused are kept alive by a Run or a dependent CL.
 
-use pbjson_types::Timestamp;
 use prjmanager::domain::triage_api::{PmView, TriageError, TriageResult};
 use prjmanager::domain::{
     self, apply_event, evaluate, evaluate_with, triage_stub, Evaluation, TriageFn,
 };
+use prjmanager::proto::Timestamp;
 use prjmanager::proto::{
     self, action, cl_error, dep, gerrit_change, input_event::Event, p_state, pcl, project_config,
     project_log, purge_reason, purging_cl, run, ApplicableConfig, ApplicableProject, ChangeList,

@@ -18,13 +18,13 @@
 
 use std::time::Duration;
 
-use pbjson_types::Timestamp;
 use prjmanager::domain::pcl;
 use prjmanager::domain::triager::run_id::{self, RunIdCl};
 use prjmanager::proto::action::Action;
 use prjmanager::proto::cl_error::{InvalidDeps, Kind};
 use prjmanager::proto::dep::DepKind;
 use prjmanager::proto::run::Status;
+use prjmanager::proto::Timestamp;
 use prjmanager::proto::{
     pcl::Status as PclStatus, purge_reason, purging_cl, ClError, CreateRun, Dep, Mode, Pcl,
     PurgeCl, PurgeReason, Trigger, TriggerClDeps, Triggers,

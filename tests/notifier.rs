@@ -1,8 +1,8 @@
 //! The Notifier: every call appends one valid event, and every bad input is
 //! rejected with an error naming the field while nothing is written.
 
-use pbjson_types::Timestamp;
 use prjmanager::notifier::{Notifier, NotifyError};
+use prjmanager::proto::Timestamp;
 use prjmanager::proto::{self, input_event::Event, run::Status as RunStatus};
 use prjmanager::store::memory::MemoryStore;
 use prjmanager::store::{Direction, EventStore, ReadFrom};

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use pbjson_types::Timestamp;
 use prjmanager::fold;
 use prjmanager::notifier::Notifier;
 use prjmanager::projector::{self, ProjectorConfig};
 use prjmanager::proto;
+use prjmanager::proto::Timestamp;
 use prjmanager::read::{load, Target};
 use prjmanager::store::memory::MemoryStore;
 use prjmanager::store::{Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom};

@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use pbjson_types::Timestamp;
 use prjmanager::domain;
 use prjmanager::fold;
 use prjmanager::jsonl;
+use prjmanager::proto::Timestamp;
 use prjmanager::proto::{self, input_event::Event};
 use prjmanager::replay;
 use prjmanager::store::memory::MemoryStore;

@@ -14,9 +14,9 @@
 
 use std::time::Duration;
 
-use pbjson_types::Timestamp;
 use prjmanager::proto::action::Action;
 use prjmanager::proto::run::Status;
+use prjmanager::proto::Timestamp;
 use prjmanager::testing::{t, t_sec, Scenario, DRY_RUN, FULL_RUN, NEW_PATCHSET_RUN, T0};
 
 /// The voter of the K fixture (account 2); CLs are owned by user-1.

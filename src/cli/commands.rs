@@ -321,7 +321,7 @@ pub async fn evaluate(target: &Via, project: &str, now: Option<String>) -> Resul
     valid_project(project)?;
     let now = match now {
         Some(text) => Some(
-            serde_json::from_value::<pbjson_types::Timestamp>(serde_json::Value::String(
+            serde_json::from_value::<crate::proto::Timestamp>(serde_json::Value::String(
                 text.clone(),
             ))
             .map_err(|e| CliError::BadInput(format!("invalid --now {text:?}: {e}")))?,

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pbjson_types::Timestamp;
+use crate::proto::Timestamp;
 
 use super::apply::run_id_in_project;
 use super::invocation::{run_status_ended, Invocation};

@@ -13,7 +13,7 @@ use crate::proto::project_log::LogReason;
 use crate::proto::{action, p_state, Component, CreateRun, ProjectConfig};
 
 /// Whether a component must be triaged now.
-fn needs_triage(c: &Component, now: &pbjson_types::Timestamp) -> bool {
+fn needs_triage(c: &Component, now: &crate::proto::Timestamp) -> bool {
     c.triage_required
         || c.decision_time
             .as_ref()

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pbjson_types::Timestamp;
+use crate::proto::Timestamp;
 
 use super::config::{config_group_id, Matcher};
 use super::pcl::{make_pcl, PclContext};

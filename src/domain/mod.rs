@@ -24,7 +24,7 @@ pub mod triage_api;
 pub mod triage_stub;
 pub mod triager;
 
-use pbjson_types::Timestamp;
+use crate::proto::Timestamp;
 
 use crate::proto;
 use triage_api::{PmView, TriageError, TriageResult};

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pbjson_types::Timestamp;
+use crate::proto::Timestamp;
 
 use super::invocation::Invocation;
 use super::time;

@@ -3,7 +3,7 @@
 //! and `trigger.Find` (luci-pm.md §6.5.2, with rules R3, R4 and R6 of
 //! luci-pm-head.md).
 
-use pbjson_types::Timestamp;
+use crate::proto::Timestamp;
 
 use super::config::{split_config_group_id, Matcher};
 use super::time;

@@ -11,7 +11,8 @@
 
 use std::cmp::Ordering;
 
-use pbjson_types::{Duration, Timestamp};
+use crate::proto::Timestamp;
+use pbjson_types::Duration;
 
 /// Nanoseconds since the Unix epoch (or a span of nanoseconds).
 pub type Nanos = i128;

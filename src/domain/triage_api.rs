@@ -2,11 +2,11 @@
 //! `itriager` package): what a triager sees of the PM state and what it
 //! returns for one component.
 
+use crate::proto::Timestamp;
 use crate::proto::{
     ChangeList, Component, ConfigGroup, CreateRun, PState, Pcl, ProjectConfig, PurgeCl, PurgingCl,
     Run, RunRequest, TriggeringClDeps,
 };
-use pbjson_types::Timestamp;
 
 /// A read-only view of the project offered to the triager.
 #[derive(Debug, Clone, Copy)]

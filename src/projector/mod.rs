@@ -21,7 +21,7 @@ pub mod derived;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pbjson_types::Timestamp;
+use crate::proto::Timestamp;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;

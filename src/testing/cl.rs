@@ -1,6 +1,6 @@
 //! Builder of CL entity versions (`ChangeList`) for scenarios.
 
-use pbjson_types::Timestamp;
+use crate::proto::Timestamp;
 
 use super::{t, HOST};
 use crate::domain::{self, config::Matcher};

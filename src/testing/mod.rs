@@ -45,7 +45,7 @@ pub mod cl;
 pub mod config;
 pub mod render;
 
-use pbjson_types::Timestamp;
+use crate::proto::Timestamp;
 
 use crate::domain::{self, Evaluation};
 use crate::proto::{

@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use pbjson_types::Timestamp;
+use crate::proto::Timestamp;
 
 use super::T0;
 use crate::domain::Evaluation;

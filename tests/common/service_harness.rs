@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pbjson_types::Timestamp;
 use prjmanager::fold;
+use prjmanager::proto::Timestamp;
 use prjmanager::proto::{self, project_manager_client::ProjectManagerClient};
 use prjmanager::store::{Direction, EventStore, ReadFrom, RecordedEvent};
 use prjmanager::streams::{action_stream, log_stream, offload_stream};

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pbjson_types::Timestamp;
+use prjmanager::proto::Timestamp;
 use prjmanager::proto::{self, action::Action as ActionKind, input_event::Event};
 use prjmanager::store::RecordedEvent;
 use prjmanager::testing::{ClBuilder, ConfigBuilder};

@@ -230,7 +230,7 @@ pub fn bench_cl(seq: u64) -> proto::ChangeList {
                 owner_email: "owner@chromium.org".into(),
                 owner_account_id: 1_000_001,
                 current_revision: format!("{:040x}", u128::from(seq) * 7919),
-                current_revision_created: Some(pbjson_types::Timestamp {
+                current_revision_created: Some(prjmanager::proto::Timestamp {
                     seconds: 1_700_000_000,
                     nanos: 0,
                 }),
@@ -239,7 +239,7 @@ pub fn bench_cl(seq: u64) -> proto::ChangeList {
                     value: 1,
                     email: "voter@chromium.org".into(),
                     account_id: 1_000_002,
-                    time: Some(pbjson_types::Timestamp {
+                    time: Some(prjmanager::proto::Timestamp {
                         seconds: 1_700_000_100,
                         nanos: 0,
                     }),

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use pbjson_types::Timestamp;
+use prjmanager::proto::Timestamp;
 use prjmanager::proto::{
     self, action::Action as A, input_event::Event, project_manager_client::ProjectManagerClient,
 };

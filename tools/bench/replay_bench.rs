@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use pbjson_types::Timestamp;
 use prjmanager::projector::derived::derived_writes;
+use prjmanager::proto::Timestamp;
 use prjmanager::proto::{self, input_event::Event};
 use prjmanager::read::{load, Target};
 use prjmanager::store::embedded::EmbeddedStore;

@@ -68,7 +68,7 @@ impl TriggerKind {
 
 /// The normalised timestamp of an instant; an instant beyond the `i64`
 /// seconds range is a bug of the data, reported rather than panicked on.
-pub(crate) fn to_timestamp(n: Nanos) -> Result<pbjson_types::Timestamp, TriageError> {
+pub(crate) fn to_timestamp(n: Nanos) -> Result<crate::proto::Timestamp, TriageError> {
     checked_from_nanos(n)
         .ok_or_else(|| TriageError::Bug(format!("time {n}ns is out of the timestamp range")))
 }

@@ -9,8 +9,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::proto::Timestamp;
 use crate::proto::Trigger;
-use pbjson_types::Timestamp;
 
 /// The only digest version in use.
 pub const DIGEST_VERSION: u32 = 1;

@@ -29,7 +29,8 @@
 
 use std::collections::BTreeMap;
 
-use pbjson_types::{Duration, Timestamp};
+use crate::proto::Timestamp;
+use pbjson_types::Duration;
 use proptest::prelude::*;
 
 use super::cls::triage_cls;
