@@ -16,13 +16,12 @@ use prjmanager::domain::{
 };
 use prjmanager::proto::Timestamp;
 use prjmanager::proto::{
-    self, action, cl_error, dep, gerrit_change, input_event::Event, p_state, pcl, project_config,
-    project_log, purge_reason, purging_cl, run, ApplicableConfig, ApplicableProject, ChangeList,
-    ClError, ClsUpdated, Component, ConfigGroup, ConfigUpdated, Dep, Footer, GerritChange,
-    GerritWatch, PState, Pcl, Poked, ProjectConfig, PurgeCl, PurgeCompleted, PurgeReason,
-    PurgingCl, RepoWatch, Run, RunCreated, RunFinished, Snapshot, Trigger, TriggeringClDeps,
-    TriggeringClDepsCompleted, Triggers, Vote,
+    self, action, cl_error, dep, input_event::Event, p_state, pcl, project_log, purge_reason,
+    purging_cl, run, ClError, ClsUpdated, Component, ConfigUpdated, Dep, PState, Pcl, Poked,
+    ProjectConfig, PurgeCl, PurgeCompleted, PurgeReason, PurgingCl, Run, RunCreated, RunFinished,
+    Trigger, TriggeringClDeps, TriggeringClDepsCompleted, Triggers,
 };
+use prjmanager::testing::{ClBuilder, ConfigBuilder, GroupBuilder};
 
 // ---------------------------------------------------------------------------
 // Clock.
@@ -51,194 +50,103 @@ fn t(offset: i64) -> Timestamp {
 
 const HOST: &str = "c-review.example.com";
 
-fn group(name: &str, repo: &str, refs: &[&str], fallback: bool) -> ConfigGroup {
-    ConfigGroup {
-        name: name.into(),
-        gerrit: vec![GerritWatch {
-            host: HOST.into(),
-            projects: vec![RepoWatch {
-                name: repo.into(),
-                ref_regexp: refs.iter().map(|r| r.to_string()).collect(),
-                ref_regexp_exclude: vec![],
-            }],
-        }],
-        fallback,
-        ..Default::default()
-    }
+/// Group g0 of the original's "cfgText1": repo/a main.
+fn g0(g: GroupBuilder) -> GroupBuilder {
+    g.watch(HOST, "repo/a", "refs/heads/main")
 }
 
-fn enabled(hash: &str, eversion: i64, groups: Vec<ConfigGroup>) -> ProjectConfig {
-    ProjectConfig {
-        state: project_config::State::Enabled as i32,
-        hash: hash.into(),
-        eversion,
-        config_groups: groups,
-    }
-}
-
-fn disabled(hash: &str, eversion: i64) -> ProjectConfig {
-    ProjectConfig {
-        state: project_config::State::Disabled as i32,
-        hash: hash.into(),
-        eversion,
-        config_groups: vec![],
-    }
+/// Group g1 of "cfgText1": every branch of repo/a.
+fn g1(g: GroupBuilder) -> GroupBuilder {
+    g.watch(HOST, "repo/a", "refs/heads/.+")
 }
 
 /// The original's "cfgText1": g0 watches repo/a main, g1 (fallback unless
 /// told otherwise) watches every other branch of repo/a.
 fn cfg1(hash: &str, eversion: i64, g1_fallback: bool) -> ProjectConfig {
-    enabled(
-        hash,
-        eversion,
-        vec![
-            group("g0", "repo/a", &["refs/heads/main"], false),
-            group("g1", "repo/a", &["refs/heads/.+"], g1_fallback),
-        ],
-    )
+    ConfigBuilder::new(hash, eversion)
+        .group("g0", g0)
+        .group("g1", |g| if g1_fallback { g1(g).fallback() } else { g1(g) })
+        .build()
+}
+
+/// A config version that disables the project.
+fn disabled(hash: &str, eversion: i64) -> ProjectConfig {
+    ConfigBuilder::new(hash, eversion).disabled().build()
 }
 
 // ---------------------------------------------------------------------------
 // CLs.
 
-/// A CL builder with the defaults of the fixture: project `test`, repo/a,
-/// patchset 1 created at T-1h, owner with email, EVersion 1, no votes.
-#[derive(Clone)]
-struct Cl(ChangeList);
+/// The email of user-N (Gerrit account N).
+fn user(n: i64) -> String {
+    format!("user-{n}@example.com")
+}
 
-fn cl(clid: i64, git_ref: &str, group_ids: &[&str]) -> Cl {
+/// A CL of project `test` with the defaults of the fixture, in the config
+/// groups `group_ids` (full ids, e.g. `H/g0`): see [`cl_in`].
+fn cl(clid: i64, git_ref: &str, group_ids: &[&str]) -> ClBuilder {
     cl_in("test", clid, git_ref, group_ids)
 }
 
-fn cl_in(project: &str, clid: i64, git_ref: &str, group_ids: &[&str]) -> Cl {
-    Cl(ChangeList {
-        clid,
-        eversion: 1,
-        applicable_config: Some(ApplicableConfig {
-            projects: vec![ApplicableProject {
-                name: project.into(),
-                config_group_ids: group_ids.iter().map(|g| g.to_string()).collect(),
-            }],
-        }),
-        snapshot: Some(Snapshot {
-            luci_project: project.into(),
-            patchset: 1,
-            gerrit: Some(GerritChange {
-                host: HOST.into(),
-                change: clid,
-                project: "repo/a".into(),
-                r#ref: git_ref.into(),
-                status: gerrit_change::ChangeStatus::New as i32,
-                owner_email: "owner@example.com".into(),
-                owner_account_id: 99,
-                current_revision: format!("rev-{clid}"),
-                current_revision_created: Some(t(-HOUR)),
-                votes: vec![],
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
+/// A CL of `project` with the defaults of the fixture: repo/a on [`HOST`],
+/// patchset 1 (revision `rev-<clid>`) created at T-1h, owner
+/// `owner@example.com` (account 99), EVersion 1, no votes.
+fn cl_in(project: &str, clid: i64, git_ref: &str, group_ids: &[&str]) -> ClBuilder {
+    ClBuilder::new(project, clid)
+        .host(HOST)
+        .git_ref(git_ref)
+        .group_ids(group_ids)
+        .owner("owner@example.com")
+        .owner_account_id(99)
+        .revision(&format!("rev-{clid}"))
+        .uploaded(t(-HOUR))
 }
 
-impl Cl {
-    fn gerrit(&mut self) -> &mut GerritChange {
-        self.0.snapshot.as_mut().unwrap().gerrit.as_mut().unwrap()
+/// The fixture's shorthands on top of [`ClBuilder`].
+trait ClExt {
+    /// A `Commit-Queue` vote by user-N at `at`.
+    fn cq(self, value: i32, n: i64, at: Timestamp) -> Self;
+    /// Patchset `patchset`, the revision keeping the fixture's name `rev-<clid>`.
+    fn at_patchset(self, patchset: i32) -> Self;
+}
+
+impl ClExt for ClBuilder {
+    fn cq(self, value: i32, n: i64, at: Timestamp) -> Self {
+        self.cq_vote(value, &user(n), at)
     }
-    fn snapshot(&mut self) -> &mut Snapshot {
-        self.0.snapshot.as_mut().unwrap()
-    }
-    /// A vote by user-N at `at`.
-    fn vote(mut self, label: &str, value: i32, user: i64, at: Timestamp) -> Cl {
-        self.gerrit().votes.push(Vote {
-            label: label.into(),
-            value,
-            email: format!("user-{user}@example.com"),
-            account_id: user,
-            time: Some(at),
-        });
-        self
-    }
-    fn cq(self, value: i32, user: i64, at: Timestamp) -> Cl {
-        self.vote("Commit-Queue", value, user, at)
-    }
-    fn dep(mut self, clid: i64, kind: dep::DepKind) -> Cl {
-        self.snapshot().deps.push(Dep {
-            clid,
-            kind: kind as i32,
-        });
-        self
-    }
-    fn hard(self, clid: i64) -> Cl {
-        self.dep(clid, dep::DepKind::Hard)
-    }
-    fn eversion(mut self, eversion: i64) -> Cl {
-        self.0.eversion = eversion;
-        self
-    }
-    fn status(mut self, status: gerrit_change::ChangeStatus) -> Cl {
-        self.gerrit().status = status as i32;
-        self
-    }
-    fn outdated(mut self) -> Cl {
-        self.snapshot().outdated = true;
-        self
-    }
-    fn footer(mut self, key: &str, value: &str) -> Cl {
-        self.snapshot().metadata.push(Footer {
-            key: key.into(),
-            value: value.into(),
-        });
-        self
-    }
-    fn revision_created(mut self, at: Timestamp) -> Cl {
-        self.gerrit().current_revision_created = Some(at);
-        self
-    }
-    fn watched_by(mut self, projects: &[(&str, &[&str])]) -> Cl {
-        self.0.applicable_config = Some(ApplicableConfig {
-            projects: projects
-                .iter()
-                .map(|(name, ids)| ApplicableProject {
-                    name: name.to_string(),
-                    config_group_ids: ids.iter().map(|i| i.to_string()).collect(),
-                })
-                .collect(),
-        });
-        self
-    }
-    fn build(self) -> ChangeList {
-        self.0
+
+    fn at_patchset(self, patchset: i32) -> Self {
+        let clid = self.clid();
+        self.patchset(patchset).revision(&format!("rev-{clid}"))
     }
 }
 
 /// The fixture's CL 101: main, CQ+2 by user-1 at T.
-fn cl101(hash: &str) -> Cl {
+fn cl101(hash: &str) -> ClBuilder {
     cl(101, "refs/heads/main", &[&format!("{hash}/g0")]).cq(2, 1, t(0))
 }
 
 /// The fixture's CL 202: refs/heads/other, patchset 3, CQ+1 by user-2 at T.
-fn cl202(hash: &str) -> Cl {
-    let mut c = cl(202, "refs/heads/other", &[&format!("{hash}/g1")]).cq(1, 2, t(0));
-    c.snapshot().patchset = 3;
-    c
+fn cl202(hash: &str) -> ClBuilder {
+    cl(202, "refs/heads/other", &[&format!("{hash}/g1")])
+        .at_patchset(3)
+        .cq(1, 2, t(0))
 }
 
 /// The fixture's CL 203: like 202, a git child of 202.
-fn cl203(hash: &str) -> Cl {
-    let mut c = cl(203, "refs/heads/other", &[&format!("{hash}/g1")])
+fn cl203(hash: &str) -> ClBuilder {
+    cl(203, "refs/heads/other", &[&format!("{hash}/g1")])
+        .at_patchset(3)
         .cq(1, 2, t(0))
-        .hard(202);
-    c.snapshot().patchset = 3;
-    c
+        .deps_hard(&[202])
 }
 
-fn trigger(mode: &str, user: i64, at: Timestamp) -> Trigger {
+fn trigger(mode: &str, n: i64, at: Timestamp) -> Trigger {
     Trigger {
         time: Some(at),
         mode: mode.into(),
-        email: format!("user-{user}@example.com"),
-        gerrit_account_id: user,
+        email: user(n),
+        gerrit_account_id: n,
         ..Default::default()
     }
 }
@@ -270,9 +178,9 @@ fn config_updated(config: ProjectConfig) -> Event {
     })
 }
 
-fn cls_updated(cls: Vec<Cl>) -> Event {
+fn cls_updated(cls: Vec<ClBuilder>) -> Event {
     Event::ClsUpdated(ClsUpdated {
-        cls: cls.into_iter().map(Cl::build).collect(),
+        cls: cls.iter().map(|c| c.build(None)).collect(),
     })
 }
 
@@ -549,8 +457,10 @@ fn a3_fallback_removed() {
 fn a4_group_renamed() {
     let mut p = a_fixture(true);
     let pcls = p.ps().pcls.clone();
-    let mut renamed = cfg1("H3", 3, true);
-    renamed.config_groups[1].name = "g11".into();
+    let renamed = ConfigBuilder::new("H3", 3)
+        .group("g0", g0)
+        .group("g11", |g| g1(g).fallback())
+        .build();
     p.send(config_updated(renamed));
     let e = p.eval_with(t(2 * MINUTE), probe);
     assert_eq!(p.ps().config_group_names, vec!["g0", "g11"]);
@@ -575,7 +485,7 @@ fn a5_stopped_project_reenabled_with_deleted_cl() {
     p.send(config_updated(cfg1("H", 1, true)));
     let cl102 = cl(102, "refs/heads/main", &["H/g0"])
         .cq(1, 3, t(0))
-        .hard(101);
+        .deps_hard(&[101]);
     p.send(cls_updated(vec![cl101("H"), cl202("H"), cl203("H"), cl102]));
     p.eval(t(MINUTE));
     p.send(config_updated(disabled("Hd", 2)));
@@ -583,8 +493,7 @@ fn a5_stopped_project_reenabled_with_deleted_cl() {
     assert_eq!(p.ps().status, p_state::Status::Stopped as i32);
     let (pcl202, pcl203) = (p.pcl(202).clone(), p.pcl(203).clone());
     // Deleted while stopped: the CL update is ignored, but the entity is gone.
-    let mut deleted = cl101("H").eversion(2);
-    deleted.0.deleted = true;
+    let deleted = cl101("H").eversion(2).deleted();
     p.send(cls_updated(vec![deleted]));
     p.send(config_updated(cfg1("H2", 3, false)));
     let e = p.eval(t(3 * MINUTE));
@@ -662,8 +571,8 @@ fn a_unspecified_config_state_is_ignored_with_a_trace() {
 
 /// The PCL the fold builds for a CL in project `project` (config cfg1 "H").
 /// A Run on the CL keeps the PCL tracked whatever its status.
-fn pcl_of(project: &str, cl: Cl, now: Timestamp) -> Pcl {
-    let clid = cl.0.clid;
+fn pcl_of(project: &str, cl: ClBuilder, now: Timestamp) -> Pcl {
+    let clid = cl.clid();
     let mut p = Project::new(project);
     p.send(config_updated(cfg1("H", 1, true)));
     p.eval(t(-HOUR));
@@ -712,13 +621,13 @@ fn b2_no_commit_queue_vote() {
 
 #[test]
 fn b3_abandoned() {
-    let c = cl101("H").status(gerrit_change::ChangeStatus::Abandoned);
+    let c = cl101("H").status_abandoned();
     assert_eq!(pcl_of("test", c, t(MINUTE)).triggers, None);
 }
 
 #[test]
 fn b4_merged() {
-    let c = cl101("H").status(gerrit_change::ChangeStatus::Merged);
+    let c = cl101("H").status_merged();
     assert_eq!(
         pcl_of("test", c, t(MINUTE)),
         Pcl {
@@ -745,8 +654,7 @@ fn b5_outdated_snapshot() {
 
 #[test]
 fn b6_snapshot_of_another_project() {
-    let mut c = cl101("H");
-    c.snapshot().luci_project = "another".into();
+    let c = cl101("H").snapshot_project("another");
     assert_eq!(
         pcl_of("test", c, t(MINUTE)),
         Pcl {
@@ -773,7 +681,7 @@ fn b7_cl_watched_by_another_project_only() {
 
 #[test]
 fn b8_watched_by_many_projects() {
-    let c = cl101("H").watched_by(&[("test", &["H/g0"]), ("another", &["X/g"])]);
+    let c = cl101("H").watched_by_groups(&[("test", &["H/g0"]), ("another", &["X/g"])]);
     let err = ClError {
         kind: Some(cl_error::Kind::WatchedByManyProjects(
             cl_error::WatchedByManyProjects {
@@ -845,7 +753,7 @@ fn b_cq_vote_rules_highest_wins_clamped_earliest_and_revision_time() {
         cq_triggers(trigger("FULL_RUN", 2, t(-2 * MINUTE)))
     );
     // A vote older than the current revision triggers at the revision's time.
-    let c = cl101("H").revision_created(t(30));
+    let c = cl101("H").uploaded(t(30));
     assert_eq!(
         pcl_of("test", c, t(MINUTE)).triggers,
         cq_triggers(trigger("FULL_RUN", 1, t(30)))
@@ -854,22 +762,22 @@ fn b_cq_vote_rules_highest_wins_clamped_earliest_and_revision_time() {
 
 #[test]
 fn b_additional_mode_and_new_patchset_trigger() {
-    let mut config = cfg1("H", 1, true);
-    config.config_groups[0].additional_modes.push(proto::Mode {
-        name: "QUICK_RUN".into(),
-        cq_label_value: 1,
-        triggering_label: "Quick-Run".into(),
-        triggering_value: 1,
-    });
-    config.config_groups[0].new_patchset_run = Some(proto::NewPatchsetRun {});
+    let config = ConfigBuilder::new("H", 1)
+        .group("g0", |g| {
+            g0(g)
+                .additional_mode("QUICK_RUN", 1, "Quick-Run", 1)
+                .new_patchset_run()
+        })
+        .group("g1", |g| g1(g).fallback())
+        .build();
     let mut p = Project::new("test");
     p.send(config_updated(config.clone()));
     p.eval(t(-HOUR));
-    let mut c = cl(101, "refs/heads/main", &["H/g0"])
+    let c = cl(101, "refs/heads/main", &["H/g0"])
         .cq(1, 1, t(0))
-        .vote("Quick-Run", 1, 1, t(0));
-    c.snapshot().patchset = 2;
-    c.0.trigger_new_patchset_run_after_ps = 1;
+        .vote("Quick-Run", 1, &user(1), t(0))
+        .at_patchset(2)
+        .new_patchset_run_after(1);
     p.send(cls_updated(vec![c]));
     p.eval(t(MINUTE));
     let triggers = p.pcl(101).triggers.clone().unwrap();
@@ -891,11 +799,11 @@ fn b_additional_mode_and_new_patchset_trigger() {
         })
     );
     // No new-patchset trigger once that patchset ran.
-    let mut c = cl(101, "refs/heads/main", &["H/g0"])
+    let c = cl(101, "refs/heads/main", &["H/g0"])
         .cq(1, 1, t(0))
-        .eversion(2);
-    c.snapshot().patchset = 2;
-    c.0.trigger_new_patchset_run_after_ps = 2;
+        .eversion(2)
+        .at_patchset(2)
+        .new_patchset_run_after(2);
     p.send(cls_updated(vec![c]));
     p.eval(t(2 * MINUTE));
     assert_eq!(
@@ -910,8 +818,8 @@ fn b_additional_mode_and_new_patchset_trigger() {
 
 #[test]
 fn b_owner_without_email_self_dep_and_denied_probably() {
-    let mut c = cl101("H").dep(101, dep::DepKind::Soft);
-    c.gerrit().owner_email.clear();
+    // An owner without email keeps the fixture's account id.
+    let c = cl101("H").deps_soft(&[101]).owner("").owner_account_id(99);
     let p = pcl_of("test", c, t(MINUTE));
     let kinds: Vec<_> = p
         .purge_reasons
@@ -929,13 +837,7 @@ fn b_owner_without_email_self_dep_and_denied_probably() {
     // A no-access record, recent ("denied probably": its time is after now)
     // or not, makes a CL watched by this project only UNWATCHED.
     for no_access_time in [t(HOUR), t(-HOUR)] {
-        let mut c = cl101("H");
-        c.0.access = Some(proto::Access {
-            no_access: vec![proto::NoAccess {
-                project: "test".into(),
-                no_access_time: Some(no_access_time),
-            }],
-        });
+        let c = cl101("H").no_access("test", no_access_time);
         let p = pcl_of("test", c, t(MINUTE));
         assert_eq!(p.status, pcl::Status::Unwatched as i32);
         assert!(p.triggers.is_none() && p.config_group_indexes.is_empty());
@@ -994,8 +896,7 @@ fn c2_dep_not_added_by_the_update_and_reverse_deps_marked() {
     assert_eq!(p.component_clids(), vec![vec![203]]);
     // 202 announced (without a vote: it stays a mere dep) ⇒ 203's component
     // is marked for triage because 203 depends on it.
-    let mut c = cl(202, "refs/heads/other", &["H/g1"]);
-    c.snapshot().patchset = 3;
+    let c = cl(202, "refs/heads/other", &["H/g1"]).at_patchset(3);
     p.send(cls_updated(vec![c]));
     p.eval_with(t(2 * MINUTE), probe);
     assert_eq!(p.pcl(202).status, pcl::Status::Ok as i32);
@@ -1011,8 +912,9 @@ fn c3_several_cls_in_one_event() {
     p.send(cls_updated(vec![cl101("H"), cl203("H")]));
     p.eval(t(MINUTE));
     let pcl101 = p.pcl(101).clone();
-    let mut gone = cl(404, "refs/heads/main", &["H/g0"]).eversion(404);
-    gone.0.deleted = true;
+    let gone = cl(404, "refs/heads/main", &["H/g0"])
+        .eversion(404)
+        .deleted();
     p.send(cls_updated(vec![
         gone,
         cl202("H"),
@@ -1037,19 +939,13 @@ fn c4_dep_typo_is_unwatched() {
     let mut p = Project::new("test");
     p.send(config_updated(cfg1("H", 1, true)));
     p.eval(t(0));
-    let typo = ChangeList {
-        clid: 999,
-        eversion: 1,
-        access: Some(proto::Access {
-            no_access: vec![proto::NoAccess {
-                project: "test".into(),
-                no_access_time: Some(t(-HOUR)),
-            }],
-        }),
-        ..Default::default()
-    };
-    p.send(Event::ClsUpdated(ClsUpdated { cls: vec![typo] }));
-    p.send(cls_updated(vec![cl101("H").dep(999, dep::DepKind::Soft)]));
+    // Known by id only: no snapshot, no applicable config.
+    let typo = ClBuilder::new("test", 999)
+        .no_snapshot()
+        .access_unknown()
+        .no_access("test", t(-HOUR));
+    p.send(cls_updated(vec![typo]));
+    p.send(cls_updated(vec![cl101("H").deps_soft(&[999])]));
     p.eval(t(MINUTE));
     assert_eq!(
         p.pcl(999),
@@ -1087,10 +983,10 @@ fn d_fixture() -> Project {
     let mut p = Project::new("test");
     p.send(config_updated(cfg1("H", 1, true)));
     p.eval(t(0));
-    let mut cl204 = cl(204, "refs/heads/other", &["H/g1"])
+    let cl204 = cl(204, "refs/heads/other", &["H/g1"])
+        .at_patchset(3)
         .cq(1, 2, t(0))
-        .hard(203);
-    cl204.snapshot().patchset = 3;
+        .deps_hard(&[203]);
     p.send(cls_updated(vec![cl101("H"), cl202("H"), cl203("H"), cl204]));
     p.send(run_created(a_run(
         "test/101-aaa",
@@ -1281,20 +1177,25 @@ fn d6_stopping_all_runs_finished() {
 /// and optionally test/203-deef on 203.
 fn d7_fixture(combinable: bool, run_on_203: bool) -> Project {
     let mut p = Project::new("test");
-    let mut config = cfg1("H", 1, true);
-    if combinable {
-        config.config_groups[0].combine_cls = Some(proto::CombineCls::default());
-    }
+    let config = ConfigBuilder::new("H", 1)
+        .group("g0", |g| {
+            if combinable {
+                g0(g).combine_cls_unset_delay()
+            } else {
+                g0(g)
+            }
+        })
+        .group("g1", |g| g1(g).fallback())
+        .build();
     p.send(config_updated(config));
     p.eval(t(0));
     let cl202 = cl(202, "refs/heads/main", &["H/g0"]).cq(2, 2, t(-10 * MINUTE));
     let cl203 = cl(203, "refs/heads/main", &["H/g0"])
         .cq(2, 3, t(-10 * MINUTE))
-        .hard(202);
+        .deps_hard(&[202]);
     let cl204 = cl(204, "refs/heads/main", &["H/g0"])
         .cq(2, 4, t(-10 * MINUTE))
-        .hard(202)
-        .hard(203);
+        .deps_hard(&[202, 203]);
     p.send(cls_updated(vec![cl202, cl203, cl204]));
     p.send(run_created(a_run(
         "test/202-deef",
@@ -1613,11 +1514,10 @@ fn f_fixture() -> (Project, String) {
     p.send(config_updated(cfg1("H", 1, true)));
     p.eval(t(0));
     let cl101 = cl(101, "refs/heads/main", &["H/g0"]);
-    let cl102 = cl(102, "refs/heads/main", &["H/g0"]).hard(101);
+    let cl102 = cl(102, "refs/heads/main", &["H/g0"]).deps_hard(&[101]);
     let cl103 = cl(103, "refs/heads/main", &["H/g0"])
         .cq(2, 3, t(-10 * MINUTE))
-        .hard(101)
-        .hard(102);
+        .deps_hard(&[101, 102]);
     p.send(cls_updated(vec![cl101, cl102, cl103]));
     let e = p.eval_with(t(MINUTE), deps_trigger);
     let op = op_id(T + 9 * MINUTE, 103);
@@ -1683,7 +1583,7 @@ fn f3_vote_completed() {
         .cq(2, 3, t(5 * MINUTE))
         .eversion(2);
     let cl102 = cl(102, "refs/heads/main", &["H/g0"])
-        .hard(101)
+        .deps_hard(&[101])
         .cq(2, 3, t(5 * MINUTE))
         .eversion(2);
     p.send(cls_updated(vec![cl101.clone(), cl102.clone()]));
@@ -1757,21 +1657,20 @@ fn started() -> Project {
     p
 }
 
-fn main_cl(clid: i64) -> Cl {
+fn main_cl(clid: i64) -> ClBuilder {
     cl(clid, "refs/heads/main", &["H/g0"])
 }
 
 #[test]
 fn g1_runs_and_triggers_make_cls_active() {
     let mut p = started();
-    let mut unknown = main_cl(12);
-    unknown.snapshot().luci_project = "elsewhere".into();
+    let unknown = main_cl(12).snapshot_project("elsewhere");
     p.send(cls_updated(vec![
         main_cl(5).cq(2, 1, t(0)),
-        main_cl(6).cq(2, 1, t(0)).hard(5),
+        main_cl(6).cq(2, 1, t(0)).deps_hard(&[5]),
         main_cl(7).cq(2, 1, t(0)),
-        main_cl(8).cq(2, 1, t(0)).hard(7),
-        main_cl(9).cq(2, 1, t(0)).hard(7).hard(8),
+        main_cl(8).cq(2, 1, t(0)).deps_hard(&[7]),
+        main_cl(9).cq(2, 1, t(0)).deps_hard(&[7, 8]),
         unknown,
     ]));
     p.send(run_created(a_run(
@@ -1799,11 +1698,8 @@ fn g3_created_run_loads_its_cls_once() {
     // 13 and 11 are known CLs but not tracked: announced before the project
     // started, their updates were ignored.
     let mut p = Project::new("test");
-    let cl13 = main_cl(13)
-        .cq(2, 1, t(0))
-        .dep(11, dep::DepKind::Soft)
-        .dep(12, dep::DepKind::Soft);
-    let cl11 = cl_in("test-b", 11, "refs/heads/main", &["B/b"]).hard(10);
+    let cl13 = main_cl(13).cq(2, 1, t(0)).deps_soft(&[11, 12]);
+    let cl11 = cl_in("test-b", 11, "refs/heads/main", &["B/b"]).deps_hard(&[10]);
     p.send(cls_updated(vec![cl13, cl11]));
     p.eval(t(-MINUTE));
     p.send(config_updated(cfg1("H", 1, true)));
@@ -1864,7 +1760,7 @@ fn g4_created_run_on_a_cl_without_entity() {
 
 #[test]
 fn g5_submitted_cl() {
-    let merged = || main_cl(1).status(gerrit_change::ChangeStatus::Merged);
+    let merged = || main_cl(1).status_merged();
     // Alone: unused.
     let mut p = started();
     p.send(cls_updated(vec![merged()]));
@@ -1886,7 +1782,7 @@ fn g5_submitted_cl() {
     let mut p = started();
     p.send(cls_updated(vec![
         merged(),
-        main_cl(2).cq(1, 1, t(0)).hard(1),
+        main_cl(2).cq(1, 1, t(0)).deps_hard(&[1]),
     ]));
     p.eval(t(MINUTE));
     assert_eq!(p.pcl_ids(), vec![1, 2]);
@@ -1896,22 +1792,18 @@ fn g5_submitted_cl() {
 #[test]
 fn g6_trigger_age() {
     let now = T + 10 * DAY;
-    let old = |clid: i64, at: i64| {
-        main_cl(clid)
-            .revision_created(ts(now - 8 * DAY))
-            .cq(1, 1, ts(at))
-    };
+    let old = |clid: i64, at: i64| main_cl(clid).uploaded(ts(now - 8 * DAY)).cq(1, 1, ts(at));
     let mut p = Project::new("test");
     // CL 4: known but untracked; CQ+2 at exactly now - 7 days.
     p.send(cls_updated(vec![main_cl(4)
-        .revision_created(ts(now - 8 * DAY))
+        .uploaded(ts(now - 8 * DAY))
         .cq(2, 1, ts(now - 7 * DAY))]));
     p.eval(ts(now - 2 * HOUR));
     p.send(config_updated(cfg1("H", 1, true)));
     p.eval(ts(now - HOUR));
     assert!(p.ps().pcls.is_empty());
     p.send(cls_updated(vec![
-        old(1, now - MINUTE).hard(4),
+        old(1, now - MINUTE).deps_hard(&[4]),
         old(2, now - 7 * DAY + 1),
         old(3, now - 7 * DAY),
     ]));
@@ -1931,7 +1823,7 @@ fn h1_active_cls_with_active_deps_form_one_component() {
     p.send(cls_updated(vec![
         main_cl(1).cq(1, 1, t(0)),
         main_cl(2),
-        main_cl(3).cq(1, 1, t(0)).hard(1),
+        main_cl(3).cq(1, 1, t(0)).deps_hard(&[1]),
     ]));
     p.eval_with(t(MINUTE), probe);
     assert_eq!(p.pcl_ids(), vec![1, 3]);
@@ -1945,14 +1837,14 @@ fn h2_all_unused() {
     p.send(cls_updated(vec![
         main_cl(1).cq(1, 1, t(0)),
         main_cl(2).cq(1, 1, t(0)),
-        main_cl(3).cq(1, 1, t(0)).hard(2),
+        main_cl(3).cq(1, 1, t(0)).deps_hard(&[2]),
     ]));
     p.eval(t(MINUTE));
     assert_eq!(p.component_clids(), vec![vec![1], vec![2, 3]]);
     p.send(cls_updated(vec![
         main_cl(1).eversion(2),
         main_cl(2).eversion(2),
-        main_cl(3).hard(2).eversion(2),
+        main_cl(3).deps_hard(&[2]).eversion(2),
     ]));
     p.eval(t(2 * MINUTE));
     assert!(p.ps().pcls.is_empty() && p.ps().components.is_empty());
@@ -1963,11 +1855,11 @@ fn h3_component_shrinks() {
     let mut p = started();
     p.send(cls_updated(vec![
         main_cl(1).cq(1, 1, t(0)),
-        main_cl(2).cq(1, 1, t(0)).hard(1),
+        main_cl(2).cq(1, 1, t(0)).deps_hard(&[1]),
     ]));
     p.eval(t(MINUTE));
     assert_eq!(p.component_clids(), vec![vec![1, 2]]);
-    p.send(cls_updated(vec![main_cl(2).hard(1).eversion(2)]));
+    p.send(cls_updated(vec![main_cl(2).deps_hard(&[1]).eversion(2)]));
     p.eval_with(t(2 * MINUTE), probe);
     assert_eq!(p.pcl_ids(), vec![1]);
     assert_eq!(p.component_clids(), vec![vec![1]]);
@@ -2003,8 +1895,8 @@ fn h4_unchanged_component_is_reused() {
 fn h6_deps_not_in_components() {
     let mut p = started();
     p.send(cls_updated(vec![
-        main_cl(1).cq(1, 1, t(0)).hard(3).hard(4).hard(5),
-        main_cl(2).cq(1, 1, t(0)).hard(4).hard(5),
+        main_cl(1).cq(1, 1, t(0)).deps_hard(&[3, 4, 5]),
+        main_cl(2).cq(1, 1, t(0)).deps_hard(&[4, 5]),
         main_cl(3).cq(1, 1, t(0)),
         main_cl(4),
     ]));
@@ -2022,7 +1914,7 @@ fn h6_deps_not_in_components() {
 #[test]
 fn h7_created_run_joins_its_cls() {
     let mut p = started();
-    p.send(cls_updated(vec![main_cl(1), main_cl(2).hard(1)]));
+    p.send(cls_updated(vec![main_cl(1), main_cl(2).deps_hard(&[1])]));
     p.send(run_created(a_run(
         "test/id",
         "DRY_RUN",
@@ -2079,7 +1971,7 @@ fn h8_created_run_merges_components() {
 
 const I_PROJECT: &str = "luci-project";
 
-fn i_cl(clid: i64) -> Cl {
+fn i_cl(clid: i64) -> ClBuilder {
     cl_in(I_PROJECT, clid, "refs/heads/main", &["hash/main"]).cq(1, clid, t(-HOUR))
 }
 
@@ -2103,11 +1995,11 @@ fn i_setup(c: &Component, view: &PmView<'_>) -> Result<TriageResult, TriageError
 /// {999}, {1, dt T+1m}, {2, dt T+2m}, {3, dt T+3m}; next_eval_time T+1m.
 fn i_fixture() -> Project {
     let mut p = Project::new(I_PROJECT);
-    p.send(config_updated(enabled(
-        "hash",
-        1,
-        vec![group("main", "repo/a", &["refs/heads/main"], false)],
-    )));
+    p.send(config_updated(
+        ConfigBuilder::new("hash", 1)
+            .group("main", |g| g.watch(HOST, "repo/a", "refs/heads/main"))
+            .build(),
+    ));
     p.eval(t(-HOUR));
     p.send(cls_updated(vec![i_cl(1), i_cl(2), i_cl(3), i_cl(999)]));
     p.eval_with(t(0), i_setup);
@@ -2475,8 +2367,11 @@ fn i9_run_creation_requests() {
 fn j2_stop_with_incomplete_runs_then_finish_one_by_one() {
     use project_log::LogReason::{ConfigChanged, StatusChanged};
     let mut p = Project::new("infra");
-    let config =
-        |hash: &str, eversion| enabled(hash, eversion, vec![group("g", "repo/a", &[], false)]);
+    let config = |hash: &str, eversion| {
+        ConfigBuilder::new(hash, eversion)
+            .group("g", |g| g.watch_default_ref(HOST, "repo/a"))
+            .build()
+    };
     p.send(config_updated(config("h1", 1)));
     p.send(config_updated(config("h1", 1)));
     let e1 = p.eval(t(0));
@@ -2570,9 +2465,9 @@ fn j2_stop_with_incomplete_runs_then_finish_one_by_one() {
         state: after_first,
         revision: 3,
     };
-    let mut deleted = disabled("h1", 2);
-    deleted.state = project_config::State::Deleted as i32;
-    p.send(config_updated(deleted));
+    p.send(config_updated(
+        ConfigBuilder::new("h1", 2).deleted().build(),
+    ));
     let e = p.eval(t(MINUTE));
     assert_eq!(e.eversion, 2);
     assert_eq!(p.ps().status, p_state::Status::Stopped as i32);

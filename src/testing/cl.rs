@@ -33,6 +33,9 @@ pub(crate) enum Watching {
     ThisProject,
     /// Watched by these projects (the scenario's project among them or not).
     Projects(Vec<String>),
+    /// Watched by these projects, each in these config groups (full ids
+    /// `<hash>/<name>`), as given.
+    Groups(Vec<(String, Vec<String>)>),
     /// No applicable config: the PM's access to the CL is unknown.
     Unknown,
 }
@@ -63,10 +66,14 @@ pub(crate) enum Watching {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ClBuilder {
+    /// The LUCI project of the CL (its applicable config is resolved for it).
+    pub(crate) project: String,
     pub(crate) cl: ChangeList,
     pub(crate) groups: Vec<String>,
     pub(crate) group_ids: Option<Vec<String>>,
     pub(crate) watching: Watching,
+    /// The entity is built without a snapshot.
+    pub(crate) no_snapshot: bool,
 }
 
 impl ClBuilder {
@@ -81,13 +88,12 @@ impl ClBuilder {
     /// groups (see [`ClBuilder::group`]) or else in the groups whose watches
     /// match; without `config`, watched in no group.
     pub fn build(&self, config: Option<&ProjectConfig>) -> ChangeList {
-        let project = self
-            .cl
-            .snapshot
-            .as_ref()
-            .map(|s| s.luci_project.clone())
-            .unwrap_or_default();
-        self.entity(&project, config)
+        self.entity(&self.project, config)
+    }
+
+    /// The CL id.
+    pub fn clid(&self) -> i64 {
+        self.cl.clid
     }
 
     /// The CL entity, its applicable config resolved for `project` against
@@ -132,6 +138,15 @@ impl ClBuilder {
                     ClBuilder::applicable(project, ids)
                 })
             }
+            Watching::Groups(projects) => Some(ApplicableConfig {
+                projects: projects
+                    .iter()
+                    .map(|(name, ids)| ApplicableProject {
+                        name: name.clone(),
+                        config_group_ids: ids.clone(),
+                    })
+                    .collect(),
+            }),
             Watching::Projects(projects) => Some(ApplicableConfig {
                 projects: projects
                     .iter()
@@ -146,12 +161,16 @@ impl ClBuilder {
                     .collect(),
             }),
         };
+        if self.no_snapshot {
+            cl.snapshot = None;
+        }
         cl
     }
 
     /// The first version of a CL.
     pub(crate) fn first(project: &str, clid: i64) -> ClBuilder {
         let mut b = ClBuilder {
+            project: project.to_string(),
             cl: ChangeList {
                 clid,
                 eversion: 1,
@@ -173,6 +192,7 @@ impl ClBuilder {
             groups: Vec::new(),
             group_ids: None,
             watching: Watching::ThisProject,
+            no_snapshot: false,
         };
         b = b.owner("user-1@example.com").patchset(1);
         b
@@ -241,6 +261,21 @@ impl ClBuilder {
     /// derives one from the email).
     pub fn owner_account_id(mut self, account_id: i64) -> Self {
         self.gerrit().owner_account_id = account_id;
+        self
+    }
+
+    /// Sets the LUCI project the snapshot was fetched for (default: the CL's
+    /// project), e.g. a snapshot of another project; the applicable config
+    /// is still resolved for the CL's project.
+    pub fn snapshot_project(mut self, luci_project: &str) -> Self {
+        self.snapshot().luci_project = luci_project.to_string();
+        self
+    }
+
+    /// Builds the entity without a snapshot, as for a CL that CV knows only
+    /// by id (e.g. a dep the project cannot see); the other settings stay.
+    pub fn no_snapshot(mut self) -> Self {
+        self.no_snapshot = true;
         self
     }
 
@@ -402,6 +437,23 @@ impl ClBuilder {
     /// Makes the CL watched by exactly these projects (`&[]`: by none).
     pub fn watched_by_projects(mut self, projects: &[&str]) -> Self {
         self.watching = Watching::Projects(projects.iter().map(|p| p.to_string()).collect());
+        self
+    }
+
+    /// Makes the CL watched by exactly these projects, each in these config
+    /// groups given by full id (`"<hash>/<name>"`), whatever the config.
+    pub fn watched_by_groups(mut self, projects: &[(&str, &[&str])]) -> Self {
+        self.watching = Watching::Groups(
+            projects
+                .iter()
+                .map(|(name, ids)| {
+                    (
+                        name.to_string(),
+                        ids.iter().map(|id| id.to_string()).collect(),
+                    )
+                })
+                .collect(),
+        );
         self
     }
 

@@ -129,6 +129,16 @@ impl GroupBuilder {
         self
     }
 
+    /// Combines dependent CLs into one Run, leaving `stabilization_delay`
+    /// unset (`combine_cls {}`): the triager reads an unset delay apart from
+    /// a zero one (a CL's purge is due now, not at its CQ vote's time).
+    pub fn combine_cls_unset_delay(mut self) -> Self {
+        self.group.combine_cls = Some(CombineCls {
+            stabilization_delay: None,
+        });
+        self
+    }
+
     /// Gives the group a tryjob builder allowing `NEW_PATCHSET_RUN`.
     pub fn new_patchset_run(mut self) -> Self {
         self.group.new_patchset_run = Some(NewPatchsetRun {});
