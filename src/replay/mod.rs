@@ -309,6 +309,17 @@ pub struct InputSummary {
     pub data: Value,
 }
 
+impl std::fmt::Display for InputSummary {
+    /// `revision N Type {json}`, as the replay tool prints a batch's inputs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "revision {} {} {}",
+            self.revision, self.event_type, self.data
+        )
+    }
+}
+
 /// Summaries of a batch's input events.
 pub fn summarize(inputs: &[RecordedEvent]) -> Vec<InputSummary> {
     inputs

@@ -1490,7 +1490,7 @@ mod tests {
         for filter in [
             StreamFilter::default(),
             StreamFilter {
-                prefixes: vec!["project-".into(), "p%".into()],
+                prefixes: vec!["stream-".into(), "p%".into()],
             },
         ] {
             let (sql, values) = read_all_query(10, 100, &filter);

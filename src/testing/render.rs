@@ -15,8 +15,8 @@ use super::T0;
 use crate::domain::Evaluation;
 use crate::proto::{
     action::Action, cl_error, dep, p_state, pcl, purge_reason, purging_cl, ClError, Component,
-    CreateRun, Dep, PRun, PState, Pcl, PurgeCl, PurgeReason, PurgingCl, Trigger, TriggeringClDeps,
-    Triggers,
+    CreateRun, Dep, Mode, PRun, PState, Pcl, PurgeCl, PurgeReason, PurgingCl, Trigger,
+    TriggeringClDeps, Triggers,
 };
 
 /// An instant relative to `T0`: `T0`, `T0+5m`, `T0-1h30m`, `T0+1d2h3m4.5s`;
@@ -69,13 +69,17 @@ pub fn trigger(t: &Trigger) -> String {
         let _ = write!(out, " label={}", t.additional_label);
     }
     if let Some(m) = &t.mode_definition {
-        let _ = write!(
-            out,
-            " mode_definition={}(cq={} {}={})",
-            m.name, m.cq_label_value, m.triggering_label, m.triggering_value
-        );
+        let _ = write!(out, " mode_definition={}", mode(m));
     }
     out
+}
+
+/// A run mode definition: `NAME(cq=V LABEL=VALUE)`.
+pub fn mode(m: &Mode) -> String {
+    format!(
+        "{}(cq={} {}={})",
+        m.name, m.cq_label_value, m.triggering_label, m.triggering_value
+    )
 }
 
 /// The triggers of a CL or a purge: `cq=[…] npr=[…]`.
@@ -407,11 +411,7 @@ pub fn create_run(r: &CreateRun) -> String {
         let _ = write!(out, "\n    options={o:?}");
     }
     if let Some(m) = &r.mode_definition {
-        let _ = write!(
-            out,
-            "\n    mode_definition={}(cq={} {}={})",
-            m.name, m.cq_label_value, m.triggering_label, m.triggering_value
-        );
+        let _ = write!(out, "\n    mode_definition={}", mode(m));
     }
     out
 }

@@ -183,12 +183,7 @@ async fn run(cli: Cli) -> Result<i32, ReplayError> {
                                 .map_err(out_error)?;
                             writeln!(out, "input events of the batch:").map_err(out_error)?;
                             for input in &d.inputs {
-                                writeln!(
-                                    out,
-                                    "  revision {} {} {}",
-                                    input.revision, input.event_type, input.data
-                                )
-                                .map_err(out_error)?;
+                                writeln!(out, "  {input}").map_err(out_error)?;
                             }
                             writeln!(out, "recorded -> recomputed:").map_err(out_error)?;
                             for change in &d.changes {
@@ -240,12 +235,7 @@ async fn run(cli: Cli) -> Result<i32, ReplayError> {
                         )
                         .map_err(out_error)?;
                         for input in &entry.inputs {
-                            writeln!(
-                                out,
-                                "  revision {} {} {}",
-                                input.revision, input.event_type, input.data
-                            )
-                            .map_err(out_error)?;
+                            writeln!(out, "  {input}").map_err(out_error)?;
                         }
                     }
                 }
