@@ -3,7 +3,12 @@
 //! This test scans every file under `src/domain` and names the file and line
 //! of any offending token (comment lines are ignored).
 
-use std::path::{Path, PathBuf};
+#[path = "common/sources.rs"]
+mod sources;
+
+use std::path::Path;
+
+use sources::rust_files;
 
 /// Tokens that must not appear in code under `src/domain`, and why.
 const FORBIDDEN: &[(&str, &str)] = &[
@@ -19,19 +24,6 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("HashMap", "unordered map (use BTreeMap)"),
     ("HashSet", "unordered set (use BTreeSet)"),
 ];
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let entries =
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
-    for entry in entries {
-        let path = entry.expect("directory entry").path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 /// The code part of a line: nothing for comment lines, the text before a
 /// trailing `//` comment otherwise.
@@ -50,9 +42,7 @@ fn code_of(line: &str) -> &str {
 #[test]
 fn domain_has_no_io_clock_randomness_or_unordered_collections() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/domain");
-    let mut files = Vec::new();
-    rust_files(&root, &mut files);
-    files.sort();
+    let files = rust_files(&root);
     assert!(!files.is_empty(), "no file under {}", root.display());
     let mut violations = Vec::new();
     for file in &files {

@@ -329,16 +329,6 @@ fn poke_poller() -> action::Action {
     action::Action::PokePoller(proto::PokePoller {})
 }
 
-fn purges(e: &Evaluation) -> Vec<&PurgeCl> {
-    e.actions
-        .iter()
-        .filter_map(|a| match a {
-            action::Action::PurgeCl(p) => Some(p),
-            _ => None,
-        })
-        .collect()
-}
-
 fn no_notification() -> Option<purging_cl::Notification> {
     Some(purging_cl::Notification::default())
 }
@@ -1256,7 +1246,7 @@ fn d7_failed_chained_vote_run_purges_children() {
     let e = p.eval(t(2 * MINUTE));
     let now = T + 2 * MINUTE;
     assert_eq!(
-        purges(&e),
+        e.purges(),
         vec![
             &dep_run_failed_purge(203, 3, no_notification(), now),
             &dep_run_failed_purge(204, 4, None, now)
@@ -1273,7 +1263,7 @@ fn d7_failed_chained_vote_run_purges_children() {
         t(MINUTE),
     ));
     let e = p.eval(t(2 * MINUTE));
-    assert!(purges(&e).is_empty());
+    assert!(e.purges().is_empty());
 
     // A child with its own incomplete single-CL Run is spared.
     let mut p = d7_fixture(false, true);
@@ -1283,7 +1273,7 @@ fn d7_failed_chained_vote_run_purges_children() {
         t(MINUTE),
     ));
     let e = p.eval(t(2 * MINUTE));
-    assert_eq!(purges(&e), vec![&dep_run_failed_purge(204, 4, None, now)]);
+    assert_eq!(e.purges(), vec![&dep_run_failed_purge(204, 4, None, now)]);
 }
 
 #[test]
@@ -1300,7 +1290,7 @@ fn d7_combinable_group_run_is_purged_like_a_chained_vote_run() {
     let e = p.eval(t(2 * MINUTE));
     let now = T + 2 * MINUTE;
     assert_eq!(
-        purges(&e),
+        e.purges(),
         vec![
             &dep_run_failed_purge(203, 3, no_notification(), now),
             &dep_run_failed_purge(204, 4, None, now)
@@ -1641,7 +1631,7 @@ fn f4_vote_failed_purges_origin_and_voted_deps() {
         luci_project: "test".into(),
     };
     assert_eq!(
-        purges(&e),
+        e.purges(),
         vec![&expected(101, no_notification()), &expected(103, None)]
     );
 }

@@ -104,26 +104,6 @@ fn components(s: &Scenario) -> Vec<Vec<i64>> {
         .collect()
 }
 
-fn create_runs(s: &Scenario) -> Vec<&CreateRun> {
-    s.last_actions()
-        .iter()
-        .filter_map(|a| match a {
-            Action::CreateRun(r) => Some(r),
-            _ => None,
-        })
-        .collect()
-}
-
-fn purges(s: &Scenario) -> Vec<&PurgeCl> {
-    s.last_actions()
-        .iter()
-        .filter_map(|a| match a {
-            Action::PurgeCl(p) => Some(p),
-            _ => None,
-        })
-        .collect()
-}
-
 fn dep_votes(s: &Scenario) -> Vec<&TriggerClDeps> {
     s.last_actions()
         .iter()
@@ -140,7 +120,7 @@ fn input_clids(r: &CreateRun) -> Vec<i64> {
 
 /// The only purge of the last evaluation, for CL `clid`.
 fn only_purge(s: &Scenario, clid: i64) -> &PurgeCl {
-    let all = purges(s);
+    let all = s.last_purges();
     assert_eq!(all.len(), 1, "{}", s.render());
     let p = all[0];
     assert_eq!(p.purging_cl.as_ref().unwrap().clid, clid);
@@ -176,7 +156,7 @@ fn r1a_npr_only_cl_is_active_and_gets_an_npr_run() {
         })
     );
     assert_eq!(components(&s), vec![vec![1]]);
-    let runs = create_runs(&s);
+    let runs = s.last_create_runs();
     assert_eq!(runs.len(), 1, "{}", s.render());
     let r = runs[0];
     assert_eq!(r.mode, NEW_PATCHSET_RUN);
@@ -233,14 +213,14 @@ fn r2(allow_submit_with_open_deps: bool, kind: DepKind) -> Scenario {
 #[test]
 fn r2_allow_submit_with_open_deps_runs_without_chained_votes() {
     let s = r2(true, DepKind::Hard);
-    let runs = create_runs(&s);
+    let runs = s.last_create_runs();
     assert_eq!(runs.len(), 1, "{}", s.render());
     assert_eq!(runs[0].mode, FULL_RUN);
     assert_eq!(input_clids(runs[0]), vec![2]);
     assert!(runs[0].dep_runs.is_empty());
     assert!(dep_votes(&s).is_empty());
     assert!(s.state().triggering_cl_deps.is_empty());
-    assert!(purges(&s).is_empty());
+    assert!(s.last_purges().is_empty());
     insta::assert_snapshot!(s.render());
 }
 
@@ -261,7 +241,7 @@ fn r2_allow_submit_with_open_deps_keeps_soft_deps_invalid() {
             apply_to: Some(purge_reason::ApplyTo::Triggers(cq_only(cq))),
         }]
     );
-    assert!(create_runs(&s).is_empty());
+    assert!(s.last_create_runs().is_empty());
     insta::assert_snapshot!(s.render());
 }
 
@@ -272,7 +252,7 @@ fn r2_without_the_flag_hard_deps_get_chained_votes() {
     assert_eq!(votes.len(), 1, "{}", s.render());
     let op = votes[0].triggering_cl_deps.as_ref().unwrap();
     assert_eq!((op.origin_clid, op.dep_clids.clone()), (2, vec![1]));
-    assert!(create_runs(&s).is_empty());
+    assert!(s.last_create_runs().is_empty());
     insta::assert_snapshot!(s.render());
 }
 
@@ -315,7 +295,7 @@ fn r3_cl_matching_no_config_group_is_unwatched_and_an_invalid_dep() {
         p.purging_cl.as_ref().unwrap().apply_to,
         Some(purging_cl::ApplyTo::Triggers(triggers))
     );
-    assert!(create_runs(&s).is_empty());
+    assert!(s.last_create_runs().is_empty());
     insta::assert_snapshot!(s.render());
 }
 
@@ -351,7 +331,7 @@ fn r4_malformed_owner_email_is_purged_on_all_triggers() {
     );
     assert_eq!(purging.operation_id, format!("{}-1", t(10).seconds));
     assert_eq!(purge.purge_reasons, vec![reason]);
-    assert!(create_runs(&s).is_empty());
+    assert!(s.last_create_runs().is_empty());
     insta::assert_snapshot!(s.render());
 }
 
@@ -359,7 +339,7 @@ fn r4_malformed_owner_email_is_purged_on_all_triggers() {
 fn r4_owner_email_with_a_plus_is_valid() {
     let s = r4("owner+cq@example.com");
     assert!(pcl_of(&s, 1).purge_reasons.is_empty());
-    let runs = create_runs(&s);
+    let runs = s.last_create_runs();
     assert_eq!(runs.len(), 1, "{}", s.render());
     assert_eq!(runs[0].mode, DRY_RUN);
     assert_eq!(runs[0].owner, "user:owner+cq@example.com");
@@ -450,7 +430,7 @@ fn r5a_custom_mode_trigger_is_purged_as_the_cq_vote_trigger() {
 #[test]
 fn r5b_custom_mode_run_is_counted_as_a_cq_vote_run() {
     let s = r5_project().cl(3, |b| quick_votes(cl(3, b))).evaluate();
-    let runs = create_runs(&s);
+    let runs = s.last_create_runs();
     assert_eq!(runs.len(), 1, "{}", s.render());
     assert_eq!(
         (runs[0].mode.as_str(), input_clids(runs[0])),
@@ -507,7 +487,7 @@ fn r6_npr_trigger_carries_the_owner_account_id_into_the_run_id() {
             .and_then(|t| t.new_patchset_run_trigger.clone()),
         Some(npr.clone())
     );
-    let runs = create_runs(&s);
+    let runs = s.last_create_runs();
     let modes: Vec<&str> = runs.iter().map(|r| r.mode.as_str()).collect();
     assert_eq!(modes, vec![DRY_RUN, NEW_PATCHSET_RUN], "{}", s.render());
     let r = runs[1];
@@ -547,7 +527,7 @@ fn r7_failed_full_run_of_a_combined_stack_purges_the_child() {
     .cl(1, |b| u1_cq(cl(1, b), 2, t(-10)))
     .cl(2, |b| u1_cq(cl(2, b), 2, t(-10)).deps_hard(&[1]))
     .evaluate();
-    let runs = create_runs(&s);
+    let runs = s.last_create_runs();
     assert_eq!(runs.len(), 1, "{}", s.render());
     assert_eq!(
         (runs[0].mode.as_str(), input_clids(runs[0])),
@@ -581,7 +561,7 @@ fn r7_failed_full_run_of_a_combined_stack_purges_the_child() {
     );
     // Top of the stack: the default notification.
     assert_eq!(purging.notification, None);
-    assert!(create_runs(&s).is_empty());
+    assert!(s.last_create_runs().is_empty());
     insta::assert_snapshot!(s.render());
 }
 
@@ -604,7 +584,7 @@ fn r8(git_ref: &str) -> Scenario {
 fn r8_empty_ref_regexp_watches_master() {
     let s = r8("refs/heads/master");
     assert_eq!(pcl_of(&s, 1).config_group_indexes, vec![0]);
-    let runs = create_runs(&s);
+    let runs = s.last_create_runs();
     assert_eq!(runs.len(), 1, "{}", s.render());
     assert_eq!(
         (runs[0].mode.as_str(), input_clids(runs[0])),
@@ -618,7 +598,7 @@ fn r8_empty_ref_regexp_does_not_watch_main() {
     let s = r8("refs/heads/main");
     // No group: UNWATCHED (R3), hence not active and dropped, and no Run.
     assert!(s.state().pcls.is_empty(), "{}", s.render());
-    assert!(create_runs(&s).is_empty());
+    assert!(s.last_create_runs().is_empty());
     // The dropped PCL, as the fold's makePCL builds it from the known CL.
     assert_eq!(
         make_pcl(&s, 1),

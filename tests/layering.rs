@@ -6,7 +6,12 @@
 //! and the forbidden module.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+#[path = "common/sources.rs"]
+mod sources;
+
+use std::path::Path;
+
+use sources::rust_files;
 
 /// Every top-level module of the library and what it may import. A module
 /// missing from this table is an error too, so that a new module gets a row.
@@ -96,19 +101,6 @@ const ALLOWED: &[(&str, &[&str])] = &[
 
 /// Files that are not hand-written modules (generated code, entry points).
 const SKIPPED: &[&str] = &["src/proto.rs", "src/lib.rs", "src/main.rs"];
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let entries =
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
-    for entry in entries {
-        let path = entry.expect("directory entry").path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 /// The module a file belongs to: `src/<m>.rs` or `src/<m>/…` gives `m`,
 /// `tools/<t>/…` gives `tools/<t>`.
@@ -218,10 +210,8 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
 #[test]
 fn every_module_imports_only_what_the_layering_table_allows() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
-    rust_files(&root.join("tools"), &mut files);
-    files.sort();
+    let mut files = rust_files(&root.join("src"));
+    files.extend(rust_files(&root.join("tools")));
     assert!(files.len() > 30, "found only {} files", files.len());
     let mut violations = Vec::new();
     let mut seen_modules = BTreeSet::new();

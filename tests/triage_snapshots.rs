@@ -50,17 +50,6 @@ fn sections(parts: &[(&str, &Scenario)]) -> String {
         .join("\n")
 }
 
-/// The `CreateRun` actions of the last evaluation.
-fn created_runs(s: &Scenario) -> Vec<&prjmanager::proto::CreateRun> {
-    s.last_actions()
-        .iter()
-        .filter_map(|a| match a {
-            Action::CreateRun(r) => Some(r),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The CLs of a `CreateRun`.
 fn clids(r: &prjmanager::proto::CreateRun) -> Vec<i64> {
     r.input_cls.iter().map(|c| c.clid).collect()
@@ -114,7 +103,7 @@ fn k2c_some_deps_voted_runs_the_bottom_and_votes_for_the_top() {
         })
         .at(t(1))
         .evaluate();
-    let runs = created_runs(&s);
+    let runs = s.last_create_runs();
     assert_eq!(runs.len(), 1, "{}", s.render());
     assert_eq!(clids(runs[0]), vec![31]);
     assert!(runs[0].dep_runs.is_empty());
@@ -136,13 +125,13 @@ fn k2d_all_voted_stack_creates_runs_bottom_up_with_dep_runs() {
         })
         .at(t(1))
         .evaluate();
-    let first = created_runs(&s);
+    let first = s.last_create_runs();
     assert_eq!(first.len(), 1, "{}", s.render());
     assert_eq!(clids(first[0]), vec![31]);
     assert!(first[0].dep_runs.is_empty());
     let rid31 = first[0].run_id.clone();
     let s = s.create_requested_runs().evaluate();
-    let second = created_runs(&s);
+    let second = s.last_create_runs();
     assert_eq!(second.len(), 1, "{}", s.render());
     assert_eq!(clids(second[0]), vec![32]);
     assert_eq!(second[0].dep_runs, vec![rid31.clone()]);
@@ -153,7 +142,7 @@ fn k2d_all_voted_stack_creates_runs_bottom_up_with_dep_runs() {
         .cl(31, |cl| cl.no_votes().status_merged())
         .run_finished(&rid31, Status::Succeeded)
         .evaluate();
-    let third = created_runs(&s);
+    let third = s.last_create_runs();
     assert_eq!(third.len(), 1, "{}", s.render());
     assert_eq!(clids(third[0]), vec![32]);
     assert!(third[0].dep_runs.is_empty());
@@ -460,7 +449,7 @@ fn existing_run_still_running_rechecks_in_5s() {
     let s = existing_run()
         .run(VECTOR_RUN_ID, |r| r.mode(FULL_RUN).cls(&[]))
         .evaluate();
-    assert!(created_runs(&s).is_empty(), "{}", s.render());
+    assert!(s.last_create_runs().is_empty(), "{}", s.render());
     insta::assert_snapshot!(s.render());
 }
 
@@ -474,7 +463,7 @@ fn existing_run_just_ended_waits_a_minute_after_its_end() {
         .run_finished(VECTOR_RUN_ID, Status::Cancelled)
         .at(t_sec(3505))
         .evaluate();
-    assert!(created_runs(&s).is_empty(), "{}", s.render());
+    assert!(s.last_create_runs().is_empty(), "{}", s.render());
     insta::assert_snapshot!(s.render());
 }
 
@@ -503,11 +492,11 @@ fn existing_run_ended_long_ago_purges_reused_triggers() {
 #[test]
 fn existing_run_requested_recently_is_not_requested_again() {
     let s = existing_run().evaluate();
-    assert_eq!(created_runs(&s).len(), 1, "{}", s.render());
+    assert_eq!(s.last_create_runs().len(), 1, "{}", s.render());
     let s = s.at(t_sec(3530)).poke().evaluate();
-    assert!(created_runs(&s).is_empty(), "{}", s.render());
+    assert!(s.last_create_runs().is_empty(), "{}", s.render());
     let s = s.at(t_sec(3560)).evaluate();
-    let again = created_runs(&s);
+    let again = s.last_create_runs();
     assert_eq!(again.len(), 1, "{}", s.render());
     assert_eq!(again[0].run_id, VECTOR_RUN_ID);
     insta::assert_snapshot!(s.render());
@@ -536,7 +525,7 @@ fn combinable_stack_waits_for_stabilization_then_creates_one_run() {
         .evaluate()
         .at(t(5))
         .evaluate();
-    let runs = created_runs(&s);
+    let runs = s.last_create_runs();
     assert_eq!(runs.len(), 1, "{}", s.render());
     assert_eq!(clids(runs[0]), vec![31, 32, 33]);
     assert_eq!(runs[0].create_time, Some(t(0)));
@@ -687,7 +676,7 @@ fn combinable_waits_for_an_in_flight_purge_of_a_member() {
         .cl(31, |cl| cl.owner(OWNER))
         .poke()
         .evaluate();
-    assert!(created_runs(&s).is_empty(), "{}", s.render());
+    assert!(s.last_create_runs().is_empty(), "{}", s.render());
     insta::assert_snapshot!(s.render());
 }
 
@@ -711,7 +700,7 @@ fn creator_fields_options_payer_and_incomplete_runs() {
         })
         .run("v8/npr", |r| r.mode(NEW_PATCHSET_RUN).cls(&[33]))
         .evaluate();
-    let runs = created_runs(&s);
+    let runs = s.last_create_runs();
     assert_eq!(runs.len(), 1, "{}", s.render());
     assert_eq!(runs[0].mode, DRY_RUN);
     assert_eq!(runs[0].expected_incomplete_run_ids, vec!["v8/npr"]);
@@ -736,7 +725,7 @@ fn creator_create_time_is_rounded_to_microseconds() {
     let s = k()
         .cl(33, |cl| cl.group("singular").cq_vote(1, VOTER, voted))
         .evaluate();
-    let runs = created_runs(&s);
+    let runs = s.last_create_runs();
     assert_eq!(
         runs[0].create_time,
         Some(Timestamp {
@@ -764,7 +753,7 @@ fn creator_latest_triggered_tie_goes_to_the_lowest_clid() {
         })
         .at(t(5))
         .evaluate();
-    let runs = created_runs(&s);
+    let runs = s.last_create_runs();
     assert_eq!(runs.len(), 1, "{}", s.render());
     assert_eq!(runs[0].created_by, "user:a@example.com");
     insta::assert_snapshot!(s.render());
@@ -910,7 +899,7 @@ fn l_stack_full_run_at_the_bottom_and_dry_runs_above_are_ready() {
                 .cq_vote(1, VOTER, t(0))
         })
         .evaluate();
-    assert_eq!(created_runs(&s).len(), 3, "{}", s.render());
+    assert_eq!(s.last_create_runs().len(), 3, "{}", s.render());
     insta::assert_snapshot!(s.render());
 }
 
@@ -931,7 +920,7 @@ fn l_chained_votes_and_in_flight_op_force_not_ready() {
                 .cq_vote(2, VOTER, t(0))
         })
         .evaluate();
-    assert!(created_runs(&s).is_empty(), "{}", s.render());
+    assert!(s.last_create_runs().is_empty(), "{}", s.render());
     let s = s
         .at(t(1))
         .cls(&[1, 3], |cl| cl.cq_vote(2, VOTER, t(1)))
@@ -941,7 +930,7 @@ fn l_chained_votes_and_in_flight_op_force_not_ready() {
         .at(t(2))
         .trigger_deps_completed(4, |o| o.succeeded(&[1, 3]))
         .evaluate();
-    assert_eq!(created_runs(&s).len(), 1, "{}", s.render());
+    assert_eq!(s.last_create_runs().len(), 1, "{}", s.render());
     insta::assert_snapshot!(s.render());
 }
 
@@ -976,7 +965,7 @@ fn l_combinable_mismatched_modes_and_wrong_groups() {
         .cl(3, |cl| cl.no_votes())
         .purge_completed(3)
         .evaluate();
-    let runs = created_runs(&mismatched);
+    let runs = mismatched.last_create_runs();
     assert_eq!(runs.len(), 1, "{}", mismatched.render());
     assert_eq!(clids(runs[0]), vec![1, 2]);
     // 2 (singular) is purged at once; 1 and 3 wait for that purge, then
@@ -1000,7 +989,7 @@ fn l_combinable_mismatched_modes_and_wrong_groups() {
         .evaluate()
         .at(t(5))
         .evaluate();
-    let runs = created_runs(&submitted);
+    let runs = submitted.last_create_runs();
     assert_eq!(runs.len(), 1, "{}", submitted.render());
     assert_eq!(clids(runs[0]), vec![1, 3]);
     insta::assert_snapshot!(sections(&[
@@ -1275,7 +1264,8 @@ fn n2_quota_payer() {
         .at(t(1))
         .evaluate();
     // Each Run is billed as the rule says.
-    let billed: Vec<(i64, &str, &str)> = created_runs(&s)
+    let billed: Vec<(i64, &str, &str)> = s
+        .last_create_runs()
         .iter()
         .map(|r| (r.input_cls[0].clid, r.mode.as_str(), r.billed_to.as_str()))
         .collect();

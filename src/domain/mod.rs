@@ -60,6 +60,28 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
+    /// The `CreateRun` actions, in order.
+    pub fn create_runs(&self) -> Vec<&proto::CreateRun> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                proto::action::Action::CreateRun(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The `PurgeCl` actions, in order.
+    pub fn purges(&self) -> Vec<&proto::PurgeCl> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                proto::action::Action::PurgeCl(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The actions as `Action` messages, with the eversion and their index.
     pub fn wrapped_actions(&self) -> Vec<proto::Action> {
         self.actions

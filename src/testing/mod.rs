@@ -498,6 +498,18 @@ impl Scenario {
         self.last_evaluation().map_or(&[], |e| e.actions.as_slice())
     }
 
+    /// The `CreateRun` actions of the last evaluation.
+    pub fn last_create_runs(&self) -> Vec<&proto::CreateRun> {
+        self.last_evaluation()
+            .map_or_else(Vec::new, Evaluation::create_runs)
+    }
+
+    /// The `PurgeCl` actions of the last evaluation.
+    pub fn last_purges(&self) -> Vec<&proto::PurgeCl> {
+        self.last_evaluation()
+            .map_or_else(Vec::new, Evaluation::purges)
+    }
+
     /// The id of the incomplete Run of the PM state that includes CL `clid`.
     pub fn run_id_of(&self, clid: i64) -> String {
         let state = self.state();
