@@ -10,6 +10,7 @@ pub mod domain;
 pub mod events;
 pub mod fold;
 pub mod jsonl;
+pub mod limits;
 pub mod notifier;
 pub mod progress;
 pub mod projector;

@@ -11,17 +11,15 @@ use regex::Regex;
 use uuid::Uuid;
 
 use crate::events;
+use crate::limits::{
+    quoted, MAX_CLS_PER_EVENT, MAX_DEPS_PER_CL, MAX_DURATION_SECONDS, MAX_EVENT_BYTES,
+    MAX_STRING_BYTES, MAX_VOTES_PER_CL,
+};
 use crate::proto::{
     self, input_event::Event, project_config::State as ConfigState, run::Status as RunStatus,
 };
 use crate::store::{EventStore, ExpectedRevision, StoreError};
 use crate::streams;
-
-/// Largest encoded event the Notifier accepts.
-pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
-
-/// Most CLs one `ClsUpdated` event may carry.
-pub const MAX_CLS_PER_EVENT: usize = 10_000;
 
 /// An input that does not satisfy the Notifier's rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +46,12 @@ pub enum NotifyError {
     /// The input was rejected; nothing was written.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// A Run event for a project that has no stream: refused (a Run cannot
+    /// exist before its project), nothing written.
+    #[error(
+        "project {0:?} has no events: a Run of it cannot be announced before the project exists"
+    )]
+    UnknownProject(String),
     /// The store failed; the event may or may not be written (retry with the same id).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -175,15 +179,24 @@ impl<S: EventStore> Notifier<S> {
             .into());
         }
         validate_event(project, &event)?;
+        // Run events are routed by the run id's project, which must exist.
+        let run_event = matches!(event, Event::RunCreated(_) | Event::RunFinished(_));
+        let expected = if run_event {
+            ExpectedRevision::StreamExists
+        } else {
+            ExpectedRevision::Any
+        };
         let new_event = streams::input_event(&event, id, &self.producer);
         let result = self
             .store
-            .append(
-                &streams::project_stream(project),
-                ExpectedRevision::Any,
-                vec![new_event],
-            )
-            .await?;
+            .append(&streams::project_stream(project), expected, vec![new_event])
+            .await
+            .map_err(|e| match e {
+                StoreError::WrongExpectedVersion { actual: None, .. } if run_event => {
+                    NotifyError::UnknownProject(project.to_string())
+                }
+                other => other.into(),
+            })?;
         Ok(Appended {
             project: project.to_string(),
             revision: result.next_revision,
@@ -204,10 +217,11 @@ pub fn validate_project(project: &str) -> Result<(), ValidationError> {
 pub fn run_project<'a>(run_id: &'a str, field: &str) -> Result<&'a str, ValidationError> {
     static FORM: OnceLock<Regex> = OnceLock::new();
     let form = FORM.get_or_init(|| Regex::new(r"^[0-9]+-[0-9A-Za-z][0-9A-Za-z-]*$").unwrap());
+    check_len(run_id, field)?;
     let Some((project, rest)) = run_id.split_once('/') else {
         return Err(ValidationError::new(
             field,
-            format!("run id {run_id:?} has no '<project>/' prefix"),
+            format!("run id {} has no '<project>/' prefix", quoted(run_id)),
         ));
     };
     validate_project(project).map_err(|e| ValidationError::new(field, e.message))?;
@@ -215,7 +229,8 @@ pub fn run_project<'a>(run_id: &'a str, field: &str) -> Result<&'a str, Validati
         return Err(ValidationError::new(
             field,
             format!(
-                "run id {run_id:?} is not of the form <project>/<digits>-<digits>-<hex digest>"
+                "run id {} is not of the form <project>/<digits>-<digits>-<hex digest>",
+                quoted(run_id)
             ),
         ));
     }
@@ -268,18 +283,14 @@ pub fn validate_event(project: &str, event: &Event) -> Result<(), ValidationErro
             if e.end_time.is_none() {
                 return Err(ValidationError::new("end_time", "is required"));
             }
-            Ok(())
+            check_time(e.end_time.as_ref(), "end_time")
         }
         Event::PurgeCompleted(e) => {
-            if e.operation_id.is_empty() {
-                return Err(ValidationError::new("operation_id", "must not be empty"));
-            }
+            check_operation_id(&e.operation_id)?;
             positive(e.clid, "clid")
         }
         Event::TriggeringClDepsCompleted(e) => {
-            if e.operation_id.is_empty() {
-                return Err(ValidationError::new("operation_id", "must not be empty"));
-            }
+            check_operation_id(&e.operation_id)?;
             positive(e.origin, "origin")?;
             for (i, clid) in e.succeeded.iter().enumerate() {
                 positive(*clid, &format!("succeeded[{i}]"))?;
@@ -293,9 +304,46 @@ pub fn validate_event(project: &str, event: &Event) -> Result<(), ValidationErro
             if e.now.is_none() {
                 return Err(ValidationError::new("now", "is required"));
             }
-            Ok(())
+            check_time(e.now.as_ref(), "now")
         }
     }
+}
+
+fn check_operation_id(id: &str) -> Result<(), ValidationError> {
+    if id.is_empty() {
+        return Err(ValidationError::new("operation_id", "must not be empty"));
+    }
+    check_len(id, "operation_id")
+}
+
+/// A timestamp within proto's range (years 0001 to 9999, nanos in `0..1e9`).
+fn check_time(time: Option<&Timestamp>, field: &str) -> Result<(), ValidationError> {
+    match time.map(Timestamp::to_rfc3339) {
+        Some(Err(e)) => Err(ValidationError::new(field, e.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// A string of at most [`MAX_STRING_BYTES`].
+fn check_len(text: &str, field: &str) -> Result<(), ValidationError> {
+    if text.len() > MAX_STRING_BYTES {
+        return Err(ValidationError::new(
+            field,
+            format!("{} is longer than {MAX_STRING_BYTES} bytes", quoted(text)),
+        ));
+    }
+    Ok(())
+}
+
+/// At most `max` items.
+fn check_count(count: usize, max: usize, field: &str, what: &str) -> Result<(), ValidationError> {
+    if count > max {
+        return Err(ValidationError::new(
+            field,
+            format!("has {count} {what}, more than the limit of {max}"),
+        ));
+    }
+    Ok(())
 }
 
 fn positive(value: i64, field: &str) -> Result<(), ValidationError> {
@@ -313,13 +361,17 @@ fn same_project(project: &str, run_id: &str, field: &str) -> Result<(), Validati
     if run_project != project {
         return Err(ValidationError::new(
             field,
-            format!("run {run_id:?} belongs to project {run_project:?}, not {project:?}"),
+            format!(
+                "run {} belongs to project {run_project:?}, not {project:?}",
+                quoted(run_id)
+            ),
         ));
     }
     Ok(())
 }
 
 fn validate_config(config: &proto::ProjectConfig) -> Result<(), ValidationError> {
+    check_len(&config.hash, "config.hash")?;
     let state = ConfigState::try_from(config.state).ok();
     match state {
         Some(ConfigState::Enabled) => {
@@ -347,19 +399,24 @@ fn validate_config(config: &proto::ProjectConfig) -> Result<(), ValidationError>
     let mut names = std::collections::BTreeSet::new();
     for (g, group) in config.config_groups.iter().enumerate() {
         let at = format!("config.config_groups[{g}]");
+        check_len(&group.name, &format!("{at}.name"))?;
         if group.name.is_empty() || group.name.contains('/') {
             return Err(ValidationError::new(
                 format!("{at}.name"),
-                format!("{:?} must be non-empty and contain no '/'", group.name),
+                format!(
+                    "{} must be non-empty and contain no '/'",
+                    quoted(&group.name)
+                ),
             ));
         }
         if !names.insert(group.name.as_str()) {
             return Err(ValidationError::new(
                 format!("{at}.name"),
-                format!("{:?} is used by two config groups", group.name),
+                format!("{} is used by two config groups", quoted(&group.name)),
             ));
         }
         for (h, watch) in group.gerrit.iter().enumerate() {
+            check_len(&watch.host, &format!("{at}.gerrit[{h}].host"))?;
             if watch.host.is_empty() {
                 return Err(ValidationError::new(
                     format!("{at}.gerrit[{h}].host"),
@@ -368,6 +425,7 @@ fn validate_config(config: &proto::ProjectConfig) -> Result<(), ValidationError>
             }
             for (p, repo) in watch.projects.iter().enumerate() {
                 let repo_at = format!("{at}.gerrit[{h}].projects[{p}]");
+                check_len(&repo.name, &format!("{repo_at}.name"))?;
                 if repo.name.is_empty() {
                     return Err(ValidationError::new(
                         format!("{repo_at}.name"),
@@ -379,10 +437,12 @@ fn validate_config(config: &proto::ProjectConfig) -> Result<(), ValidationError>
                     ("ref_regexp_exclude", &repo.ref_regexp_exclude),
                 ] {
                     for (i, re) in list.iter().enumerate() {
+                        let field = format!("{repo_at}.{kind}[{i}]");
+                        check_len(re, &field)?;
                         if let Err(err) = Regex::new(re) {
                             return Err(ValidationError::new(
-                                format!("{repo_at}.{kind}[{i}]"),
-                                format!("{re:?} is not a valid regexp: {err}"),
+                                field,
+                                format!("{} is not a valid regexp: {err}", quoted(re)),
                             ));
                         }
                     }
@@ -391,6 +451,11 @@ fn validate_config(config: &proto::ProjectConfig) -> Result<(), ValidationError>
         }
         for (m, mode) in group.additional_modes.iter().enumerate() {
             let mode_at = format!("{at}.additional_modes[{m}]");
+            check_len(&mode.name, &format!("{mode_at}.name"))?;
+            check_len(
+                &mode.triggering_label,
+                &format!("{mode_at}.triggering_label"),
+            )?;
             if mode.name.is_empty() {
                 return Err(ValidationError::new(
                     format!("{mode_at}.name"),
@@ -409,10 +474,17 @@ fn validate_config(config: &proto::ProjectConfig) -> Result<(), ValidationError>
             .as_ref()
             .and_then(|c| c.stabilization_delay.as_ref())
         {
+            let field = format!("{at}.combine_cls.stabilization_delay");
             if delay.seconds < 0 || delay.nanos < 0 {
+                return Err(ValidationError::new(field, "must not be negative"));
+            }
+            if delay.seconds > MAX_DURATION_SECONDS || delay.nanos >= 1_000_000_000 {
                 return Err(ValidationError::new(
-                    format!("{at}.combine_cls.stabilization_delay"),
-                    "must not be negative",
+                    field,
+                    format!(
+                        "{}s {}ns is longer than 10,000 years or not normalised",
+                        delay.seconds, delay.nanos
+                    ),
                 ));
             }
         }
@@ -424,15 +496,7 @@ fn validate_cls(cls: &[proto::ChangeList]) -> Result<(), ValidationError> {
     if cls.is_empty() {
         return Err(ValidationError::new("cls", "must name at least one CL"));
     }
-    if cls.len() > MAX_CLS_PER_EVENT {
-        return Err(ValidationError::new(
-            "cls",
-            format!(
-                "has {} CLs, more than the limit of {MAX_CLS_PER_EVENT}",
-                cls.len()
-            ),
-        ));
-    }
+    check_count(cls.len(), MAX_CLS_PER_EVENT, "cls", "CLs")?;
     let mut seen = std::collections::BTreeSet::new();
     for (i, cl) in cls.iter().enumerate() {
         positive(cl.clid, &format!("cls[{i}].clid"))?;
@@ -462,17 +526,75 @@ fn validate_cls(cls: &[proto::ChangeList]) -> Result<(), ValidationError> {
                     if !well_formed {
                         return Err(ValidationError::new(
                             format!("{at}.config_group_ids[{g}]"),
-                            format!("{id:?} is not of the form <config hash>/<group name>"),
+                            format!(
+                                "{} is not of the form <config hash>/<group name>",
+                                quoted(id)
+                            ),
                         ));
                     }
                 }
             }
         }
-        if let Some(snapshot) = &cl.snapshot {
-            for (d, dep) in snapshot.deps.iter().enumerate() {
-                positive(dep.clid, &format!("cls[{i}].snapshot.deps[{d}].clid"))?;
+        if let Some(access) = &cl.access {
+            for (n, no_access) in access.no_access.iter().enumerate() {
+                let at = format!("cls[{i}].access.no_access[{n}]");
+                check_len(&no_access.project, &format!("{at}.project"))?;
+                check_time(
+                    no_access.no_access_time.as_ref(),
+                    &format!("{at}.no_access_time"),
+                )?;
             }
         }
+        if let Some(snapshot) = &cl.snapshot {
+            validate_snapshot(snapshot, &format!("cls[{i}].snapshot"))?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_snapshot(snapshot: &proto::Snapshot, at: &str) -> Result<(), ValidationError> {
+    check_len(&snapshot.luci_project, &format!("{at}.luci_project"))?;
+    check_count(
+        snapshot.deps.len(),
+        MAX_DEPS_PER_CL,
+        &format!("{at}.deps"),
+        "deps",
+    )?;
+    for (d, dep) in snapshot.deps.iter().enumerate() {
+        positive(dep.clid, &format!("{at}.deps[{d}].clid"))?;
+    }
+    for (f, footer) in snapshot.metadata.iter().enumerate() {
+        check_len(&footer.key, &format!("{at}.metadata[{f}].key"))?;
+        check_len(&footer.value, &format!("{at}.metadata[{f}].value"))?;
+    }
+    let Some(gerrit) = &snapshot.gerrit else {
+        return Ok(());
+    };
+    let at = format!("{at}.gerrit");
+    for (field, value) in [
+        ("host", &gerrit.host),
+        ("project", &gerrit.project),
+        ("ref", &gerrit.r#ref),
+        ("owner_email", &gerrit.owner_email),
+        ("current_revision", &gerrit.current_revision),
+    ] {
+        check_len(value, &format!("{at}.{field}"))?;
+    }
+    check_time(
+        gerrit.current_revision_created.as_ref(),
+        &format!("{at}.current_revision_created"),
+    )?;
+    check_count(
+        gerrit.votes.len(),
+        MAX_VOTES_PER_CL,
+        &format!("{at}.votes"),
+        "votes",
+    )?;
+    for (v, vote) in gerrit.votes.iter().enumerate() {
+        let at = format!("{at}.votes[{v}]");
+        check_len(&vote.label, &format!("{at}.label"))?;
+        check_len(&vote.email, &format!("{at}.email"))?;
+        check_time(vote.time.as_ref(), &format!("{at}.time"))?;
     }
     Ok(())
 }
@@ -482,6 +604,7 @@ fn validate_run(project: &str, run: &proto::Run) -> Result<(), ValidationError> 
     if run.mode.is_empty() {
         return Err(ValidationError::new("run.mode", "must not be empty"));
     }
+    check_len(&run.mode, "run.mode")?;
     if run.clids.is_empty() {
         return Err(ValidationError::new(
             "run.clids",
@@ -494,5 +617,6 @@ fn validate_run(project: &str, run: &proto::Run) -> Result<(), ValidationError> 
     if run.create_time.is_none() {
         return Err(ValidationError::new("run.create_time", "is required"));
     }
-    Ok(())
+    check_time(run.create_time.as_ref(), "run.create_time")?;
+    check_time(run.end_time.as_ref(), "run.end_time")
 }

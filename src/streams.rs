@@ -17,6 +17,7 @@
 use uuid::Uuid;
 
 use crate::events;
+use crate::limits::{quoted, MAX_PROJECT_NAME_CHARS};
 use crate::proto::{action::Action as ActionKind, input_event::Event};
 use crate::store::NewEvent;
 
@@ -35,9 +36,6 @@ pub const SNAPSHOT_INTERVAL_EVERSIONS: i64 = 100;
 
 /// `projectsnapshot-<P>` keeps only this many snapshots (stream max count).
 pub const SNAPSHOT_STREAM_MAX_COUNT: u64 = 10;
-
-/// Longest accepted LUCI project name.
-pub const MAX_PROJECT_NAME_CHARS: usize = 100;
 
 /// The metadata schema version written with every event.
 pub const METADATA_SCHEMA: u32 = 1;
@@ -60,7 +58,8 @@ pub fn check_project(project: &str) -> Result<(), InvalidProjectName> {
     }
     if project.chars().count() > MAX_PROJECT_NAME_CHARS {
         return Err(InvalidProjectName(format!(
-            "{project:?} is longer than {MAX_PROJECT_NAME_CHARS} characters"
+            "{} is longer than {MAX_PROJECT_NAME_CHARS} characters",
+            quoted(project)
         )));
     }
     if let Some(c) = project
@@ -68,7 +67,8 @@ pub fn check_project(project: &str) -> Result<(), InvalidProjectName> {
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
     {
         return Err(InvalidProjectName(format!(
-            "{project:?} contains {c:?}; only lowercase letters, digits, '-' and '_' are allowed"
+            "{} contains {c:?}; only lowercase letters, digits, '-' and '_' are allowed",
+            quoted(project)
         )));
     }
     Ok(())

@@ -428,3 +428,29 @@ fn timestamps_are_printed_canonically_whatever_offset_they_came_with() {
         assert!(found.iter().all(|(_, ok)| *ok), "{found:?}");
     }
 }
+
+/// Import is atomic: a 12,000-event file whose line 11,001 reuses an id
+/// already in the stream writes nothing and names that line.
+#[test]
+fn an_import_that_fails_late_writes_nothing() {
+    let env = Env::new();
+    let out = env.run(&["notify", "poke", "--project", "p"]);
+    assert_exit(&out, 0, "");
+    let ack: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let taken = ack["id"].as_str().unwrap().to_string();
+    let mut text = String::from(r#"{"format":"prjmanager-stream","version":1,"project":"p"}"#);
+    for n in 0..12_000u128 {
+        // Line n + 2 of the file.
+        let id = if n + 2 == 11_001 {
+            taken.clone()
+        } else {
+            uuid::Uuid::from_u128(n + 1).to_string()
+        };
+        text.push_str(&format!("\n{{\"id\":\"{id}\",\"type\":\"Poked\"}}"));
+    }
+    let path = env.write("late-clash.jsonl", &text);
+    let out = env.run(&["import", path.to_str().unwrap()]);
+    assert_exit(&out, 2, "late-clash.jsonl:11001:");
+    assert_exit(&out, 2, "nothing was imported");
+    assert_eq!(env.events("p").unwrap().lines().count(), 1);
+}

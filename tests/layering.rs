@@ -19,12 +19,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("store", &[]),
     ("progress", &[]),
+    ("limits", &[]),
     ("domain", &["proto"]),
     ("events", &["proto"]),
     ("testing", &["domain", "proto"]),
-    ("streams", &["events", "proto", "store"]),
+    ("streams", &["events", "limits", "proto", "store"]),
     ("fold", &["domain", "events", "proto", "store", "streams"]),
-    ("notifier", &["events", "proto", "store", "streams"]),
+    (
+        "notifier",
+        &["events", "limits", "proto", "store", "streams"],
+    ),
     (
         "jsonl",
         &["events", "notifier", "proto", "store", "streams"],

@@ -150,12 +150,18 @@ async fn every_call_appends_one_event_with_increasing_revisions() {
 #[tokio::test]
 async fn run_events_are_routed_by_the_run_id() {
     let n = notifier();
-    n.notify_run_created(run("infra/9042327596854-1-42e0a59099a0f673"))
+    n.poke("infra").await.unwrap();
+    let created = n
+        .notify_run_created(run("infra/9042327596854-1-42e0a59099a0f673"))
         .await
         .unwrap();
+    assert_eq!((created.project.as_str(), created.revision), ("infra", 1));
     assert_eq!(
-        n.store().stream_revision("project-infra").await.unwrap(),
-        Some(0)
+        n.store()
+            .stream_revision(&project_stream("infra"))
+            .await
+            .unwrap(),
+        Some(1)
     );
 }
 
@@ -398,4 +404,166 @@ async fn markers_cannot_be_sent_through_the_notifier() {
         )
         .await;
     assert_rejected(&n, r, "event").await;
+}
+
+/// Bounds (README "Limits"): out-of-range timestamps and durations, too many
+/// deps or votes, over-long strings; each rejected naming the field, the
+/// message quoting at most 200 bytes of the input, nothing written.
+#[tokio::test]
+async fn inputs_beyond_the_limits_are_rejected_naming_the_field() {
+    use prjmanager::limits::{MAX_DEPS_PER_CL, MAX_STRING_BYTES, MAX_VOTES_PER_CL};
+    let n = notifier();
+    let far = Timestamp {
+        seconds: 1_000_000_000_000_000,
+        nanos: 0,
+    };
+    assert_rejected(
+        &n,
+        n.notify_run_finished("p/101-aaa", RunStatus::Failed, far)
+            .await,
+        "end_time",
+    )
+    .await;
+    let bad_nanos = Timestamp {
+        seconds: 100,
+        nanos: -1,
+    };
+    let mut r = run("p/101-aaa");
+    r.create_time = Some(bad_nanos);
+    assert_rejected(&n, n.notify_run_created(r).await, "run.create_time").await;
+    let marker = Event::Evaluated(proto::Evaluated {
+        now: Some(far),
+        ..Default::default()
+    });
+    // Markers come from the scheduler or an import, which validate them too.
+    let err = prjmanager::notifier::validate_event("p", &marker).unwrap_err();
+    assert_eq!(err.field, "now", "{err}");
+
+    let with_snapshot = |snapshot: proto::Snapshot| proto::ChangeList {
+        snapshot: Some(snapshot),
+        ..cl(1, 1)
+    };
+    let deps = (1..=MAX_DEPS_PER_CL as i64 + 1)
+        .map(|clid| proto::Dep {
+            clid,
+            kind: proto::dep::DepKind::Hard as i32,
+        })
+        .collect();
+    let too_many_deps = with_snapshot(proto::Snapshot {
+        deps,
+        ..Default::default()
+    });
+    assert_rejected(
+        &n,
+        n.notify_cls_updated("p", vec![too_many_deps]).await,
+        "cls[0].snapshot.deps",
+    )
+    .await;
+    let vote = proto::Vote {
+        label: "Commit-Queue".into(),
+        value: 1,
+        ..Default::default()
+    };
+    let gerrit = |votes: Vec<proto::Vote>, owner_email: String| proto::GerritChange {
+        votes,
+        owner_email,
+        ..Default::default()
+    };
+    let too_many_votes = with_snapshot(proto::Snapshot {
+        gerrit: Some(gerrit(
+            vec![vote.clone(); MAX_VOTES_PER_CL + 1],
+            String::new(),
+        )),
+        ..Default::default()
+    });
+    assert_rejected(
+        &n,
+        n.notify_cls_updated("p", vec![too_many_votes]).await,
+        "cls[0].snapshot.gerrit.votes",
+    )
+    .await;
+    let late_vote = with_snapshot(proto::Snapshot {
+        gerrit: Some(gerrit(
+            vec![proto::Vote {
+                time: Some(far),
+                ..vote.clone()
+            }],
+            String::new(),
+        )),
+        ..Default::default()
+    });
+    assert_rejected(
+        &n,
+        n.notify_cls_updated("p", vec![late_vote]).await,
+        "cls[0].snapshot.gerrit.votes[0].time",
+    )
+    .await;
+    let long_email = with_snapshot(proto::Snapshot {
+        gerrit: Some(gerrit(vec![], "x".repeat(MAX_STRING_BYTES + 1))),
+        ..Default::default()
+    });
+    let result = n.notify_cls_updated("p", vec![long_email]).await;
+    let Err(NotifyError::Invalid(e)) = &result else {
+        panic!("expected a rejection, got {result:?}");
+    };
+    assert!(
+        e.to_string().len() < 400,
+        "the message echoes the input: {e}"
+    );
+    assert_rejected(&n, result, "cls[0].snapshot.gerrit.owner_email").await;
+
+    let mut long_delay = config();
+    long_delay.config_groups[0].combine_cls = Some(proto::CombineCls {
+        stabilization_delay: Some(pbjson_types::Duration {
+            seconds: prjmanager::limits::MAX_DURATION_SECONDS + 1,
+            nanos: 0,
+        }),
+    });
+    assert_rejected(
+        &n,
+        n.update_config("p", long_delay).await,
+        "config.config_groups[0].combine_cls.stabilization_delay",
+    )
+    .await;
+
+    let long_project = "a".repeat(1_000_000);
+    let result = n.poke(&long_project).await;
+    let Err(NotifyError::Invalid(e)) = &result else {
+        panic!("expected a rejection, got {result:?}");
+    };
+    assert!(e.to_string().len() < 400, "the message echoes the input");
+    assert_rejected(&n, result, "project").await;
+}
+
+/// A Run event routes by its run id's project; a project without a stream is
+/// refused, not created.
+#[tokio::test]
+async fn run_events_of_a_project_without_events_are_refused() {
+    let n = notifier();
+    let refused = n.notify_run_created(run("p/101-aaa")).await;
+    assert!(
+        matches!(&refused, Err(NotifyError::UnknownProject(p)) if p == "p"),
+        "{refused:?}"
+    );
+    let refused = n
+        .notify_run_finished("p/101-aaa", RunStatus::Failed, ts(200))
+        .await;
+    assert!(
+        matches!(refused, Err(NotifyError::UnknownProject(_))),
+        "{refused:?}"
+    );
+    assert!(n
+        .store()
+        .read_all(0, 100, &Default::default())
+        .await
+        .unwrap()
+        .is_empty());
+    n.poke("p").await.unwrap();
+    assert_eq!(
+        n.notify_run_created(run("p/101-aaa"))
+            .await
+            .unwrap()
+            .revision,
+        1
+    );
 }

@@ -22,9 +22,6 @@ use super::args::NotifyKind;
 use super::client::{rpc_error, Via};
 use super::CliError;
 
-/// How many events `import` appends per atomic batch.
-pub const IMPORT_CHUNK_EVENTS: usize = 5_000;
-
 fn open_store(url: &StoreUrl) -> Result<AnyStore, CliError> {
     AnyStore::open(url).map_err(|e| CliError::Failed(format!("cannot open the store: {e}")))
 }
@@ -141,40 +138,53 @@ fn event_project(event: &Event, project: Option<String>) -> Result<String, CliEr
     }
 }
 
-/// `import`: validate the whole file, then append its events.
+/// `import`: validate the whole file, then append its events in one atomic
+/// append (one store transaction): a file the store refuses (an id already
+/// in the stream elsewhere, a stream that does not continue as the file's
+/// revisions say, a batch over the store's size limit) writes nothing.
 pub async fn import(url: &StoreUrl, file: &str) -> Result<(), CliError> {
     let parsed = jsonl::parse_path(file).map_err(|e| CliError::BadInput(e.to_string()))?;
     let store = open_store(url)?;
     let stream = project_stream(&parsed.header.project);
-    let bar = events_bar(parsed.events.len() as u64, "importing");
-    let mut last = None;
-    for chunk in parsed.events.chunks(IMPORT_CHUNK_EVENTS) {
-        let expected = match chunk[0].revision {
-            Some(0) => ExpectedRevision::NoStream,
-            Some(r) => ExpectedRevision::Exact(r - 1),
-            None => ExpectedRevision::Any,
-        };
-        let batch = chunk.iter().map(jsonl::FileEvent::to_new_event).collect();
-        let result = store
-            .append(&stream, expected, batch)
-            .await
-            .map_err(|e| match e {
-                StoreError::WrongExpectedVersion { .. } | StoreError::DuplicateEventId { .. } => {
-                    CliError::BadInput(format!(
-                        "{file}:{}: the stream {stream} does not continue as the file expects: {e}",
-                        chunk[0].line
-                    ))
-                }
-                other => other.into(),
-            })?;
-        last = Some(result.next_revision);
-        bar.inc(chunk.len() as u64);
-    }
+    let Some(first) = parsed.events.first() else {
+        eprintln!("imported 0 events into {stream}");
+        return Ok(());
+    };
+    let expected = match first.revision {
+        Some(0) => ExpectedRevision::NoStream,
+        Some(r) => ExpectedRevision::Exact(r - 1),
+        None => ExpectedRevision::Any,
+    };
+    let batch = parsed
+        .events
+        .iter()
+        .map(jsonl::FileEvent::to_new_event)
+        .collect();
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(format!("importing {} events", parsed.events.len()));
+    let result = store.append(&stream, expected, batch).await.map_err(|e| {
+        // The line to blame: the one whose id clashes, else the first.
+        let line = match &e {
+            StoreError::DuplicateEventId { id, .. } => parsed.events.iter().find(|f| f.id == *id),
+            _ => None,
+        }
+        .unwrap_or(first)
+        .line;
+        match e {
+            StoreError::WrongExpectedVersion { .. } | StoreError::DuplicateEventId { .. } => {
+                CliError::BadInput(format!(
+                    "{file}:{line}: the stream {stream} does not continue as the file \
+                         expects; nothing was imported: {e}"
+                ))
+            }
+            other => other.into(),
+        }
+    })?;
     bar.finish_and_clear();
     eprintln!(
-        "imported {} events into {stream}{}",
+        "imported {} events into {stream} (last revision {})",
         parsed.events.len(),
-        last.map_or(String::new(), |r| format!(" (last revision {r})"))
+        result.next_revision
     );
     Ok(())
 }

@@ -50,6 +50,7 @@ impl From<NotifyError> for CliError {
     fn from(e: NotifyError) -> Self {
         match e {
             NotifyError::Invalid(v) => Self::BadInput(v.to_string()),
+            NotifyError::UnknownProject(_) => Self::Failed(e.to_string()),
             NotifyError::Store(s) => s.into(),
         }
     }

@@ -56,6 +56,7 @@ pub fn store_status(err: StoreError) -> Status {
 fn notify_status(err: NotifyError) -> Status {
     match err {
         NotifyError::Invalid(e) => Status::invalid_argument(e.to_string()),
+        NotifyError::UnknownProject(_) => Status::failed_precondition(err.to_string()),
         NotifyError::Store(e) => store_status(e),
     }
 }
