@@ -454,3 +454,46 @@ fn an_import_that_fails_late_writes_nothing() {
     assert_exit(&out, 2, "nothing was imported");
     assert_eq!(env.events("p").unwrap().lines().count(), 1);
 }
+
+/// A marker's `now` may not run ahead of the clock (it would freeze the
+/// project's clock for good) nor go back before the last marker, unless
+/// `--allow-any-now` is given for offline work.
+#[test]
+fn evaluate_and_import_bound_the_marker_clock() {
+    let env = Env::new();
+    assert_exit(&env.run(&["notify", "poke", "--project", "p"]), 0, "");
+    let far = "9999-12-31T23:59:59Z";
+    let out = env.run(&["evaluate", "p", "--now", far]);
+    assert_exit(&out, 2, "--allow-any-now");
+    assert_eq!(env.events("p").unwrap().lines().count(), 1);
+    assert_exit(
+        &env.run(&["evaluate", "p", "--now", "2020-01-01T00:00:10Z"]),
+        0,
+        "",
+    );
+    let out = env.run(&["evaluate", "p", "--now", "2020-01-01T00:00:09Z"]);
+    assert_exit(&out, 2, "before the project's last marker");
+    assert_exit(
+        &env.run(&["evaluate", "p", "--now", far, "--allow-any-now"]),
+        0,
+        "",
+    );
+
+    let file = env.write(
+        "future.jsonl",
+        &[
+            r#"{"format":"prjmanager-stream","version":1,"project":"q"}"#,
+            r#"{"type":"Poked"}"#,
+            r#"{"type":"Evaluated","data":{"now":"9999-01-01T00:00:00Z"}}"#,
+        ]
+        .join("\n"),
+    );
+    let out = env.run(&["import", file.to_str().unwrap()]);
+    assert_exit(&out, 2, "future.jsonl:3: invalid now");
+    assert_eq!(env.events("q"), None);
+    assert_exit(
+        &env.run(&["import", file.to_str().unwrap(), "--allow-any-now"]),
+        0,
+        "",
+    );
+}

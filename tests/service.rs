@@ -368,5 +368,22 @@ async fn health_and_marker_requests_for_unknown_projects() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("no events"), "{}", err.message());
+    // A marker far ahead of the clock would freeze the project's clock.
+    let err = client
+        .evaluate(proto::EvaluateRequest {
+            project: "ghost".into(),
+            now: Some(prjmanager::proto::Timestamp {
+                seconds: 253_402_300_799,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("past the clock"),
+        "{}",
+        err.message()
+    );
     service.stop();
 }

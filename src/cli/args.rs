@@ -57,6 +57,10 @@ pub enum Command {
         /// (`prjmanager evaluate P --now T --server ADDR`), for recordings.
         #[arg(long)]
         no_scheduler: bool,
+        /// Accept a marker `now` any time ahead of the wall clock (else at
+        /// most 5 minutes ahead), for offline work and recordings.
+        #[arg(long)]
+        allow_any_now: bool,
     },
     /// Print a project's state (the `ProjectLog` shape) as JSON.
     State {
@@ -92,11 +96,19 @@ pub enum Command {
         /// Ask a running service (`host:port`) instead of appending to the store.
         #[arg(long)]
         server: Option<String>,
+        /// Accept a marker `now` any time ahead of the wall clock (else at
+        /// most 5 minutes ahead), for offline work and recordings.
+        #[arg(long)]
+        allow_any_now: bool,
     },
     /// Validate a whole replay file, then append its events to the store.
     Import {
         /// The JSONL replay file (`-` reads stdin).
         file: String,
+        /// Accept a marker `now` any time ahead of the wall clock (else at
+        /// most 5 minutes ahead), for offline work and recordings.
+        #[arg(long)]
+        allow_any_now: bool,
     },
     /// Write a project's stream as a replay file.
     Export {

@@ -9,6 +9,7 @@ use indicatif::ProgressBar;
 
 use crate::events;
 use crate::jsonl;
+use crate::limits::{check_marker_now, MAX_CLOCK_SKEW};
 use crate::notifier::{self, Notifier};
 use crate::progress::events_bar;
 use crate::projector;
@@ -142,8 +143,9 @@ fn event_project(event: &Event, project: Option<String>) -> Result<String, CliEr
 /// append (one store transaction): a file the store refuses (an id already
 /// in the stream elsewhere, a stream that does not continue as the file's
 /// revisions say, a batch over the store's size limit) writes nothing.
-pub async fn import(url: &StoreUrl, file: &str) -> Result<(), CliError> {
+pub async fn import(url: &StoreUrl, file: &str, allow_any_now: bool) -> Result<(), CliError> {
     let parsed = jsonl::parse_path(file).map_err(|e| CliError::BadInput(e.to_string()))?;
+    check_marker_clocks(file, &parsed, allow_any_now)?;
     let store = open_store(url)?;
     let stream = project_stream(&parsed.header.project);
     let Some(first) = parsed.events.first() else {
@@ -186,6 +188,30 @@ pub async fn import(url: &StoreUrl, file: &str) -> Result<(), CliError> {
         parsed.events.len(),
         result.next_revision
     );
+    Ok(())
+}
+
+/// The markers of a file: each `now` not before the previous one and, unless
+/// any time is allowed, at most [`MAX_CLOCK_SKEW`] past the wall clock.
+fn check_marker_clocks(
+    file: &str,
+    parsed: &jsonl::StreamFile,
+    allow_any_now: bool,
+) -> Result<(), CliError> {
+    let wall = projector::wall_clock();
+    let skew = (!allow_any_now).then_some(MAX_CLOCK_SKEW);
+    let mut last = None;
+    for event in &parsed.events {
+        let Event::Evaluated(marker) = &event.event else {
+            continue;
+        };
+        let Some(now) = marker.now.as_ref() else {
+            continue;
+        };
+        check_marker_now(now, last, &wall, skew)
+            .map_err(|e| CliError::BadInput(format!("{file}:{}: invalid now: {e}", event.line)))?;
+        last = Some(now);
+    }
     Ok(())
 }
 
@@ -327,7 +353,12 @@ fn failed(e: impl std::fmt::Display) -> CliError {
 }
 
 /// `evaluate`: append an `Evaluated` marker now (or at `--now`).
-pub async fn evaluate(target: &Via, project: &str, now: Option<String>) -> Result<(), CliError> {
+pub async fn evaluate(
+    target: &Via,
+    project: &str,
+    now: Option<String>,
+    allow_any_now: bool,
+) -> Result<(), CliError> {
     valid_project(project)?;
     let now = match now {
         Some(text) => Some(
@@ -344,6 +375,12 @@ pub async fn evaluate(target: &Via, project: &str, now: Option<String>) -> Resul
             let loaded = read::load(&store, project, Target::Latest)
                 .await
                 .map_err(load_error)?;
+            if let Some(now) = &now {
+                let skew = (!allow_any_now).then_some(MAX_CLOCK_SKEW);
+                let last = loaded.state.update_time.as_ref();
+                check_marker_now(now, last, &projector::wall_clock(), skew)
+                    .map_err(|e| CliError::BadInput(format!("invalid --now: {e}")))?;
+            }
             let (expected, marker) =
                 projector::prepare_marker(&loaded.state, now.unwrap_or_else(projector::wall_clock));
             let event =

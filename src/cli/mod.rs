@@ -110,6 +110,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             listen,
             max_cached_projects,
             no_scheduler,
+            allow_any_now,
         } => {
             let config = ServeConfig {
                 store: cli.store,
@@ -119,6 +120,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     max_cached_projects,
                     schedule_markers: !no_scheduler,
                 },
+                allow_any_now,
             };
             service::serve(config, service::shutdown_signal())
                 .await
@@ -143,11 +145,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             project,
             now,
             server,
+            allow_any_now,
         } => {
             let target = target(&cli.store, server, cli.token_file)?;
-            commands::evaluate(&target, &project, now).await
+            commands::evaluate(&target, &project, now, allow_any_now).await
         }
-        Command::Import { file } => commands::import(&cli.store, &file).await,
+        Command::Import {
+            file,
+            allow_any_now,
+        } => commands::import(&cli.store, &file, allow_any_now).await,
         Command::Export {
             project,
             to_revision,

@@ -40,6 +40,9 @@ pub struct ServeConfig {
     pub token_file: Option<PathBuf>,
     /// Projector settings.
     pub projector: ProjectorConfig,
+    /// `Evaluate` may take any `now` (else at most `limits::MAX_CLOCK_SKEW`
+    /// past the wall clock).
+    pub allow_any_now: bool,
 }
 
 /// Why the service could not run.
@@ -109,7 +112,8 @@ pub async fn serve(
     health_reporter
         .set_serving::<ProjectManagerServer<PmService<AnyStore>>>()
         .await;
-    let service = PmService::new(Notifier::new(store.clone(), "grpc"), handle, store.clone());
+    let service = PmService::new(Notifier::new(store.clone(), "grpc"), handle, store.clone())
+        .allow_any_now(config.allow_any_now);
     let interceptor = auth::BearerAuth::new(token);
     tracing::info!(address = %local, store = ?config.store, auth = interceptor.enabled(), "prjmanager listening");
     // The line tests and scripts wait for; the address is the bound one.

@@ -9,8 +9,9 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::domain;
+use crate::limits::{check_marker_now, MAX_CLOCK_SKEW};
 use crate::notifier::{Appended, Notifier, NotifyError};
-use crate::projector::ProjectorHandle;
+use crate::projector::{wall_clock, ProjectorHandle};
 use crate::proto::{self, input_event::Event, project_manager_server::ProjectManager};
 use crate::read::{self, At, LoadError};
 use crate::store::{Direction, EventStore, ReadFrom, RecordedEvent, StoreError};
@@ -28,6 +29,7 @@ pub struct PmService<S> {
     notifier: Notifier<S>,
     projector: ProjectorHandle,
     store: S,
+    max_clock_skew: Option<std::time::Duration>,
 }
 
 impl<S: EventStore> PmService<S> {
@@ -37,7 +39,15 @@ impl<S: EventStore> PmService<S> {
             notifier,
             projector,
             store,
+            max_clock_skew: Some(MAX_CLOCK_SKEW),
         }
+    }
+
+    /// Lets `Evaluate` take any `now` past the wall clock (recordings,
+    /// offline work); by default it may be at most [`MAX_CLOCK_SKEW`] ahead.
+    pub fn allow_any_now(mut self, allow: bool) -> Self {
+        self.max_clock_skew = (!allow).then_some(MAX_CLOCK_SKEW);
+        self
     }
 }
 
@@ -204,6 +214,16 @@ impl<S: EventStore> ProjectManager for PmService<S> {
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let r = request.into_inner();
         check_project(&r.project)?;
+        if let Some(now) = &r.now {
+            let state = self
+                .projector
+                .state(&r.project)
+                .await
+                .map_err(Status::unavailable)?;
+            let last = state.as_ref().and_then(|s| s.update_time.as_ref());
+            check_marker_now(now, last, &wall_clock(), self.max_clock_skew)
+                .map_err(|e| Status::invalid_argument(format!("invalid now: {e}")))?;
+        }
         let revision = self
             .projector
             .evaluate(&r.project, r.now)
