@@ -497,3 +497,60 @@ fn evaluate_and_import_bound_the_marker_clock() {
         "",
     );
 }
+
+/// `serve` refuses a non-loopback address without a token before binding
+/// anything, unless told to serve it open.
+#[test]
+fn serve_refuses_a_non_loopback_address_without_a_token() {
+    let env = Env::new();
+    let out = env.run(&["serve", "--listen", "0.0.0.0:0"]);
+    assert_exit(&out, 2, "--allow-unauthenticated");
+    assert_exit(&out, 2, "without a token");
+}
+
+/// A `--server` call gives up after `--request-timeout` on a service that
+/// accepts the connection and never answers, with exit 1 and a clear message.
+#[test]
+fn a_silent_server_times_out() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    // Accept and hold connections without ever speaking HTTP/2.
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < until && held.len() < 4 {
+            match listener.accept() {
+                Ok((stream, _)) => held.push(stream),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        held
+    });
+    let env = Env::new();
+    let started = std::time::Instant::now();
+    let out = env.run(&[
+        "state",
+        "p",
+        "--server",
+        &address,
+        "--connect-timeout",
+        "1",
+        "--request-timeout",
+        "1",
+    ]);
+    let took = started.elapsed();
+    assert_exit(&out, 1, "");
+    assert!(
+        stderr(&out).contains("timed out") || stderr(&out).contains("Cancelled"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    assert_exit(
+        &env.run(&["state", "p", "--server", &address, "--request-timeout", "0"]),
+        2,
+        "invalid --request-timeout",
+    );
+    drop(holder);
+}

@@ -19,13 +19,28 @@ pub struct Cli {
     /// Store URL: sqlite://PATH (embedded, the default) or memory://.
     #[arg(long, global = true, env = "PRJMANAGER_STORE", default_value = DEFAULT_STORE_URL)]
     pub store: StoreUrl,
+    /// The token and the client's timeouts.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The bearer token (`serve` requires it, `--server` calls present it) and
+/// the timeouts of `--server` calls.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
     /// A file holding the bearer token: `serve` requires it on every RPC but
     /// health; `--server` calls present it (else `PRJMANAGER_TOKEN`).
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
+    /// `--server` calls: seconds to wait for the connection.
+    #[arg(long, global = true, default_value_t = 5.0)]
+    pub connect_timeout: f64,
+    /// `--server` calls: seconds to wait for an answer.
+    #[arg(long, global = true, default_value_t = 30.0)]
+    pub request_timeout: f64,
 }
 
 /// A `prjmanager` command.
@@ -57,6 +72,10 @@ pub enum Command {
         /// (`prjmanager evaluate P --now T --server ADDR`), for recordings.
         #[arg(long)]
         no_scheduler: bool,
+        /// Serve a non-loopback `--listen` address without `--token-file`
+        /// (refused otherwise).
+        #[arg(long)]
+        allow_unauthenticated: bool,
         /// Accept a marker `now` any time ahead of the wall clock (else at
         /// most 5 minutes ahead), for offline work and recordings.
         #[arg(long)]

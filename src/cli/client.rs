@@ -2,12 +2,13 @@
 //! (`--server`): where a command sends its work, connecting, the bearer
 //! token, and mapping a gRPC status to a command failure.
 
-use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::proto::project_manager_client::ProjectManagerClient;
 use crate::service;
 use crate::store::any::StoreUrl;
 
+use super::args::ClientArgs;
 use super::CliError;
 
 /// Where a command sends its work: a store, or a running service.
@@ -24,6 +25,8 @@ pub enum Via {
 pub struct Server {
     address: String,
     token: Option<String>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl Server {
@@ -38,9 +41,14 @@ impl Server {
         };
         let endpoint = tonic::transport::Endpoint::from_shared(uri)
             .map_err(|e| CliError::BadInput(format!("invalid --server {:?}: {e}", self.address)))?;
-        let channel = endpoint.connect().await.map_err(|e| {
-            CliError::Failed(format!("cannot reach the service at {}: {e}", self.address))
-        })?;
+        let channel = endpoint
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.request_timeout)
+            .connect()
+            .await
+            .map_err(|e| {
+                CliError::Failed(format!("cannot reach the service at {}: {e}", self.address))
+            })?;
         Ok(ProjectManagerClient::new(channel))
     }
 
@@ -58,14 +66,23 @@ impl Server {
 
 /// Where a command goes: the service if `--server` is given (with the token
 /// of `--token-file`, else `PRJMANAGER_TOKEN`), else the store.
-pub fn target(
-    store: &StoreUrl,
-    server: Option<String>,
-    token_file: Option<PathBuf>,
-) -> Result<Via, CliError> {
+pub fn target(store: &StoreUrl, cli: &ClientArgs, server: Option<String>) -> Result<Via, CliError> {
     let Some(address) = server else {
         return Ok(Via::Store(store.clone()));
     };
+    let seconds = |value: f64, flag: &str| {
+        Duration::try_from_secs_f64(value)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                CliError::BadInput(format!(
+                    "invalid {flag} {value}: a positive number of seconds"
+                ))
+            })
+    };
+    let connect_timeout = seconds(cli.connect_timeout, "--connect-timeout")?;
+    let request_timeout = seconds(cli.request_timeout, "--request-timeout")?;
+    let token_file = cli.token_file.clone();
     let token = match token_file {
         Some(path) => Some(service::auth::read_token(&path).map_err(CliError::BadInput)?),
         None => std::env::var("PRJMANAGER_TOKEN")
@@ -73,7 +90,12 @@ pub fn target(
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty()),
     };
-    Ok(Via::Server(Server { address, token }))
+    Ok(Via::Server(Server {
+        address,
+        token,
+        connect_timeout,
+        request_timeout,
+    }))
 }
 
 /// A gRPC status as a command failure (`InvalidArgument` is bad input).

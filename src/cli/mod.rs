@@ -103,7 +103,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             json,
             server,
         } => {
-            let target = target(&cli.store, server, cli.token_file)?;
+            let target = target(&cli.store, &cli.client, server)?;
             commands::notify(&target, kind, project, json).await
         }
         Command::Serve {
@@ -111,16 +111,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             max_cached_projects,
             no_scheduler,
             allow_any_now,
+            allow_unauthenticated,
         } => {
             let config = ServeConfig {
                 store: cli.store,
                 listen,
-                token_file: cli.token_file,
+                token_file: cli.client.token_file,
                 projector: ProjectorConfig {
                     max_cached_projects,
                     schedule_markers: !no_scheduler,
                 },
                 allow_any_now,
+                allow_unauthenticated,
             };
             service::serve(config, service::shutdown_signal())
                 .await
@@ -134,7 +136,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             eversion,
             server,
         } => {
-            let target = target(&cli.store, server, cli.token_file)?;
+            let target = target(&cli.store, &cli.client, server)?;
             commands::state(&target, &project, eversion).await
         }
         Command::Logs { project } => commands::logs(&cli.store, &project).await,
@@ -147,7 +149,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             server,
             allow_any_now,
         } => {
-            let target = target(&cli.store, server, cli.token_file)?;
+            let target = target(&cli.store, &cli.client, server)?;
             commands::evaluate(&target, &project, now, allow_any_now).await
         }
         Command::Import {

@@ -43,6 +43,8 @@ pub struct ServeConfig {
     /// `Evaluate` may take any `now` (else at most `limits::MAX_CLOCK_SKEW`
     /// past the wall clock).
     pub allow_any_now: bool,
+    /// Listen on a non-loopback address without a token (else refused).
+    pub allow_unauthenticated: bool,
 }
 
 /// Why the service could not run.
@@ -90,6 +92,13 @@ pub async fn serve(
         Some(path) => Some(auth::read_token(path).map_err(ServeError::Config)?),
         None => None,
     };
+    if token.is_none() && !config.listen.ip().is_loopback() && !config.allow_unauthenticated {
+        return Err(ServeError::Config(format!(
+            "refusing to serve {} without a token: anyone who reaches it could write events; \
+             pass --token-file FILE, or --allow-unauthenticated to serve it open",
+            config.listen
+        )));
+    }
     let store = AnyStore::open(&config.store)
         .map_err(|e| ServeError::Failed(format!("cannot open the store: {e}")))?;
     let listener = TcpListener::bind(config.listen)
