@@ -387,3 +387,96 @@ async fn health_and_marker_requests_for_unknown_projects() {
     );
     service.stop();
 }
+
+/// `serve --tls-cert --tls-key` speaks TLS (a certificate made here with
+/// rcgen); the CLI reaches it with `--tls-ca`, and neither plain HTTP/2 nor
+/// TLS without trusting the CA gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_end_to_end_with_a_generated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let db = dir.path().join("pm.db");
+    let service = service_harness::Service::start_with(
+        &format!("sqlite://{}", db.display()),
+        None,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let port = service.address.rsplit(':').next().unwrap().to_string();
+    let https = format!("https://localhost:{port}");
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_prjmanager"))
+            .args(args)
+            .args(["--connect-timeout", "5", "--request-timeout", "10"])
+            .env_remove("PRJMANAGER_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let ca = cert.to_str().unwrap();
+    let ok = cli(&[
+        "notify",
+        "poke",
+        "--project",
+        "tls",
+        "--server",
+        &https,
+        "--tls-ca",
+        ca,
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let plain = cli(&[
+        "notify",
+        "poke",
+        "--project",
+        "tls",
+        "--server",
+        &service.address,
+    ]);
+    assert_eq!(
+        plain.status.code(),
+        Some(1),
+        "plain HTTP/2 must not get through"
+    );
+    let untrusted = cli(&["notify", "poke", "--project", "tls", "--server", &https]);
+    assert_eq!(
+        untrusted.status.code(),
+        Some(1),
+        "an unknown CA must not be trusted"
+    );
+    service.stop();
+    let store = EmbeddedStore::open(&db).unwrap();
+    assert_eq!(read_all(&store, "project-tls").await.len(), 1);
+    store.close().await.unwrap();
+}
+
+/// Bad TLS files are a configuration error (exit 2) naming the file.
+#[test]
+fn serve_refuses_unusable_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_prjmanager"))
+        .arg("--store")
+        .arg(format!("sqlite://{}", dir.path().join("pm.db").display()))
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cert.pem"), "{stderr}");
+}

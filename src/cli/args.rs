@@ -35,6 +35,10 @@ pub struct ClientArgs {
     /// health; `--server` calls present it (else `PRJMANAGER_TOKEN`).
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
+    /// `--server` calls: trust this PEM CA certificate and use TLS
+    /// (`https://`); without it an `https://` address uses the system roots.
+    #[arg(long, global = true)]
+    pub tls_ca: Option<PathBuf>,
     /// `--server` calls: seconds to wait for the connection.
     #[arg(long, global = true, default_value_t = 5.0)]
     pub connect_timeout: f64,
@@ -76,6 +80,12 @@ pub enum Command {
         /// (refused otherwise).
         #[arg(long)]
         allow_unauthenticated: bool,
+        /// Serve TLS with this PEM certificate chain (needs `--tls-key`).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Accept a marker `now` any time ahead of the wall clock (else at
         /// most 5 minutes ahead), for offline work and recordings.
         #[arg(long)]

@@ -25,6 +25,7 @@ pub enum Via {
 pub struct Server {
     address: String,
     token: Option<String>,
+    tls_ca: Option<std::path::PathBuf>,
     connect_timeout: Duration,
     request_timeout: Duration,
 }
@@ -34,13 +35,20 @@ impl Server {
     pub async fn connect(
         &self,
     ) -> Result<ProjectManagerClient<tonic::transport::Channel>, CliError> {
-        let uri = if self.address.contains("://") {
-            self.address.clone()
-        } else {
-            format!("http://{}", self.address)
+        let uri = match (self.address.contains("://"), &self.tls_ca) {
+            (true, _) => self.address.clone(),
+            (false, Some(_)) => format!("https://{}", self.address),
+            (false, None) => format!("http://{}", self.address),
         };
-        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+        let mut endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
             .map_err(|e| CliError::BadInput(format!("invalid --server {:?}: {e}", self.address)))?;
+        if uri.starts_with("https://") {
+            let tls =
+                service::tls::client_config(self.tls_ca.as_deref()).map_err(CliError::BadInput)?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| CliError::BadInput(format!("TLS setup failed: {e}")))?;
+        }
         let channel = endpoint
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
@@ -93,6 +101,7 @@ pub fn target(store: &StoreUrl, cli: &ClientArgs, server: Option<String>) -> Res
     Ok(Via::Server(Server {
         address,
         token,
+        tls_ca: cli.tls_ca.clone(),
         connect_timeout,
         request_timeout,
     }))

@@ -112,6 +112,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             no_scheduler,
             allow_any_now,
             allow_unauthenticated,
+            tls_cert,
+            tls_key,
         } => {
             let config = ServeConfig {
                 store: cli.store,
@@ -123,6 +125,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 },
                 allow_any_now,
                 allow_unauthenticated,
+                tls: tls_cert.zip(tls_key),
             };
             service::serve(config, service::shutdown_signal())
                 .await

@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod rpc;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ pub struct ServeConfig {
     pub allow_any_now: bool,
     /// Listen on a non-loopback address without a token (else refused).
     pub allow_unauthenticated: bool,
+    /// Serve TLS with this PEM certificate chain and private key.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Why the service could not run.
@@ -99,6 +102,10 @@ pub async fn serve(
             config.listen
         )));
     }
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls::server_config(cert, key).map_err(ServeError::Config)?),
+        None => None,
+    };
     let store = AnyStore::open(&config.store)
         .map_err(|e| ServeError::Failed(format!("cannot open the store: {e}")))?;
     let listener = TcpListener::bind(config.listen)
@@ -124,18 +131,27 @@ pub async fn serve(
     let service = PmService::new(Notifier::new(store.clone(), "grpc"), handle, store.clone())
         .allow_any_now(config.allow_any_now);
     let interceptor = auth::BearerAuth::new(token);
-    tracing::info!(address = %local, store = ?config.store, auth = interceptor.enabled(), "prjmanager listening");
+    tracing::info!(address = %local, store = ?config.store, auth = interceptor.enabled(), tls = tls.is_some(), "prjmanager listening");
     // The line tests and scripts wait for; the address is the bound one.
     eprintln!("prjmanager listening on {local}");
 
     let (stop_accepting, stopped_accepting) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(ProjectManagerServer::with_interceptor(service, interceptor))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stopped_accepting.await;
-        });
-    tokio::pin!(server);
+        .add_service(ProjectManagerServer::with_interceptor(service, interceptor));
+    let stopped = async {
+        let _ = stopped_accepting.await;
+    };
+    let mut server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls {
+        Some(tls) => {
+            Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls), stopped))
+        }
+        None => {
+            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped))
+        }
+    };
     let result = tokio::select! {
         result = &mut server => result,
         () = shutdown => {

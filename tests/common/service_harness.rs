@@ -30,11 +30,17 @@ pub struct Service {
 
 impl Service {
     pub fn start(store_url: &str, token_file: Option<&Path>) -> Self {
+        Self::start_with(store_url, token_file, &[])
+    }
+
+    /// Starts `serve` with more arguments (e.g. `--tls-cert`).
+    pub fn start_with(store_url: &str, token_file: Option<&Path>, extra: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_prjmanager"));
         command
             .arg("--store")
             .arg(store_url)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("PRJMANAGER_STORE")
             .stdout(Stdio::null())
