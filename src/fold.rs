@@ -11,7 +11,7 @@ use prost::Message;
 
 use crate::domain::{self, Evaluation, FoldError};
 use crate::events;
-use crate::proto::{input_event::Event, Evaluated, ProjectState};
+use crate::proto::{input_event::Event, Evaluated, ProjectState, Timestamp};
 use crate::store::RecordedEvent;
 use crate::streams::project_stream;
 
@@ -59,6 +59,43 @@ pub struct FoldOutcome {
     /// The recorded marker disagrees with the recomputation (the recomputed
     /// state is kept).
     pub divergence: Option<Divergence>,
+    /// The marker was the one prepared ahead ([`apply_recorded_prepared`]):
+    /// its state and evaluation were adopted, not computed again.
+    pub adopted: bool,
+}
+
+/// A marker's invocation computed before the marker is appended (the
+/// projector computes it to fill in the marker's eversion and digest): the
+/// state it leads to and its evaluation.
+#[derive(Debug, Clone)]
+pub struct PreparedMarker {
+    /// The revision the marker is to be stored at: the state's next revision.
+    pub revision: u64,
+    /// The marker to append: `now`, the new eversion and the state digest.
+    pub marker: Evaluated,
+    /// The state after the invocation.
+    state: ProjectState,
+    /// The invocation's decisions.
+    evaluation: Evaluation,
+}
+
+/// Runs the invocation of a marker at `now` on a copy of `state`, as folding
+/// that marker at the state's next revision will.
+pub fn prepare_marker(state: &ProjectState, now: Timestamp) -> PreparedMarker {
+    let revision = next_revision(state);
+    let mut next = state.clone();
+    let evaluation = domain::evaluate(&mut next, revision, now);
+    let marker = Evaluated {
+        now: Some(now),
+        eversion: evaluation.eversion,
+        state_digest: state_digest(&next),
+    };
+    PreparedMarker {
+        revision,
+        marker,
+        state: next,
+        evaluation,
+    }
 }
 
 /// Folds one stored event of the project's stream into `state`.
@@ -70,6 +107,24 @@ pub struct FoldOutcome {
 pub fn apply_recorded(
     state: &mut ProjectState,
     event: &RecordedEvent,
+) -> Result<Option<FoldOutcome>, FoldError> {
+    apply_recorded_prepared(state, event, None)
+}
+
+/// [`apply_recorded`], adopting a marker prepared ahead instead of evaluating
+/// it again.
+///
+/// `prepared` must have been prepared (by [`prepare_marker`]) from `state` as
+/// it is now. It is adopted only when `event` is exactly that marker: at the
+/// revision it was prepared for, with the same `now`, eversion and digest.
+/// The invocation is a function of the state, the revision and `now`, so the
+/// adopted state and evaluation are those the fold would compute. Anything
+/// else (an input event, another process's marker) is folded normally and
+/// the preparation is dropped.
+pub fn apply_recorded_prepared(
+    state: &mut ProjectState,
+    event: &RecordedEvent,
+    prepared: Option<PreparedMarker>,
 ) -> Result<Option<FoldOutcome>, FoldError> {
     let revision = event.revision;
     let stream = project_stream(&state.luci_project);
@@ -96,6 +151,19 @@ pub fn apply_recorded(
         domain::apply_event(state, revision, &decoded)?;
         return Ok(None);
     };
+    if let Some(prepared) = prepared.filter(|p| {
+        p.revision == revision && p.marker == recorded && p.marker.eversion == state.eversion + 1
+    }) {
+        *state = prepared.state;
+        return Ok(Some(FoldOutcome {
+            revision,
+            evaluation: prepared.evaluation,
+            marker: prepared.marker,
+            filled: false,
+            divergence: None,
+            adopted: true,
+        }));
+    }
     let now = recorded
         .now
         .ok_or(FoldError::MarkerWithoutNow { revision })?;
@@ -120,5 +188,6 @@ pub fn apply_recorded(
         evaluation,
         filled,
         divergence,
+        adopted: false,
     }))
 }

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::domain::{self, time::from_nanos, time::to_nanos};
-use crate::fold::{self, FoldOutcome};
+use crate::fold::{self, FoldOutcome, PreparedMarker};
 use crate::proto::{self, input_event::Event};
 use crate::read::{load, LoadError, Target};
 use crate::store::{
@@ -167,23 +167,28 @@ pub fn prepare_marker(
     state: &proto::ProjectState,
     now: Timestamp,
 ) -> (ExpectedRevision, proto::Evaluated) {
+    let (expected, prepared) = prepare_marker_ahead(state, now);
+    (expected, prepared.marker)
+}
+
+/// [`prepare_marker`], keeping the invocation it ran: the projector adopts it
+/// when the marker comes back through the subscription
+/// ([`fold::apply_recorded_prepared`]), so each marker it appends is
+/// evaluated once.
+pub fn prepare_marker_ahead(
+    state: &proto::ProjectState,
+    now: Timestamp,
+) -> (ExpectedRevision, PreparedMarker) {
     let now = match &state.update_time {
         Some(last) if to_nanos(last) > to_nanos(&now) => *last,
         _ => now,
     };
-    let revision = fold::next_revision(state);
-    let expected = match revision.checked_sub(1) {
+    let prepared = fold::prepare_marker(state, now);
+    let expected = match prepared.revision.checked_sub(1) {
         Some(last) => ExpectedRevision::Exact(last),
         None => ExpectedRevision::NoStream,
     };
-    let mut next_state = state.clone();
-    let evaluation = domain::evaluate(&mut next_state, revision, now);
-    let marker = proto::Evaluated {
-        now: Some(now),
-        eversion: evaluation.eversion,
-        state_digest: fold::state_digest(&next_state),
-    };
-    (expected, marker)
+    (expected, prepared)
 }
 
 /// One project's in-memory state and scheduling.
@@ -194,6 +199,9 @@ struct Entry {
     due: Option<Timestamp>,
     /// A marker append is under way.
     marker_in_flight: bool,
+    /// The invocation of the last marker this process appended (or tried
+    /// to), prepared from `state`; taken by the next event folded.
+    prepared: Option<PreparedMarker>,
     /// The fold rejected an event; the project is not folded further.
     broken: Option<String>,
     /// Whether the snapshot stream's max count was set by this process.
@@ -222,6 +230,18 @@ struct Projector<S> {
     checkpointed_position: u64,
     checkpointed_due: Vec<(String, i128)>,
     clock: u64,
+    /// How the markers folded so far were folded.
+    stats: MarkerStats,
+}
+
+/// How many markers the projector evaluated, and how many of its own it
+/// adopted as prepared (each marker is evaluated once per process).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct MarkerStats {
+    /// Markers whose prepared invocation was adopted.
+    adopted: u64,
+    /// Markers evaluated by the fold (another process's, or not prepared).
+    evaluated: u64,
 }
 
 /// Runs the projector until `shutdown` turns true, then finishes in-flight
@@ -255,6 +275,7 @@ pub async fn run<S: EventStore>(
         checkpointed_position: start,
         checkpointed_due: checkpoint.due.clone(),
         clock: 0,
+        stats: MarkerStats::default(),
     };
     // Projects that were due when the checkpoint was written are evaluated
     // again; their states are loaded when their time comes.
@@ -437,13 +458,23 @@ impl<S: EventStore> Projector<S> {
         };
         if self.prepare(&project, event.revision).await {
             let entry = self.projects.get_mut(&project).expect("prepared");
-            match fold::apply_recorded(&mut entry.state, event) {
+            // Whatever the event, the preparation was made from the state
+            // before it: it is used for this event or never.
+            let prepared = entry.prepared.take();
+            match fold::apply_recorded_prepared(&mut entry.state, event, prepared) {
                 Ok(None) => {
                     if self.config.schedule_markers {
                         self.schedule_batch(&project);
                     }
                 }
-                Ok(Some(outcome)) => self.after_marker(&project, event, outcome).await,
+                Ok(Some(outcome)) => {
+                    if outcome.adopted {
+                        self.stats.adopted += 1;
+                    } else {
+                        self.stats.evaluated += 1;
+                    }
+                    self.after_marker(&project, event, outcome).await;
+                }
                 Err(err) => {
                     tracing::error!(project, error = %err, "the fold rejected an event; the project is no longer folded");
                     entry.broken = Some(err.to_string());
@@ -598,10 +629,13 @@ impl<S: EventStore> Projector<S> {
             }
             return;
         }
-        let (expected, marker) = prepare_marker(&entry.state, now.unwrap_or_else(wall_clock));
-        entry.marker_in_flight = true;
+        let (expected, prepared) =
+            prepare_marker_ahead(&entry.state, now.unwrap_or_else(wall_clock));
         let id = Uuid::new_v4();
-        let event = streams::input_event(&Event::Evaluated(marker), id, "scheduler");
+        let event =
+            streams::input_event(&Event::Evaluated(prepared.marker.clone()), id, "scheduler");
+        entry.marker_in_flight = true;
+        entry.prepared = Some(prepared);
         let store = self.store.clone();
         let project = project.to_string();
         self.markers.spawn(async move {
@@ -737,7 +771,12 @@ impl<S: EventStore> Projector<S> {
             }
         }
         self.write_checkpoint().await;
-        tracing::info!(position = self.processed_position, "projector stopped");
+        tracing::info!(
+            position = self.processed_position,
+            markers_adopted = self.stats.adopted,
+            markers_evaluated = self.stats.evaluated,
+            "projector stopped"
+        );
     }
 }
 
@@ -747,9 +786,176 @@ impl Entry {
             state,
             due: None,
             marker_in_flight: false,
+            prepared: None,
             broken: None,
             snapshot_metadata_set: false,
             last_used: clock,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One evaluation per marker: the projector adopts the invocation it
+    //! prepared for its own marker, and folds any other marker normally.
+
+    use super::*;
+    use crate::notifier::Notifier;
+    use crate::store::memory::MemoryStore;
+    use crate::testing::ConfigBuilder;
+
+    const PROJECT: &str = "p";
+
+    fn ts(seconds: i64) -> Timestamp {
+        Timestamp { seconds, nanos: 0 }
+    }
+
+    /// A projector task's data, driven by hand (no scheduler).
+    fn projector(store: &MemoryStore) -> Projector<MemoryStore> {
+        Projector {
+            store: store.clone(),
+            config: ProjectorConfig {
+                schedule_markers: false,
+                ..ProjectorConfig::default()
+            },
+            projects: BTreeMap::new(),
+            schedule: BTreeSet::new(),
+            markers: JoinSet::new(),
+            processed_position: 0,
+            checkpointed_position: 0,
+            checkpointed_due: Vec::new(),
+            clock: 0,
+            stats: MarkerStats::default(),
+        }
+    }
+
+    async fn notifier_with_config(store: &MemoryStore) -> Notifier<MemoryStore> {
+        let notifier = Notifier::new(store.clone(), "test");
+        let config = ConfigBuilder::new("h1", 1).group("main", |g| g).build();
+        notifier.update_config(PROJECT, config).await.unwrap();
+        notifier
+    }
+
+    /// Folds what the store holds beyond the projector's position, as its
+    /// subscription would.
+    async fn catch_up(p: &mut Projector<MemoryStore>) {
+        let events = p
+            .store
+            .read_all(
+                p.processed_position + 1,
+                usize::MAX,
+                &StreamFilter::prefix(PROJECT_CATEGORY),
+            )
+            .await
+            .unwrap();
+        for event in &events {
+            p.handle_event(event).await;
+        }
+    }
+
+    /// Prepares and appends a marker as the scheduler does; waits for the append.
+    async fn append_marker(p: &mut Projector<MemoryStore>, now: Timestamp) -> Result<u64, String> {
+        let (reply, answer) = oneshot::channel();
+        p.start_marker(PROJECT, Some(now), Some(reply));
+        let done = p.markers.join_next().await.expect("a marker task");
+        p.marker_done(done);
+        answer.await.unwrap()
+    }
+
+    /// The state folded from the stream by the read side (every marker's
+    /// digest checked).
+    async fn folded(store: &MemoryStore) -> proto::ProjectState {
+        let loaded = load(store, PROJECT, Target::Latest).await.unwrap();
+        assert!(loaded
+            .last_outcome
+            .as_ref()
+            .is_some_and(|o| o.divergence.is_none() && !o.adopted));
+        loaded.state
+    }
+
+    #[tokio::test]
+    async fn the_projector_evaluates_its_own_marker_once() {
+        let store = MemoryStore::new();
+        let notifier = notifier_with_config(&store).await;
+        let mut p = projector(&store);
+        catch_up(&mut p).await;
+
+        append_marker(&mut p, ts(1_700_000_000)).await.unwrap();
+        assert!(p.projects[PROJECT].prepared.is_some());
+        catch_up(&mut p).await;
+        assert_eq!(
+            p.stats,
+            MarkerStats {
+                adopted: 1,
+                evaluated: 0
+            }
+        );
+        assert!(p.projects[PROJECT].prepared.is_none());
+        assert_eq!(p.projects[PROJECT].state, folded(&store).await);
+
+        notifier.poke(PROJECT).await.unwrap();
+        catch_up(&mut p).await;
+        append_marker(&mut p, ts(1_700_000_001)).await.unwrap();
+        catch_up(&mut p).await;
+        assert_eq!(
+            p.stats,
+            MarkerStats {
+                adopted: 2,
+                evaluated: 0
+            }
+        );
+        let state = &p.projects[PROJECT].state;
+        assert_eq!(state.eversion, 2);
+        assert_eq!(*state, folded(&store).await);
+    }
+
+    #[tokio::test]
+    async fn a_marker_appended_by_someone_else_is_folded_normally() {
+        let store = MemoryStore::new();
+        let notifier = notifier_with_config(&store).await;
+        let mut p = projector(&store);
+        catch_up(&mut p).await;
+
+        // Another process appends its marker (another `now`) at the revision
+        // this projector prepares its own for: this one's append conflicts,
+        // and its preparation must not be adopted for the other marker.
+        let before = p.projects[PROJECT].state.clone();
+        let (expected, marker) = prepare_marker(&before, ts(1_700_000_100));
+        let other = streams::input_event(&Event::Evaluated(marker), Uuid::new_v4(), "other");
+        store
+            .append(&project_stream(PROJECT), expected, vec![other])
+            .await
+            .unwrap();
+        append_marker(&mut p, ts(1_700_000_000)).await.unwrap_err();
+        assert!(p.projects[PROJECT].prepared.is_some());
+        catch_up(&mut p).await;
+        assert_eq!(
+            p.stats,
+            MarkerStats {
+                adopted: 0,
+                evaluated: 1
+            }
+        );
+        assert!(p.projects[PROJECT].prepared.is_none());
+        let state = p.projects[PROJECT].state.clone();
+        assert_eq!(state.update_time, Some(ts(1_700_000_100)));
+        assert_eq!(state, folded(&store).await);
+
+        // An input event lands before this projector's marker: the marker
+        // conflicts, the event is folded and the preparation dropped.
+        notifier.poke(PROJECT).await.unwrap();
+        append_marker(&mut p, ts(1_700_000_200)).await.unwrap_err();
+        catch_up(&mut p).await;
+        assert!(p.projects[PROJECT].prepared.is_none());
+        append_marker(&mut p, ts(1_700_000_300)).await.unwrap();
+        catch_up(&mut p).await;
+        assert_eq!(
+            p.stats,
+            MarkerStats {
+                adopted: 1,
+                evaluated: 1
+            }
+        );
+        assert_eq!(p.projects[PROJECT].state, folded(&store).await);
     }
 }

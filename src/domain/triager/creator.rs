@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use crate::domain::triage_api::{PmView, TriageError};
-use crate::proto::{Component, CreateRun, InputCl, RunOptions, Snapshot, Trigger};
+use crate::proto::{
+    ChangeList, Component, CreateRun, InputCl, Pcl, RunOptions, Snapshot, Timestamp, Trigger,
+};
 
 use super::cls::ClInfo;
 use super::run_id::{self, RunIdCl};
@@ -72,19 +74,40 @@ impl Combo {
     }
 }
 
-/// Builds the fully populated `CreateRun` for a combo (without `dep_runs`).
+/// What staging decides on before a `CreateRun` is built: the RunID, and
+/// everything the original's `makeCreator` validates on the way to it.
 ///
-/// The trigger of each CL is its PCL's (PCL triggers carry email and Gerrit
-/// account id), so the original's re-extraction from the snapshot and its
-/// mode-consistency check are not needed.
-pub(crate) fn make_creator(
-    view: &PmView<'_>,
-    component: &Component,
-    cls: &BTreeMap<i64, ClInfo<'_>>,
+/// Planning performs every check of the original's `makeCreator` and of the
+/// Run creator's `prepare`, in their order, and hashes the RunID once; it
+/// builds none of the action's other fields. Most staged combos are never
+/// emitted (the Run exists, was just requested, or waits for a dep), so the
+/// full action is built by [`build_run`] only for the Runs created now.
+#[derive(Debug, Clone)]
+pub(crate) struct RunPlan<'v> {
+    /// The Run's id (domain/luci-pm.md §1.1).
+    pub(crate) run_id: String,
+    /// The chosen trigger of the last-triggered CL: its mode is the Run's.
+    pub(crate) trigger: &'v Trigger,
+    /// The combo's CL entities, in combo order.
+    entities: Vec<&'v ChangeList>,
+    /// The config group's name.
+    cg_name: &'v str,
+    owner: String,
+    created_by: String,
+    billed_to: String,
+    create_time: Timestamp,
+}
+
+/// Validates a combo's Run and computes its RunID (see [`RunPlan`]): the
+/// errors of the original's `makeCreator` and the Run creator's `prepare`,
+/// in their order.
+pub(crate) fn plan_run<'v>(
+    view: &PmView<'v>,
+    cls: &BTreeMap<i64, ClInfo<'v>>,
     combo: &Combo,
     cg_index: i32,
     kind: TriggerKind,
-) -> Result<CreateRun, TriageError> {
+) -> Result<RunPlan<'v>, TriageError> {
     let cg = view.config_group(cg_index).ok_or_else(|| {
         TriageError::Bug(format!("config group index {cg_index} is out of range"))
     })?;
@@ -106,35 +129,28 @@ pub(crate) fn make_creator(
     })?;
     let owner = owner_identity(latest, latest_entity.snapshot.as_ref())?;
 
-    let mut options = RunOptions::default();
-    let mut incomplete_runs = Vec::new();
-    let mut input_cls = Vec::with_capacity(combo.all.len());
+    // The members' PCLs and chosen triggers (the future `input_cls`).
+    let mut members: Vec<(&'v Pcl, Option<&'v Trigger>)> = Vec::with_capacity(combo.all.len());
     for (clid, cl) in combo.all.iter().zip(&entities) {
         let info = cls
             .get(clid)
             .ok_or_else(|| TriageError::Bug(format!("combo CL {clid} is not in the component")))?;
-        for &ri in &info.run_indexes {
-            incomplete_runs.push(component.pruns[ri].id.clone());
-        }
-        let (expected, actual) = (info.pcl.eversion, cl.eversion);
+        let pcl: &'v Pcl = info.pcl;
+        let (expected, actual) = (pcl.eversion, cl.eversion);
         if expected != actual {
             return Err(TriageError::OutdatedPmState(format!(
                 "CL {clid} EVersion changed {expected} => {actual}"
             )));
         }
-        merge_options(&mut options, cl.snapshot.as_ref());
-        input_cls.push(InputCl {
-            clid: *clid,
-            expected_eversion: info.pcl.eversion,
-            trigger: kind.choose(info.pcl.triggers.as_ref()).cloned(),
-        });
+        members.push((pcl, kind.choose(pcl.triggers.as_ref())));
     }
 
-    let latest_info = cls
+    let latest_pcl: &'v Pcl = cls
         .get(&latest)
-        .ok_or_else(|| TriageError::Bug(format!("combo CL {latest} is not in the component")))?;
+        .ok_or_else(|| TriageError::Bug(format!("combo CL {latest} is not in the component")))?
+        .pcl;
     let t = kind
-        .choose(latest_info.pcl.triggers.as_ref())
+        .choose(latest_pcl.triggers.as_ref())
         .ok_or_else(|| TriageError::Bug(format!("CL {latest} lost its trigger")))?;
     let created_by = user_identity(&t.email).map_err(|e| {
         TriageError::Bug(format!(
@@ -142,7 +158,6 @@ pub(crate) fn make_creator(
             t.email
         ))
     })?;
-    incomplete_runs.sort();
     let billed_to = quota_payer(
         latest,
         &owner,
@@ -154,75 +169,129 @@ pub(crate) fn make_creator(
         .ok_or_else(|| TriageError::Bug(format!("CL {latest}: trigger without time")))?;
     let create_time = to_timestamp(round_nanos_to_micros(create_ns))?;
 
-    let mut rc = CreateRun {
-        run_id: String::new(),
-        config_group_id: format!("{}/{}", view.pstate.config_hash, cg.name),
-        mode: t.mode.clone(),
-        create_time: Some(create_time),
+    let run_id = expected_run_id(
+        view.luci_project,
+        t,
+        &create_time,
+        combo,
+        &members,
+        &entities,
+    )?;
+    Ok(RunPlan {
+        run_id,
+        trigger: t,
+        entities,
+        cg_name: &cg.name,
         owner,
         created_by,
         billed_to,
+        create_time,
+    })
+}
+
+/// The `CreateRun` of a planned Run (without `dep_runs`): the original's
+/// `makeCreator` after its checks.
+///
+/// The trigger of each CL is its PCL's (PCL triggers carry email and Gerrit
+/// account id), so the original's re-extraction from the snapshot and its
+/// mode-consistency check are not needed.
+pub(crate) fn build_run<'v>(
+    view: &PmView<'v>,
+    component: &Component,
+    cls: &BTreeMap<i64, ClInfo<'v>>,
+    combo: &Combo,
+    plan: RunPlan<'v>,
+    kind: TriggerKind,
+) -> CreateRun {
+    let mut options = RunOptions::default();
+    let mut incomplete_runs = Vec::new();
+    let mut input_cls = Vec::with_capacity(combo.all.len());
+    for (clid, cl) in combo.all.iter().zip(&plan.entities) {
+        // Planning checked that every member is in the component.
+        let Some(info) = cls.get(clid) else { continue };
+        for &ri in &info.run_indexes {
+            incomplete_runs.push(component.pruns[ri].id.clone());
+        }
+        merge_options(&mut options, cl.snapshot.as_ref());
+        input_cls.push(InputCl {
+            clid: *clid,
+            expected_eversion: info.pcl.eversion,
+            trigger: kind.choose(info.pcl.triggers.as_ref()).cloned(),
+        });
+    }
+    incomplete_runs.sort();
+    let t = plan.trigger;
+    let luci_project = view.luci_project.to_string();
+    let operation_id = run_id::operation_id(&luci_project, &plan.run_id);
+    CreateRun {
+        run_id: plan.run_id,
+        config_group_id: format!("{}/{}", view.pstate.config_hash, plan.cg_name),
+        mode: t.mode.clone(),
+        create_time: Some(plan.create_time),
+        owner: plan.owner,
+        created_by: plan.created_by,
+        billed_to: plan.billed_to,
         input_cls,
         dep_runs: Vec::new(),
         expected_incomplete_run_ids: incomplete_runs,
         options: Some(options),
-        operation_id: String::new(),
+        operation_id,
         mode_definition: t.mode_definition.clone(),
-        luci_project: view.luci_project.to_string(),
-    };
-    rc.run_id = expected_run_id(&rc, &entities)?;
-    rc.operation_id = run_id::operation_id(&rc.luci_project, &rc.run_id);
-    Ok(rc)
+        luci_project,
+    }
 }
 
-/// The RunID of a `CreateRun`, after the Run creator's own validation (the
+/// The RunID of a Run, after the Run creator's own validation (the
 /// original's `prepare`, which panics on violations).
 fn expected_run_id(
-    rc: &CreateRun,
-    entities: &[&crate::proto::ChangeList],
+    luci_project: &str,
+    trigger: &Trigger,
+    create_time: &Timestamp,
+    combo: &Combo,
+    members: &[(&Pcl, Option<&Trigger>)],
+    entities: &[&ChangeList],
 ) -> Result<String, TriageError> {
     let bug = |msg: &str| Err(TriageError::Bug(format!("run creator: {msg}")));
     let standard = [DRY_RUN, FULL_RUN, NEW_PATCHSET_RUN, QUICK_DRY_RUN];
-    if rc.luci_project.is_empty() {
+    if luci_project.is_empty() {
         return bug("LUCIProject is required");
     }
-    if rc.input_cls.is_empty() {
+    if combo.all.is_empty() {
         return bug("At least 1 CL is required");
     }
-    if rc.mode.is_empty() {
+    if trigger.mode.is_empty() {
         return bug("Mode is required");
     }
-    if !standard.contains(&rc.mode.as_str()) && rc.mode_definition.is_none() {
+    if !standard.contains(&trigger.mode.as_str()) && trigger.mode_definition.is_none() {
         return bug("ModeDefinition is required for non-standard mode");
     }
     let mut seen = std::collections::BTreeSet::new();
-    let mut digest_cls = Vec::with_capacity(rc.input_cls.len());
-    for (input, cl) in rc.input_cls.iter().zip(entities) {
-        if input.clid == 0 {
+    let mut digest_cls = Vec::with_capacity(combo.all.len());
+    for ((clid, (pcl, cl_trigger)), cl) in combo.all.iter().zip(members).zip(entities) {
+        if *clid == 0 {
             return bug("ID of the CL is required");
         }
-        if input.expected_eversion == 0 {
+        if pcl.eversion == 0 {
             return bug("expectedEversion of the CL is required");
         }
         let Some(snapshot) = cl.snapshot.as_ref() else {
             return bug("cl snapshot must not be nil");
         };
-        if input.trigger.is_none() {
+        if cl_trigger.is_none() {
             return bug("cl trigger info is required");
         }
-        if !seen.insert(input.clid) {
-            return bug(&format!("duplicate input CL ID {}", input.clid));
+        if !seen.insert(*clid) {
+            return bug(&format!("duplicate input CL ID {clid}"));
         }
         let gerrit = snapshot.gerrit.as_ref();
         digest_cls.push(RunIdCl {
             host: gerrit.map_or("", |g| g.host.as_str()),
             change: gerrit.map_or(0, |g| g.change),
             current_revision: gerrit.map_or("", |g| g.current_revision.as_str()),
-            trigger: input.trigger.as_ref(),
+            trigger: *cl_trigger,
         });
     }
-    let create_time = rc.create_time.unwrap_or_default();
-    run_id::run_id(&rc.luci_project, &create_time, &digest_cls).map_err(TriageError::Bug)
+    run_id::run_id(luci_project, create_time, &digest_cls).map_err(TriageError::Bug)
 }
 
 /// `user:<email>` after the original's identity validation.
@@ -233,11 +302,11 @@ pub(crate) fn user_identity(email: &str) -> Result<String, String> {
     let local_ok = !local.is_empty()
         && local
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.+%".contains(c));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+' | '%'));
     let domain_ok = !domain.is_empty()
         && domain
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if local_ok && domain_ok {
         Ok(format!("user:{email}"))
     } else {

@@ -12,7 +12,7 @@ use crate::proto::cl_error::{Kind, ReusedTrigger};
 use crate::proto::{dep::DepKind, pcl, ClError, Component, CreateRun, Pcl};
 
 use super::cls::ClInfo;
-use super::creator::{make_creator, Combo};
+use super::creator::{build_run, plan_run, Combo, RunPlan};
 use super::{TriggerKind, FULL_RUN, NEW_PATCHSET_RUN};
 use crate::domain::time::{
     duration_nanos, nanos_if_set, to_nanos, Nanos, MINUTE_NANOS, SECOND_NANOS,
@@ -43,14 +43,26 @@ enum Existing {
     Reused(String),
 }
 
+/// A Run staging decided to create, unless its deps say to wait: the
+/// `CreateRun` is built only once that is settled (see [`RunPlan`]).
+struct Candidate<'v> {
+    plan: RunPlan<'v>,
+    combo: Combo,
+    kind: TriggerKind,
+}
+
 /// Stages new Runs for the component (the original's `stageNewRuns`).
 ///
 /// May add `reused_trigger` purge reasons to the CLs of a combo whose Run
 /// already ended more than a minute ago.
-pub(crate) fn stage_new_runs(
+///
+/// Every combo is planned (checked, RunID computed) where the original builds
+/// its `CreateRun`, with the same errors; the action itself is built only for
+/// the Runs created now.
+pub(crate) fn stage_new_runs<'v>(
     component: &Component,
-    cls: &mut BTreeMap<i64, ClInfo<'_>>,
-    view: &PmView<'_>,
+    cls: &mut BTreeMap<i64, ClInfo<'v>>,
+    view: &PmView<'v>,
 ) -> Result<StagedRuns, TriageError> {
     let mut stage = RunStage {
         component,
@@ -69,9 +81,11 @@ pub(crate) fn stage_new_runs(
         }
     }
     let mut runs = Vec::with_capacity(candidates.len());
-    for mut rc in candidates {
-        let (create_now, dep_runs) = resolve_dep_runs(&rc, cls, component, view)?;
+    for candidate in candidates {
+        let (create_now, dep_runs) = resolve_dep_runs(&candidate, cls, component, view)?;
         if create_now {
+            let Candidate { plan, combo, kind } = candidate;
+            let mut rc = build_run(view, component, cls, &combo, plan, kind);
             rc.dep_runs.extend(dep_runs);
             runs.push(rc);
         }
@@ -101,12 +115,12 @@ struct RunStage<'s, 'v> {
     reverse_deps: BTreeMap<i64, Vec<i64>>,
 }
 
-impl RunStage<'_, '_> {
+impl<'v> RunStage<'_, 'v> {
     fn stage_new_runs_from(
         &mut self,
         clid: i64,
-        cls: &mut BTreeMap<i64, ClInfo<'_>>,
-    ) -> Result<(Vec<CreateRun>, Option<Nanos>), TriageError> {
+        cls: &mut BTreeMap<i64, ClInfo<'v>>,
+    ) -> Result<(Vec<Candidate<'v>>, Option<Nanos>), TriageError> {
         let Some(info) = cls.get(&clid) else {
             return Ok((Vec::new(), None));
         };
@@ -129,8 +143,8 @@ impl RunStage<'_, '_> {
     fn stage_new_patchset_runs_from(
         &mut self,
         clid: i64,
-        cls: &mut BTreeMap<i64, ClInfo<'_>>,
-    ) -> Result<(Vec<CreateRun>, Option<Nanos>), TriageError> {
+        cls: &mut BTreeMap<i64, ClInfo<'v>>,
+    ) -> Result<(Vec<Candidate<'v>>, Option<Nanos>), TriageError> {
         let info = &cls[&clid];
         let cg_index = first_config_group(info.pcl)?;
         let combo = Combo::new([info], TriggerKind::NewPatchset);
@@ -142,22 +156,15 @@ impl RunStage<'_, '_> {
             // A Run with the same mode and CL exists: wait for it to end.
             return Ok((Vec::new(), None));
         }
-        let rc = make_creator(
-            self.view,
-            self.component,
-            cls,
-            &combo,
-            cg_index,
-            TriggerKind::NewPatchset,
-        )?;
-        self.decide_existing(rc, &combo, cls, TriggerKind::NewPatchset)
+        let plan = plan_run(self.view, cls, &combo, cg_index, TriggerKind::NewPatchset)?;
+        self.decide_existing(plan, combo, cls, TriggerKind::NewPatchset)
     }
 
     fn stage_new_cq_vote_runs_from(
         &mut self,
         clid: i64,
-        cls: &mut BTreeMap<i64, ClInfo<'_>>,
-    ) -> Result<(Vec<CreateRun>, Option<Nanos>), TriageError> {
+        cls: &mut BTreeMap<i64, ClInfo<'v>>,
+    ) -> Result<(Vec<Candidate<'v>>, Option<Nanos>), TriageError> {
         if !self.visited.insert(clid) {
             return Ok((Vec::new(), None));
         }
@@ -253,15 +260,8 @@ impl RunStage<'_, '_> {
             return Ok((Vec::new(), None));
         }
 
-        let rc = make_creator(
-            self.view,
-            self.component,
-            cls,
-            &combo,
-            cg_index,
-            TriggerKind::CqVote,
-        )?;
-        self.decide_existing(rc, &combo, cls, TriggerKind::CqVote)
+        let plan = plan_run(self.view, cls, &combo, cg_index, TriggerKind::CqVote)?;
+        self.decide_existing(plan, combo, cls, TriggerKind::CqVote)
     }
 
     /// Adds to `members` every component CL reachable through non-submitted
@@ -296,13 +296,13 @@ impl RunStage<'_, '_> {
 
     fn decide_existing(
         &self,
-        rc: CreateRun,
-        combo: &Combo,
-        cls: &mut BTreeMap<i64, ClInfo<'_>>,
+        plan: RunPlan<'v>,
+        combo: Combo,
+        cls: &mut BTreeMap<i64, ClInfo<'v>>,
         kind: TriggerKind,
-    ) -> Result<(Vec<CreateRun>, Option<Nanos>), TriageError> {
-        match check_existing(&rc, self.view) {
-            Existing::NotFound => Ok((vec![rc], None)),
+    ) -> Result<(Vec<Candidate<'v>>, Option<Nanos>), TriageError> {
+        match check_existing(&plan.run_id, self.view) {
+            Existing::NotFound => Ok((vec![Candidate { plan, combo, kind }], None)),
             Existing::Wait(next) => Ok((Vec::new(), next)),
             Existing::Reused(run) => {
                 for member in &combo.all {
@@ -333,11 +333,11 @@ fn first_config_group(pcl: &Pcl) -> Result<i32, TriageError> {
 
 /// Whether the Run to create already exists or was just requested
 /// (the original's `checkExisting` plus the run-request rule of DESIGN §6).
-fn check_existing(rc: &CreateRun, view: &PmView<'_>) -> Existing {
+fn check_existing(run_id: &str, view: &PmView<'_>) -> Existing {
     let now = to_nanos(&view.now);
-    match view.run(&rc.run_id) {
+    match view.run(run_id) {
         None => match view
-            .run_request(&rc.run_id)
+            .run_request(run_id)
             .and_then(|r| nanos_if_set(r.requested_at.as_ref()))
         {
             // Requested recently and not yet seen: do not ask again too soon.
@@ -386,15 +386,17 @@ pub(crate) fn find_immediate_hard_deps(
 /// Whether a staged FULL_RUN of a singular group can be created now, and the
 /// FULL_RUN Runs of its immediate HARD deps (the original's `resolveDepRuns`).
 fn resolve_dep_runs(
-    rc: &CreateRun,
+    candidate: &Candidate<'_>,
     cls: &BTreeMap<i64, ClInfo<'_>>,
     component: &Component,
     view: &PmView<'_>,
 ) -> Result<(bool, Vec<String>), TriageError> {
-    let first = rc
-        .input_cls
+    // The Run's CLs are the combo's, in its order; its mode is the trigger's.
+    let first = candidate
+        .combo
+        .all
         .first()
-        .map(|c| c.clid)
+        .copied()
         .ok_or_else(|| TriageError::Bug("resolveDepRuns: Run without CLs".to_string()))?;
     let info = cls.get(&first).ok_or_else(|| {
         TriageError::Bug(format!(
@@ -407,7 +409,7 @@ fn resolve_dep_runs(
             "CL {first}: config group index {cg_index} is out of range"
         ))
     })?;
-    if rc.mode != FULL_RUN || cg.combine_cls.is_some() {
+    if candidate.plan.trigger.mode != FULL_RUN || cg.combine_cls.is_some() {
         return Ok((true, Vec::new()));
     }
     let ideps = find_immediate_hard_deps(info.pcl, cls, view)?;
