@@ -67,6 +67,16 @@ impl FileEvent {
             metadata: self.metadata.clone(),
         }
     }
+
+    /// The event in the form the store appends, without copying the metadata.
+    pub fn into_new_event(self) -> NewEvent {
+        NewEvent {
+            id: self.id,
+            event_type: events::type_name(&self.event).to_string(),
+            data: events::encode(&self.event),
+            metadata: self.metadata,
+        }
+    }
 }
 
 /// A whole replay file, validated.
