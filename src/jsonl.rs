@@ -6,6 +6,7 @@
 //! with `data` in the canonical proto3 JSON mapping. `revision`, `id` and
 //! `metadata` may be left out in hand-written files.
 
+use std::collections::HashSet;
 use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,16 @@ impl FileEvent {
             event_type: events::type_name(&self.event).to_string(),
             data: events::encode(&self.event),
             metadata: self.metadata.clone(),
+        }
+    }
+
+    /// The event in the form the store appends, without copying the metadata.
+    pub fn into_new_event(self) -> NewEvent {
+        NewEvent {
+            id: self.id,
+            event_type: events::type_name(&self.event).to_string(),
+            data: events::encode(&self.event),
+            metadata: self.metadata,
         }
     }
 }
@@ -164,6 +175,8 @@ pub fn parse(reader: impl BufRead, file: &str) -> Result<StreamFile, FileError> 
     notifier::validate_project(&header.project).map_err(|e| error(1, e.to_string()))?;
 
     let mut events = Vec::new();
+    // Every id seen so far, so that a duplicate is found in constant time.
+    let mut seen_ids = HashSet::new();
     for (index, text) in lines {
         let line = index + 1;
         let text = text.map_err(|e| error(line, format!("cannot read: {e}")))?;
@@ -219,7 +232,7 @@ pub fn parse(reader: impl BufRead, file: &str) -> Result<StreamFile, FileError> 
                 ));
             }
         }
-        if events.iter().any(|e: &FileEvent| e.id == id) {
+        if !seen_ids.insert(id) {
             return Err(error(line, format!("event id {id} appears twice")));
         }
         events.push(FileEvent {

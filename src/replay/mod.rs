@@ -139,7 +139,10 @@ pub async fn open(source: &Source) -> Result<Opened, ReplayError> {
     }
 }
 
-/// Loads a parsed replay file into a fresh in-memory store.
+/// Loads a parsed replay file into a fresh in-memory store, in
+/// [`LOAD_CHUNK_EVENTS`] appends; linear in the file's size (each append
+/// checks only its own events, see `store::memory`), and each parsed event is
+/// dropped once it is in the store.
 pub async fn load_file(name: &str, parsed: jsonl::StreamFile) -> Result<Opened, ReplayError> {
     let project = parsed.header.project.clone();
     let stream = project_stream(&project);
@@ -157,8 +160,13 @@ pub async fn load_file(name: &str, parsed: jsonl::StreamFile) -> Result<Opened, 
         }
         lines.insert(revision, event.line);
     }
-    for chunk in parsed.events.chunks(LOAD_CHUNK_EVENTS) {
-        let batch = chunk.iter().map(jsonl::FileEvent::to_new_event).collect();
+    let mut events = parsed.events.into_iter().peekable();
+    while events.peek().is_some() {
+        let batch = events
+            .by_ref()
+            .take(LOAD_CHUNK_EVENTS)
+            .map(jsonl::FileEvent::into_new_event)
+            .collect();
         store
             .append(&stream, ExpectedRevision::Any, batch)
             .await

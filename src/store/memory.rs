@@ -1,10 +1,11 @@
 //! The in-memory store: the reference model of the store contract, used by
 //! tests and pure replays. Nothing survives the process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use super::{
     catchup, AppendResult, Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom,
@@ -22,9 +23,44 @@ pub struct MemoryStore {
 struct Inner {
     /// Every event in position order; `log[i].position == i + 1`.
     log: Vec<RecordedEvent>,
-    /// Per stream, the indexes into `log` of its events in revision order.
-    streams: BTreeMap<String, Vec<usize>>,
+    /// Per stream, its events.
+    streams: BTreeMap<String, StreamIndex>,
     metadata: BTreeMap<String, StreamMetadata>,
+}
+
+/// One stream's events: what `read_stream` and the append check need, each
+/// in constant time per event.
+#[derive(Debug, Default)]
+struct StreamIndex {
+    /// The indexes into `log` of the stream's events, in revision order.
+    events: Vec<usize>,
+    /// The revision of every event id of the stream (ids are unique in a
+    /// stream: the append check rejects a duplicate).
+    revisions: HashMap<Uuid, u64>,
+}
+
+/// A stream's ids as the append check sees them: `index` is `None` for a
+/// stream without events.
+struct MemoryIds<'a> {
+    index: Option<&'a StreamIndex>,
+    log: &'a [RecordedEvent],
+}
+
+impl StreamIds for MemoryIds<'_> {
+    fn last_revision(&self) -> Option<u64> {
+        self.index
+            .and_then(|index| index.events.len().checked_sub(1))
+            .map(|r| r as u64)
+    }
+
+    fn revision_of(&self, id: &Uuid) -> Option<u64> {
+        self.index?.revisions.get(id).copied()
+    }
+
+    fn id_at(&self, revision: u64) -> Option<Uuid> {
+        let index = self.index?.events.get(usize::try_from(revision).ok()?)?;
+        Some(self.log[*index].id)
+    }
 }
 
 impl Default for MemoryStore {
@@ -54,21 +90,23 @@ pub(crate) trait StreamIds {
     /// The stream's last revision (`None`: no event).
     fn last_revision(&self) -> Option<u64>;
     /// The revision of the event with this id, if it is in the stream.
-    fn revision_of(&self, id: &uuid::Uuid) -> Option<u64>;
+    fn revision_of(&self, id: &Uuid) -> Option<u64>;
     /// The id of the event at this revision, if there is one.
-    fn id_at(&self, revision: u64) -> Option<uuid::Uuid>;
+    fn id_at(&self, revision: u64) -> Option<Uuid>;
 }
 
-impl StreamIds for [uuid::Uuid] {
+/// The plain view: the ids in revision order (linear lookups; the reference
+/// the indexed views are tested against).
+impl StreamIds for [Uuid] {
     fn last_revision(&self) -> Option<u64> {
         self.len().checked_sub(1).map(|r| r as u64)
     }
 
-    fn revision_of(&self, id: &uuid::Uuid) -> Option<u64> {
+    fn revision_of(&self, id: &Uuid) -> Option<u64> {
         self.iter().position(|known| known == id).map(|r| r as u64)
     }
 
-    fn id_at(&self, revision: u64) -> Option<uuid::Uuid> {
+    fn id_at(&self, revision: u64) -> Option<Uuid> {
         usize::try_from(revision)
             .ok()
             .and_then(|r| self.get(r))
@@ -79,22 +117,13 @@ impl StreamIds for [uuid::Uuid] {
 /// Checks an append against a stream's current events; the shared rule of
 /// every store (see the module documentation of `store`).
 ///
-/// `ids` are the ids of the stream's events in revision order. Returns
-/// `Ok(Some(r))` for an idempotent retry whose first event is at revision
-/// `r`, `Ok(None)` when the batch must be written.
-pub(crate) fn check_append(
-    stream: &str,
-    expected: ExpectedRevision,
-    stream_ids: &[uuid::Uuid],
-    batch: &[NewEvent],
-) -> Result<Option<u64>, StoreError> {
-    check_append_with(stream, expected, stream_ids, batch)
-}
-
-/// [`check_append`] over any view of the stream's ids. The view is asked
-/// only for the last revision, the revisions of the batch's ids and the ids
-/// at revisions `r..r + batch.len()` where `r` is the revision of the
-/// batch's first id.
+/// `stream_ids` is a view of the ids of the stream's events (the plain list
+/// in revision order, `[Uuid]`, is the obvious one; the stores keep indexed
+/// ones). The view is asked only for the last revision, the revisions of the
+/// batch's ids and the ids at revisions `r..r + batch.len()` where `r` is the
+/// revision of the batch's first id, so the check costs O(batch) lookups.
+/// Returns `Ok(Some(r))` for an idempotent retry whose first event is at
+/// revision `r`, `Ok(None)` when the batch must be written.
 pub(crate) fn check_append_with<S: StreamIds + ?Sized>(
     stream: &str,
     expected: ExpectedRevision,
@@ -131,10 +160,10 @@ pub(crate) fn check_append_with<S: StreamIds + ?Sized>(
             actual,
         });
     }
-    for (i, event) in batch.iter().enumerate() {
-        if stream_ids.revision_of(&event.id).is_some()
-            || batch[..i].iter().any(|e| e.id == event.id)
-        {
+    // The first event whose id is in the stream or earlier in the batch.
+    let mut batch_ids = HashSet::with_capacity(batch.len());
+    for event in batch {
+        if stream_ids.revision_of(&event.id).is_some() || !batch_ids.insert(event.id) {
             return Err(StoreError::DuplicateEventId {
                 stream: stream.to_string(),
                 id: event.id,
@@ -171,37 +200,51 @@ impl EventStore for MemoryStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         check_request(stream, &events)?;
-        let mut inner = self.lock();
-        let indexes = inner.streams.get(stream).cloned().unwrap_or_default();
-        let ids: Vec<_> = indexes.iter().map(|&i| inner.log[i].id).collect();
-        if let Some(start) = check_append(stream, expected, &ids, &events)? {
-            let last = indexes[start as usize + events.len() - 1];
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let ids = MemoryIds {
+            index: inner.streams.get(stream),
+            log: &inner.log,
+        };
+        if let Some(start) = check_append_with(stream, expected, &ids, &events)? {
+            let next_revision = start + events.len() as u64 - 1;
+            let last =
+                ids.index.expect("a retry's ids are in the stream").events[next_revision as usize];
             return Ok(AppendResult {
-                next_revision: start + events.len() as u64 - 1,
+                next_revision,
                 position: inner.log[last].position,
             });
         }
-        let mut revision = ids.len() as u64;
+        if !inner.streams.contains_key(stream) {
+            inner
+                .streams
+                .insert(stream.to_string(), StreamIndex::default());
+        }
+        let index = inner
+            .streams
+            .get_mut(stream)
+            .expect("the stream's index was just made");
+        let mut revision = index.events.len() as u64;
+        inner.log.reserve(events.len());
+        index.events.reserve(events.len());
+        index.revisions.reserve(events.len());
         for event in events {
-            let index = inner.log.len();
+            let at = inner.log.len();
+            index.events.push(at);
+            index.revisions.insert(event.id, revision);
             inner.log.push(RecordedEvent {
                 stream: stream.to_string(),
                 revision,
-                position: index as u64 + 1,
+                position: at as u64 + 1,
                 id: event.id,
                 event_type: event.event_type,
                 data: event.data,
                 metadata: event.metadata,
             });
-            inner
-                .streams
-                .entry(stream.to_string())
-                .or_default()
-                .push(index);
             revision += 1;
         }
         let position = inner.log.len() as u64;
-        drop(inner);
+        drop(guard);
         self.head.send_replace(position);
         Ok(AppendResult {
             next_revision: revision - 1,
@@ -217,7 +260,10 @@ impl EventStore for MemoryStore {
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let inner = self.lock();
-        let Some(indexes) = inner.streams.get(stream) else {
+        let Some(StreamIndex {
+            events: indexes, ..
+        }) = inner.streams.get(stream)
+        else {
             return Ok(Vec::new());
         };
         let last = indexes.len() as u64 - 1;
@@ -266,7 +312,7 @@ impl EventStore for MemoryStore {
             .lock()
             .streams
             .get(stream)
-            .map(|indexes| indexes.len() as u64 - 1))
+            .map(|index| index.events.len() as u64 - 1))
     }
 
     async fn set_stream_metadata(
@@ -298,5 +344,72 @@ impl EventStore for MemoryStore {
             stream.to_string(),
             from_revision,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: u128) -> NewEvent {
+        NewEvent {
+            id: Uuid::from_u128(id),
+            event_type: "E".into(),
+            data: Vec::new(),
+            metadata: Vec::new(),
+        }
+    }
+
+    /// The indexed view the store keeps answers every append check as the
+    /// plain list of ids does, over random appends whose ids come from a
+    /// small pool (so that retries and duplicates are frequent).
+    #[test]
+    fn indexed_ids_agree_with_the_plain_list() {
+        let mut seed = 7_u64;
+        let mut below = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let store = MemoryStore::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        for _ in 0..2_000 {
+            let stream = ["a", "b"][below(2) as usize];
+            let batch: Vec<NewEvent> = (0..1 + below(3))
+                .map(|_| event(u128::from(below(16))))
+                .collect();
+            let expected = match below(4) {
+                0 => ExpectedRevision::Any,
+                1 => ExpectedRevision::NoStream,
+                2 => ExpectedRevision::StreamExists,
+                _ => ExpectedRevision::Exact(below(8)),
+            };
+            let checked = {
+                let inner = store.lock();
+                let plain: Vec<Uuid> = inner.streams.get(stream).map_or(Vec::new(), |index| {
+                    index.events.iter().map(|&i| inner.log[i].id).collect()
+                });
+                let indexed = MemoryIds {
+                    index: inner.streams.get(stream),
+                    log: &inner.log,
+                };
+                let from_plain = check_append_with(stream, expected, plain.as_slice(), &batch);
+                let from_index = check_append_with(stream, expected, &indexed, &batch);
+                assert_eq!(from_plain, from_index, "{stream} {expected:?} {batch:?}");
+                from_plain
+            };
+            let appended = runtime.block_on(store.append(stream, expected, batch.clone()));
+            match (checked, appended) {
+                (Ok(Some(start)), Ok(result)) => {
+                    assert_eq!(result.next_revision, start + batch.len() as u64 - 1)
+                }
+                (Ok(None), Ok(_)) => {}
+                (Err(expected), Err(actual)) => assert_eq!(expected, actual),
+                (checked, appended) => panic!("checked {checked:?}, appended {appended:?}"),
+            }
+        }
     }
 }

@@ -12,10 +12,24 @@
 //! * `pm-bench memory`: resident memory of 1,000 projects of 100 active CLs.
 //! * `pm-bench service`: concurrent gRPC notifiers against `prjmanager serve`.
 //! * `pm-bench replay`: rebuilds of a 1,000,000-event stream, and a full replay.
+//! * `pm-bench load`: parse and load of a generated 1,000,000-event replay
+//!   file into a `MemoryStore` (the path of `pm-replay`), optionally folded.
+//! * `pm-bench record`: records a scenario of the `replays/` corpus.
 //!
 //! Numbers are printed, never asserted: benchmarks are run by hand.
+//!
+//! # Output
+//!
+//! Every measuring command (`append`, `fold`, `memory`, `service`, `replay`,
+//! `load`) prints a readable table by default; with `--json` it prints
+//! exactly one JSON object, `{"rows":[{…},…]}`, one row per measurement,
+//! with snake_case fields whose names carry their unit (`_ms`, `_bytes`,
+//! `_per_s`; counts have none). `append-loop` (the crash test's child: it
+//! prints `ack <seq> <revision>` lines forever) and `record` (it writes a
+//! replay file) measure nothing and take no `--json`.
 
 mod fold;
+mod load;
 mod raw_sqlite;
 mod record;
 mod replay_bench;
@@ -32,6 +46,7 @@ use prjmanager::notifier::Notifier;
 use prjmanager::proto;
 use prjmanager::store::embedded::EmbeddedStore;
 use raw_sqlite::{raw_insert, RawInsertPlan};
+use serde::Serialize;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,6 +74,8 @@ enum Command {
         /// Projects the events are spread over.
         #[arg(long, default_value_t = 16)]
         projects: usize,
+        #[command(flatten)]
+        output: Output,
     },
     /// Fold throughput of the pure fold on one core.
     Fold {
@@ -74,6 +91,8 @@ enum Command {
         /// A marker after every this many input events.
         #[arg(long, default_value_t = 20)]
         markers_every: u64,
+        #[command(flatten)]
+        output: Output,
     },
     /// Concurrent gRPC notifiers against a running service.
     Service {
@@ -86,6 +105,8 @@ enum Command {
         /// Projects the events are spread over.
         #[arg(long, default_value_t = 16)]
         projects: usize,
+        #[command(flatten)]
+        output: Output,
     },
     /// Rebuild of random eversions of a long stream, and a full replay.
     Replay {
@@ -101,6 +122,8 @@ enum Command {
         /// Stacks they form.
         #[arg(long, default_value_t = 10)]
         components: i64,
+        #[command(flatten)]
+        output: Output,
     },
     /// Resident memory of many projects' states.
     Memory {
@@ -110,6 +133,31 @@ enum Command {
         /// Active CLs per project.
         #[arg(long, default_value_t = 100)]
         cls: i64,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Parse and load of a generated replay file into memory (linear in its size).
+    Load {
+        /// Event lines of the file (input events and markers).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Active CLs of the project.
+        #[arg(long, default_value_t = 100)]
+        cls: i64,
+        /// Stacks they form.
+        #[arg(long, default_value_t = 10)]
+        components: i64,
+        /// A marker after every this many events.
+        #[arg(long, default_value_t = 20)]
+        markers_every: u64,
+        /// Also read the loaded stream back and fold every event.
+        #[arg(long)]
+        fold: bool,
+        /// Write the file here and keep it (default: a temporary folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
     },
     /// Record a scenario of the replays/ corpus through a running service.
     Record {
@@ -137,6 +185,58 @@ enum Command {
     },
 }
 
+/// The `--json` switch of every measuring command.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct Output {
+    /// Print exactly one JSON object `{"rows":[{…}]}` instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `--json` prints.
+#[derive(Serialize)]
+struct Rows<'a, R> {
+    rows: &'a [R],
+}
+
+/// Prints `rows` as `{"rows":[…]}` on one line.
+pub(crate) fn print_json<R: Serialize>(rows: &[R]) -> Result<()> {
+    println!("{}", serde_json::to_string(&Rows { rows })?);
+    Ok(())
+}
+
+/// One `pm-bench fold` measurement.
+#[derive(Debug, Serialize)]
+struct FoldRow {
+    cls: i64,
+    components: i64,
+    markers_every: u64,
+    /// Input events folded.
+    events: u64,
+    /// Time spent in the fold.
+    fold_ms: f64,
+    events_per_s: f64,
+    /// Components of the state at the end.
+    components_at_end: i64,
+}
+
+/// One `pm-bench memory` measurement.
+#[derive(Debug, Serialize)]
+struct MemoryRow {
+    projects: usize,
+    cls_per_project: i64,
+    /// PCLs of all the states.
+    pcls: usize,
+    resident_before_bytes: u64,
+    resident_after_bytes: u64,
+    /// After minus before.
+    states_bytes: u64,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
@@ -146,18 +246,37 @@ fn main() -> Result<()> {
             seconds,
             dir,
             projects,
-        } => runtime.block_on(append(callers, seconds, dir, projects)),
+            output,
+        } => runtime.block_on(append(callers, seconds, dir, projects, output.json)),
         Command::Fold {
             events,
             cls,
             components,
             markers_every,
+            output,
         } => {
             let (folded, elapsed, left) = fold::run_fold(events, cls, components, markers_every);
+            let row = FoldRow {
+                cls,
+                components,
+                markers_every,
+                events: folded,
+                fold_ms: millis(elapsed),
+                events_per_s: folded as f64 / elapsed.as_secs_f64(),
+                components_at_end: left,
+            };
+            if output.json {
+                return print_json(&[row]);
+            }
             println!(
-                "pm-bench fold: {folded} input events ({cls} active CLs in {components} stacks, marker every {markers_every}) in {:.3} s on one core: {:.0} events/s; {left} components at the end",
-                elapsed.as_secs_f64(),
-                folded as f64 / elapsed.as_secs_f64()
+                "pm-bench fold: {} input events ({} active CLs in {} stacks, marker every {}) in {:.3} s on one core: {:.0} events/s; {} components at the end",
+                row.events,
+                row.cls,
+                row.components,
+                row.markers_every,
+                row.fold_ms / 1e3,
+                row.events_per_s,
+                row.components_at_end
             );
             Ok(())
         }
@@ -165,14 +284,50 @@ fn main() -> Result<()> {
             callers,
             seconds,
             projects,
-        } => runtime.block_on(service::run(callers, seconds, projects)),
+            output,
+        } => {
+            let row = runtime.block_on(service::run(callers, seconds, projects))?;
+            if output.json {
+                return print_json(&[row]);
+            }
+            println!(
+                "pm-bench service: {} gRPC callers over {} projects for {:.1} s: {:.0} accepted events/s; notify p50 {:.2} ms, p99 {:.2} ms; event-to-ProjectLog lag p50 {:.0} ms, p99 {:.0} ms ({} probes)",
+                row.callers,
+                row.projects,
+                row.wall_ms / 1e3,
+                row.events_per_s,
+                row.notify_p50_ms,
+                row.notify_p99_ms,
+                row.lag_p50_ms,
+                row.lag_p99_ms,
+                row.lag_probes
+            );
+            Ok(())
+        }
         Command::Replay {
             events,
             samples,
             cls,
             components,
-        } => runtime.block_on(replay_bench::run(events, samples, cls, components)),
-        Command::Memory { projects, cls } => {
+            output,
+        } => {
+            let row = runtime.block_on(replay_bench::run(
+                events,
+                samples,
+                cls,
+                components,
+                output.json,
+            ))?;
+            if output.json {
+                return print_json(&[row]);
+            }
+            Ok(())
+        }
+        Command::Memory {
+            projects,
+            cls,
+            output,
+        } => {
             let before = fold::resident_bytes().unwrap_or(0);
             let states: Vec<_> = (0..projects)
                 .map(|i| fold::active_project(&format!("p{i}"), 10, cls / 10, 1_700_000_000).0)
@@ -182,13 +337,69 @@ fn main() -> Result<()> {
                 .iter()
                 .map(|s| s.pstate.as_ref().map_or(0, |p| p.pcls.len()))
                 .sum();
+            drop(states);
+            let row = MemoryRow {
+                projects,
+                cls_per_project: cls,
+                pcls,
+                resident_before_bytes: before,
+                resident_after_bytes: after,
+                states_bytes: after.saturating_sub(before),
+            };
+            if output.json {
+                return print_json(&[row]);
+            }
             println!(
                 "pm-bench memory: {projects} projects, {pcls} PCLs in all: resident {:.1} MiB before, {:.1} MiB after, {:.1} MiB for the states",
-                before as f64 / 1048576.0,
-                after as f64 / 1048576.0,
-                after.saturating_sub(before) as f64 / 1048576.0
+                mib(before),
+                mib(after),
+                mib(row.states_bytes)
             );
-            drop(states);
+            Ok(())
+        }
+        Command::Load {
+            events,
+            cls,
+            components,
+            markers_every,
+            fold,
+            out,
+            output,
+        } => {
+            let options = load::LoadOptions {
+                events,
+                cls,
+                components,
+                markers_every,
+                fold,
+                out,
+            };
+            let row = runtime.block_on(load::run(&options))?;
+            if output.json {
+                return print_json(&[row]);
+            }
+            println!(
+                "pm-bench load: {} events ({} eversions, {} active CLs, a marker every {}), {:.1} MiB, written in {:.2} s",
+                row.events,
+                row.eversions,
+                row.cls,
+                markers_every,
+                mib(row.file_bytes),
+                row.generate_ms / 1e3
+            );
+            println!(
+                "  parse {:.2} s + load into memory {:.2} s: {:.0} events/s; resident {:.1} MiB",
+                row.parse_ms / 1e3,
+                row.load_ms / 1e3,
+                row.events_per_s,
+                mib(row.resident_bytes)
+            );
+            if let (Some(fold_ms), Some(rate)) = (row.fold_ms, row.fold_events_per_s) {
+                println!(
+                    "  read back and fold every event: {:.2} s ({rate:.0} events/s)",
+                    fold_ms / 1e3
+                );
+            }
             Ok(())
         }
         Command::Record { scenario, out } => runtime.block_on(record::record(&scenario, &out)),
@@ -275,25 +486,51 @@ pub(crate) fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// One `pm-bench append` measurement: one caller count.
+#[derive(Debug, Serialize)]
+struct AppendRow {
+    callers: usize,
+    projects: usize,
+    /// ClsUpdated payload size.
+    payload_bytes: usize,
+    /// Acknowledged Notifier appends.
+    events: u64,
+    /// Notifier appends per second.
+    events_per_s: f64,
+    /// Notifier call latency.
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Raw SQLite inserts per second, same schema, durability and batching.
+    raw_events_per_s: f64,
+    /// Raw SQLite per-transaction latency.
+    raw_p99_ms: f64,
+    /// `events_per_s / raw_events_per_s`.
+    ratio: f64,
+}
+
 async fn append(
     callers: Vec<usize>,
     seconds: f64,
     dir: Option<PathBuf>,
     projects: usize,
+    json: bool,
 ) -> Result<()> {
     let temp = tempfile::tempdir().context("creating a temporary folder")?;
     let dir = dir.unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
     let duration = Duration::from_secs_f64(seconds);
     let payload_bytes = prost::Message::encoded_len(&bench_cl(1));
-    println!(
-        "pm-bench append: {seconds} s per row, {projects} projects, ClsUpdated payload ≈ {payload_bytes} B, dir {}",
-        dir.display()
-    );
-    println!(
-        "{:>7} {:>14} {:>10} {:>10} {:>16} {:>10} {:>8}",
-        "callers", "notifier ev/s", "p50 ms", "p99 ms", "raw sqlite ev/s", "raw p99", "ratio"
-    );
+    if !json {
+        println!(
+            "pm-bench append: {seconds} s per row, {projects} projects, ClsUpdated payload ≈ {payload_bytes} B, dir {}",
+            dir.display()
+        );
+        println!(
+            "{:>7} {:>14} {:>10} {:>10} {:>16} {:>10} {:>8}",
+            "callers", "notifier ev/s", "p50 ms", "p99 ms", "raw sqlite ev/s", "raw p99", "ratio"
+        );
+    }
+    let mut rows = Vec::new();
     for &n in &callers {
         let path = dir.join(format!("notifier-{n}.db"));
         let _ = std::fs::remove_file(&path);
@@ -310,14 +547,28 @@ async fn append(
         let _ = std::fs::remove_file(&raw_path);
         drop(EmbeddedStore::open(&raw_path)?);
         let raw = raw_for(&raw_path, n, duration, projects, payload_bytes)?;
-        println!(
-            "{n:>7} {rate:>14.0} {:>10.2} {:>10.2} {:>16.0} {:>10.2} {:>8.2}",
-            millis(notify.p50),
-            millis(notify.p99),
-            raw.0,
-            millis(raw.1),
-            rate / raw.0
-        );
+        let row = AppendRow {
+            callers: n,
+            projects,
+            payload_bytes,
+            events,
+            events_per_s: rate,
+            p50_ms: millis(notify.p50),
+            p99_ms: millis(notify.p99),
+            raw_events_per_s: raw.0,
+            raw_p99_ms: millis(raw.1),
+            ratio: rate / raw.0,
+        };
+        if !json {
+            println!(
+                "{n:>7} {rate:>14.0} {:>10.2} {:>10.2} {:>16.0} {:>10.2} {:>8.2}",
+                row.p50_ms, row.p99_ms, row.raw_events_per_s, row.raw_p99_ms, row.ratio
+            );
+        }
+        rows.push(row);
+    }
+    if json {
+        print_json(&rows)?;
     }
     Ok(())
 }

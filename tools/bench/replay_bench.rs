@@ -15,6 +15,7 @@ use prjmanager::store::embedded::EmbeddedStore;
 use prjmanager::store::{Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom};
 use prjmanager::streams::{self, project_stream, SNAPSHOT_INTERVAL_EVERSIONS};
 use prjmanager::{domain, fold};
+use serde::Serialize;
 
 use crate::fold::{config, Mix, SplitMix};
 use crate::{millis, percentiles};
@@ -24,16 +25,50 @@ const BUILD_BATCH_EVENTS: usize = 5_000;
 
 const PROJECT: &str = "replay";
 
-/// Builds the stream and measures rebuilds and a full replay.
-pub async fn run(events: u64, samples: usize, clids: i64, stacks: i64) -> Result<()> {
+/// One `pm-bench replay` measurement.
+#[derive(Debug, Serialize)]
+pub struct ReplayRow {
+    /// Events in the stream (input events and markers).
+    pub events: u64,
+    /// Eversions of the stream.
+    pub eversions: i64,
+    /// Active CLs of the project.
+    pub cls: i64,
+    /// Stacks they form.
+    pub components: i64,
+    /// Time to build the stream (with its snapshots).
+    pub build_ms: f64,
+    /// Random eversions rebuilt.
+    pub samples: usize,
+    /// Rebuild time of one eversion.
+    pub rebuild_p50_ms: f64,
+    pub rebuild_p99_ms: f64,
+    /// Events read and folded by the full replay without snapshots.
+    pub full_replay_events: u64,
+    pub full_replay_ms: f64,
+    pub full_replay_events_per_s: f64,
+}
+
+/// Builds the stream and measures rebuilds and a full replay; prints the
+/// readable lines unless `json`.
+pub async fn run(
+    events: u64,
+    samples: usize,
+    clids: i64,
+    stacks: i64,
+    json: bool,
+) -> Result<ReplayRow> {
     let dir = tempfile::tempdir()?;
     let store = EmbeddedStore::open(dir.path().join("replay.db"))?;
     let built = Instant::now();
     let eversions = build(&store, events, clids, stacks).await?;
-    println!(
-        "pm-bench replay: built {events} events ({eversions} eversions, {clids} active CLs in {stacks} stacks, a marker every 20 events one minute apart, a snapshot every {SNAPSHOT_INTERVAL_EVERSIONS} eversions) in {:.1} s",
-        built.elapsed().as_secs_f64()
-    );
+    let build_elapsed = built.elapsed();
+    if !json {
+        println!(
+            "pm-bench replay: built {events} events ({eversions} eversions, {clids} active CLs in {stacks} stacks, a marker every 20 events one minute apart, a snapshot every {SNAPSHOT_INTERVAL_EVERSIONS} eversions) in {:.1} s",
+            build_elapsed.as_secs_f64()
+        );
+    }
     let mut rng = SplitMix(7);
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
@@ -44,19 +79,35 @@ pub async fn run(events: u64, samples: usize, clids: i64, stacks: i64) -> Result
         assert_eq!(loaded.state.eversion, eversion);
     }
     let rebuild = percentiles(times);
-    println!(
-        "  rebuild of {samples} random eversions: p50 {:.2} ms, p99 {:.2} ms",
-        millis(rebuild.p50),
-        millis(rebuild.p99)
-    );
+    if !json {
+        println!(
+            "  rebuild of {samples} random eversions: p50 {:.2} ms, p99 {:.2} ms",
+            millis(rebuild.p50),
+            millis(rebuild.p99)
+        );
+    }
     let (folded, elapsed) = full_replay(&store).await?;
-    println!(
-        "  full replay without snapshots: {folded} events in {:.2} s ({:.0} events/s)",
-        elapsed.as_secs_f64(),
-        folded as f64 / elapsed.as_secs_f64()
-    );
+    if !json {
+        println!(
+            "  full replay without snapshots: {folded} events in {:.2} s ({:.0} events/s)",
+            elapsed.as_secs_f64(),
+            folded as f64 / elapsed.as_secs_f64()
+        );
+    }
     store.close().await?;
-    Ok(())
+    Ok(ReplayRow {
+        events,
+        eversions,
+        cls: clids,
+        components: stacks,
+        build_ms: millis(build_elapsed),
+        samples,
+        rebuild_p50_ms: millis(rebuild.p50),
+        rebuild_p99_ms: millis(rebuild.p99),
+        full_replay_events: folded,
+        full_replay_ms: millis(elapsed),
+        full_replay_events_per_s: folded as f64 / elapsed.as_secs_f64(),
+    })
 }
 
 fn ts(seconds: i64) -> Timestamp {

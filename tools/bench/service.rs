@@ -10,12 +10,36 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use prjmanager::proto::{self, project_manager_client::ProjectManagerClient};
+use serde::Serialize;
 
 use crate::fold::config;
 use crate::{bench_cl, millis, percentiles};
 
-/// Runs the benchmark and prints its numbers.
-pub async fn run(callers: usize, seconds: f64, projects: usize) -> Result<()> {
+/// One `pm-bench service` measurement.
+#[derive(Debug, Serialize)]
+pub struct ServiceRow {
+    /// Concurrent gRPC callers.
+    pub callers: usize,
+    /// Projects the events are spread over.
+    pub projects: usize,
+    /// How long the callers ran.
+    pub wall_ms: f64,
+    /// Accepted notify calls (one event each).
+    pub events: u64,
+    /// Accepted events per second.
+    pub events_per_s: f64,
+    /// Notify call latency.
+    pub notify_p50_ms: f64,
+    pub notify_p99_ms: f64,
+    /// From a config change's acknowledgement to its showing in the state.
+    pub lag_p50_ms: f64,
+    pub lag_p99_ms: f64,
+    /// Lag probes measured.
+    pub lag_probes: usize,
+}
+
+/// Runs the benchmark and returns its numbers.
+pub async fn run(callers: usize, seconds: f64, projects: usize) -> Result<ServiceRow> {
     let dir = tempfile::tempdir()?;
     let binary = std::env::current_exe()?
         .parent()
@@ -48,7 +72,12 @@ pub async fn run(callers: usize, seconds: f64, projects: usize) -> Result<()> {
     result
 }
 
-async fn measure(endpoint: &str, callers: usize, seconds: f64, projects: usize) -> Result<()> {
+async fn measure(
+    endpoint: &str,
+    callers: usize,
+    seconds: f64,
+    projects: usize,
+) -> Result<ServiceRow> {
     let duration = Duration::from_secs_f64(seconds);
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(0));
@@ -123,17 +152,20 @@ async fn measure(endpoint: &str, callers: usize, seconds: f64, projects: usize) 
         latencies.extend(task.await??);
     }
     let wall = started.elapsed();
-    let notify = percentiles(latencies.clone());
-    let lag = percentiles(lags.clone());
-    println!(
-        "pm-bench service: {callers} gRPC callers over {projects} projects for {:.1} s: {:.0} accepted events/s; notify p50 {:.2} ms, p99 {:.2} ms; event-to-ProjectLog lag p50 {:.0} ms, p99 {:.0} ms ({} probes)",
-        wall.as_secs_f64(),
-        latencies.len() as f64 / wall.as_secs_f64(),
-        millis(notify.p50),
-        millis(notify.p99),
-        millis(lag.p50),
-        millis(lag.p99),
-        lags.len()
-    );
-    Ok(())
+    let events = latencies.len() as u64;
+    let probes = lags.len();
+    let notify = percentiles(latencies);
+    let lag = percentiles(lags);
+    Ok(ServiceRow {
+        callers,
+        projects,
+        wall_ms: millis(wall),
+        events,
+        events_per_s: events as f64 / wall.as_secs_f64(),
+        notify_p50_ms: millis(notify.p50),
+        notify_p99_ms: millis(notify.p99),
+        lag_p50_ms: millis(lag.p50),
+        lag_p99_ms: millis(lag.p99),
+        lag_probes: probes,
+    })
 }
