@@ -205,6 +205,93 @@ pub(crate) fn print_json<R: Serialize>(rows: &[R]) -> Result<()> {
     Ok(())
 }
 
+/// Prints `rows`: with `json`, as [`print_json`]; else as a table headed by
+/// `title`, one column per field in declaration order (floats with two
+/// decimals, missing values as `-`).
+pub(crate) fn print_rows<R: Serialize>(title: &str, rows: &[R], json: bool) -> Result<()> {
+    if json {
+        return print_json(rows);
+    }
+    let rows = rows
+        .iter()
+        .map(|row| {
+            // Re-read the row's JSON keeping the field order.
+            let Ordered(fields) = serde_json::from_str(&serde_json::to_string(row)?)?;
+            Ok(fields)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    let header: Vec<&str> = first.iter().map(|(name, _)| name.as_str()).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|(_, value)| cell(value)).collect())
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|row| row[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: &[&str]| {
+        values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:>w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{title}");
+    println!("{}", line(&header));
+    for row in &cells {
+        println!(
+            "{}",
+            line(&row.iter().map(String::as_str).collect::<Vec<_>>())
+        );
+    }
+    Ok(())
+}
+
+fn cell(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::Number(n) if n.is_f64() => format!("{:.2}", n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A JSON object's fields in the order they were written.
+struct Ordered(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    fields.push(entry);
+                }
+                Ok(Ordered(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
 /// One `pm-bench fold` measurement.
 #[derive(Debug, Serialize)]
 struct FoldRow {
@@ -231,10 +318,6 @@ struct MemoryRow {
     resident_after_bytes: u64,
     /// After minus before.
     states_bytes: u64,
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / 1048576.0
 }
 
 fn main() -> Result<()> {
@@ -265,20 +348,11 @@ fn main() -> Result<()> {
                 events_per_s: folded as f64 / elapsed.as_secs_f64(),
                 components_at_end: left,
             };
-            if output.json {
-                return print_json(&[row]);
-            }
-            println!(
-                "pm-bench fold: {} input events ({} active CLs in {} stacks, marker every {}) in {:.3} s on one core: {:.0} events/s; {} components at the end",
-                row.events,
-                row.cls,
-                row.components,
-                row.markers_every,
-                row.fold_ms / 1e3,
-                row.events_per_s,
-                row.components_at_end
-            );
-            Ok(())
+            print_rows(
+                "pm-bench fold: the fold on one core (decode, evaluate, digest)",
+                &[row],
+                output.json,
+            )
         }
         Command::Service {
             callers,
@@ -287,22 +361,11 @@ fn main() -> Result<()> {
             output,
         } => {
             let row = runtime.block_on(service::run(callers, seconds, projects))?;
-            if output.json {
-                return print_json(&[row]);
-            }
-            println!(
-                "pm-bench service: {} gRPC callers over {} projects for {:.1} s: {:.0} accepted events/s; notify p50 {:.2} ms, p99 {:.2} ms; event-to-ProjectLog lag p50 {:.0} ms, p99 {:.0} ms ({} probes)",
-                row.callers,
-                row.projects,
-                row.wall_ms / 1e3,
-                row.events_per_s,
-                row.notify_p50_ms,
-                row.notify_p99_ms,
-                row.lag_p50_ms,
-                row.lag_p99_ms,
-                row.lag_probes
-            );
-            Ok(())
+            print_rows(
+                "pm-bench service: gRPC callers against a running service",
+                &[row],
+                output.json,
+            )
         }
         Command::Replay {
             events,
@@ -318,10 +381,7 @@ fn main() -> Result<()> {
                 components,
                 output.json,
             ))?;
-            if output.json {
-                return print_json(&[row]);
-            }
-            Ok(())
+            print_rows("pm-bench replay", &[row], output.json)
         }
         Command::Memory {
             projects,
@@ -346,16 +406,11 @@ fn main() -> Result<()> {
                 resident_after_bytes: after,
                 states_bytes: after.saturating_sub(before),
             };
-            if output.json {
-                return print_json(&[row]);
-            }
-            println!(
-                "pm-bench memory: {projects} projects, {pcls} PCLs in all: resident {:.1} MiB before, {:.1} MiB after, {:.1} MiB for the states",
-                mib(before),
-                mib(after),
-                mib(row.states_bytes)
-            );
-            Ok(())
+            print_rows(
+                "pm-bench memory: resident memory of project states",
+                &[row],
+                output.json,
+            )
         }
         Command::Load {
             events,
@@ -375,32 +430,11 @@ fn main() -> Result<()> {
                 out,
             };
             let row = runtime.block_on(load::run(&options))?;
-            if output.json {
-                return print_json(&[row]);
-            }
-            println!(
-                "pm-bench load: {} events ({} eversions, {} active CLs, a marker every {}), {:.1} MiB, written in {:.2} s",
-                row.events,
-                row.eversions,
-                row.cls,
-                markers_every,
-                mib(row.file_bytes),
-                row.generate_ms / 1e3
-            );
-            println!(
-                "  parse {:.2} s + load into memory {:.2} s: {:.0} events/s; resident {:.1} MiB",
-                row.parse_ms / 1e3,
-                row.load_ms / 1e3,
-                row.events_per_s,
-                mib(row.resident_bytes)
-            );
-            if let (Some(fold_ms), Some(rate)) = (row.fold_ms, row.fold_events_per_s) {
-                println!(
-                    "  read back and fold every event: {:.2} s ({rate:.0} events/s)",
-                    fold_ms / 1e3
-                );
-            }
-            Ok(())
+            print_rows(
+                "pm-bench load: generate, parse and load a replay file (times in ms)",
+                &[row],
+                output.json,
+            )
         }
         Command::Record { scenario, out } => runtime.block_on(record::record(&scenario, &out)),
         Command::AppendLoop {
