@@ -109,19 +109,25 @@ pub fn write_file(
 }
 
 /// Options of one `pm-bench load` run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct LoadOptions {
-    /// Event lines of the file.
+    /// Event lines of the file (input events and markers).
+    #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
-    /// Active CLs.
+    /// Active CLs of the project.
+    #[arg(long, default_value_t = 100)]
     pub cls: i64,
     /// Stacks they form.
+    #[arg(long, default_value_t = 10)]
     pub components: i64,
     /// A marker after every this many events.
+    #[arg(long, default_value_t = 20)]
     pub markers_every: u64,
-    /// Also fold the loaded stream.
+    /// Also read the loaded stream back and fold every event.
+    #[arg(long)]
     pub fold: bool,
     /// Write the file here and keep it (default: a temporary folder).
+    #[arg(long)]
     pub out: Option<PathBuf>,
 }
 

@@ -138,24 +138,8 @@ enum Command {
     },
     /// Parse and load of a generated replay file into memory (linear in its size).
     Load {
-        /// Event lines of the file (input events and markers).
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-        /// Active CLs of the project.
-        #[arg(long, default_value_t = 100)]
-        cls: i64,
-        /// Stacks they form.
-        #[arg(long, default_value_t = 10)]
-        components: i64,
-        /// A marker after every this many events.
-        #[arg(long, default_value_t = 20)]
-        markers_every: u64,
-        /// Also read the loaded stream back and fold every event.
-        #[arg(long)]
-        fold: bool,
-        /// Write the file here and keep it (default: a temporary folder).
-        #[arg(long)]
-        out: Option<PathBuf>,
+        #[command(flatten)]
+        options: load::LoadOptions,
         #[command(flatten)]
         output: Output,
     },
@@ -412,23 +396,7 @@ fn main() -> Result<()> {
                 output.json,
             )
         }
-        Command::Load {
-            events,
-            cls,
-            components,
-            markers_every,
-            fold,
-            out,
-            output,
-        } => {
-            let options = load::LoadOptions {
-                events,
-                cls,
-                components,
-                markers_every,
-                fold,
-                out,
-            };
+        Command::Load { options, output } => {
             let row = runtime.block_on(load::run(&options))?;
             print_rows(
                 "pm-bench load: generate, parse and load a replay file (times in ms)",
