@@ -33,7 +33,14 @@ async fn project_with_markers(markers: i64) -> MemoryStore {
         schedule_markers: false,
         ..ProjectorConfig::default()
     };
-    let task = tokio::spawn(projector::run(store.clone(), config, requests, stopped));
+    let (status, _) = watch::channel(projector::Status::Starting);
+    let task = tokio::spawn(projector::supervise(
+        store.clone(),
+        config,
+        requests,
+        stopped,
+        status,
+    ));
     for i in 0..markers {
         let now = Timestamp {
             seconds: 1_700_000_000 + i,

@@ -480,3 +480,259 @@ fn serve_refuses_unusable_tls_files() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cert.pem"), "{stderr}");
 }
+
+/// A poison event (a payload that does not decode) quarantines its project:
+/// reads say so with FAILED_PRECONDITION naming the stream and revision,
+/// before and after a restart, never a stale or blank state with OK; other
+/// projects go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_quarantines_its_project_and_reads_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pm.db");
+    let service = Service::start(&db, None);
+    let mut client = service.client().await;
+    for project in ["poisoned", "healthy"] {
+        client
+            .update_config(proto::UpdateConfigRequest {
+                project: project.into(),
+                config: Some(config("h1")),
+            })
+            .await
+            .unwrap();
+        wait_for(&service, &mut client, project, "the config", |log| {
+            log.config_hash == "h1"
+        })
+        .await;
+    }
+    // Another process writes an event the fold cannot decode.
+    let store = EmbeddedStore::open(&db).unwrap();
+    store
+        .append(
+            "project-poisoned",
+            prjmanager::store::ExpectedRevision::Any,
+            vec![prjmanager::store::NewEvent {
+                id: uuid::Uuid::from_u128(99),
+                event_type: "ClsUpdated".into(),
+                data: vec![0xff, 0xff, 0xff],
+                metadata: b"{}".to_vec(),
+            }],
+        )
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        let answer = client
+            .get_project(proto::GetProjectRequest {
+                project: "poisoned".into(),
+                eversion: 0,
+            })
+            .await;
+        match answer {
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => break status,
+            other => assert!(
+                Instant::now() < deadline,
+                "never quarantined; last answer {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(err.message().contains("quarantined"), "{}", err.message());
+    assert!(
+        err.message().contains("project-poisoned"),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("revision"), "{}", err.message());
+    // The other project is unaffected.
+    client
+        .poke(proto::PokeRequest {
+            project: "healthy".into(),
+        })
+        .await
+        .unwrap();
+    service.stop();
+
+    // After a restart the project is still reported, not blank.
+    let service = Service::start(&db, None);
+    let mut client = service.client().await;
+    let err = client
+        .get_project(proto::GetProjectRequest {
+            project: "poisoned".into(),
+            eversion: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("quarantined"), "{}", err.message());
+    let err = client
+        .evaluate(proto::EvaluateRequest {
+            project: "poisoned".into(),
+            now: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let healthy = client
+        .get_project(proto::GetProjectRequest {
+            project: "healthy".into(),
+            eversion: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(healthy.config_hash, "h1");
+    // Operators see it, and a release re-loads the stream: still rejected.
+    let listed = client
+        .list_quarantined(proto::ListQuarantinedRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .projects;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].project, "poisoned");
+    assert!(listed[0].reason.contains("revision"), "{listed:?}");
+    let err = client
+        .release_project(proto::ReleaseProjectRequest {
+            project: "poisoned".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    // The CLI says the same, with exit code 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_prjmanager"))
+        .args(["quarantined", "--server", &service.address])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"project\":\"poisoned\""), "{stdout}");
+    let out = Command::new(env!("CARGO_BIN_EXE_prjmanager"))
+        .args(["state", "poisoned", "--server", &service.address])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("quarantined"), "{stderr}");
+    service.stop();
+}
+
+/// The health status of `prjmanager.v1.ProjectManager`, or `None` if the
+/// service has not reported it yet.
+async fn health(address: &str) -> Option<i32> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut client = HealthClient::new(channel);
+    let answer = client
+        .check(HealthCheckRequest {
+            service: "prjmanager.v1.ProjectManager".into(),
+        })
+        .await
+        .ok()?;
+    Some(answer.into_inner().status)
+}
+
+/// A write lock held on the database while `serve` starts: the projector
+/// cannot start, health says `NOT_SERVING` and the log says why at error
+/// level; once the lock is gone the supervisor's restart succeeds, health
+/// turns `SERVING` and the events queued before are evaluated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_that_cannot_start_is_restarted_and_health_follows_it() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pm.db");
+    let store = EmbeddedStore::open(&db).unwrap();
+    prjmanager::notifier::Notifier::new(store.clone(), "test")
+        .update_config("queued", config("h1"))
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+
+    let (locked, lock_taken) = std::sync::mpsc::channel();
+    let lock_path = db.clone();
+    let lock = std::thread::spawn(move || {
+        let connection = rusqlite::Connection::open(&lock_path).unwrap();
+        connection.execute_batch("BEGIN IMMEDIATE;").unwrap();
+        locked.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(8));
+        connection.execute_batch("COMMIT;").unwrap();
+    });
+    lock_taken.recv().unwrap();
+    let service = Service::start(&db, None);
+    let not_serving = ServingStatus::NotServing as i32;
+    let serving = ServingStatus::Serving as i32;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.last() != Some(&serving) {
+        assert!(Instant::now() < deadline, "never SERVING; saw {seen:?}");
+        if let Some(status) = health(&service.address).await {
+            if seen.last() != Some(&status) {
+                seen.push(status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, [not_serving, serving], "health went through {seen:?}");
+    lock.join().unwrap();
+    let log = service.log.lock().unwrap().clone();
+    assert!(log.contains("PROJECTOR DOWN"), "{log}");
+    assert!(log.contains("ERROR"), "{log}");
+    let mut client = service.client().await;
+    wait_for(
+        &service,
+        &mut client,
+        "queued",
+        "the queued config",
+        |log| log.config_hash == "h1",
+    )
+    .await;
+    service.stop();
+}
+
+/// A projector that keeps failing (here: a corrupt checkpoint) makes `serve`
+/// exit non-zero once `--give-up-after-secs` has passed, naming the cause.
+#[test]
+fn a_projector_that_keeps_failing_makes_serve_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pm.db");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = EmbeddedStore::open(&db).unwrap();
+        store
+            .append(
+                prjmanager::streams::CHECKPOINT_STREAM,
+                prjmanager::store::ExpectedRevision::Any,
+                vec![prjmanager::store::NewEvent {
+                    id: uuid::Uuid::from_u128(7),
+                    event_type: "Checkpoint".into(),
+                    data: b"not json".to_vec(),
+                    metadata: b"{}".to_vec(),
+                }],
+            )
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_prjmanager"))
+        .arg("--store")
+        .arg(format!("sqlite://{}", db.display()))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--give-up-after-secs",
+            "1",
+        ])
+        .env_remove("PRJMANAGER_STORE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("projector-checkpoint"), "{stderr}");
+    assert!(stderr.contains("giving up"), "{stderr}");
+}

@@ -90,6 +90,30 @@ pub enum Command {
         /// most 5 minutes ahead), for offline work and recordings.
         #[arg(long)]
         allow_any_now: bool,
+        /// Retry a failing store call this many seconds before the projector
+        /// restarts.
+        #[arg(long, default_value_t = 30)]
+        retry_deadline_secs: u64,
+        /// Exit non-zero when the projector has kept failing (restarted with
+        /// backoff) for this many seconds.
+        #[arg(long, default_value_t = 120)]
+        give_up_after_secs: u64,
+    },
+    /// List the projects a running service found quarantined (their stream
+    /// holds an event the fold rejects), one JSON line each.
+    Quarantined {
+        /// The service (`host:port`).
+        #[arg(long)]
+        server: String,
+    },
+    /// Make a running service forget a project's quarantine and re-load it
+    /// from its stream (after a fix); fails if the stream is still rejected.
+    Release {
+        /// The LUCI project.
+        project: String,
+        /// The service (`host:port`).
+        #[arg(long)]
+        server: String,
     },
     /// Print a project's state (the `ProjectLog` shape) as JSON.
     State {

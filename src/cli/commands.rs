@@ -20,7 +20,7 @@ use crate::store::{EventStore, ExpectedRevision, StoreError};
 use crate::streams::{self, action_stream, check_project, log_stream, project_stream};
 
 use super::args::NotifyKind;
-use super::client::{rpc_error, Via};
+use super::client::{rpc_error, Server, Via};
 use super::CliError;
 
 fn open_store(url: &StoreUrl) -> Result<AnyStore, CliError> {
@@ -314,6 +314,40 @@ pub async fn state(target: &Via, project: &str, eversion: Option<i64>) -> Result
         "{}",
         serde_json::to_string_pretty(&log).map_err(json_error)?
     );
+    Ok(())
+}
+
+/// `quarantined`: the projects a running service found quarantined, one
+/// JSON line `{"project":…,"reason":…}` each.
+pub async fn quarantined(server: &Server) -> Result<(), CliError> {
+    let mut client = server.connect().await?;
+    let list = client
+        .list_quarantined(server.request(proto::ListQuarantinedRequest {}))
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for project in &list.projects {
+        serde_json::to_writer(&mut out, project).map_err(json_error)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `release`: make a running service re-load a quarantined project; prints
+/// `{"project":…,"eversion":…}`.
+pub async fn release(server: &Server, project: &str) -> Result<(), CliError> {
+    valid_project(project)?;
+    let mut client = server.connect().await?;
+    let released = client
+        .release_project(server.request(proto::ReleaseProjectRequest {
+            project: project.to_string(),
+        }))
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("{}", serde_json::to_string(&released).map_err(json_error)?);
     Ok(())
 }
 

@@ -12,12 +12,14 @@ pub mod commands;
 use clap::Parser;
 
 use crate::notifier::NotifyError;
-use crate::projector::ProjectorConfig;
+use std::time::Duration;
+
+use crate::projector::{ProjectorConfig, RestartPolicy};
 use crate::service::{self, ServeConfig, ServeError};
 use crate::store::StoreError;
 
 pub use args::{Cli, Command, NotifyKind};
-use client::target;
+use client::{target, Via};
 
 /// A command failure, classified for the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             allow_unauthenticated,
             tls_cert,
             tls_key,
+            retry_deadline_secs,
+            give_up_after_secs,
         } => {
             let config = ServeConfig {
                 store: cli.store,
@@ -122,6 +126,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 projector: ProjectorConfig {
                     max_cached_projects,
                     schedule_markers: !no_scheduler,
+                    retry_deadline: Duration::from_secs(retry_deadline_secs),
+                    restart: RestartPolicy {
+                        give_up_after: Duration::from_secs(give_up_after_secs),
+                        ..RestartPolicy::default()
+                    },
                 },
                 allow_any_now,
                 allow_unauthenticated,
@@ -141,6 +150,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         } => {
             let target = target(&cli.store, &cli.client, server)?;
             commands::state(&target, &project, eversion).await
+        }
+        Command::Quarantined { server } => {
+            let Via::Server(server) = target(&cli.store, &cli.client, Some(server))? else {
+                unreachable!("a --server address makes a server target");
+            };
+            commands::quarantined(&server).await
+        }
+        Command::Release { project, server } => {
+            let Via::Server(server) = target(&cli.store, &cli.client, Some(server))? else {
+                unreachable!("a --server address makes a server target");
+            };
+            commands::release(&server, &project).await
         }
         Command::Logs { project } => commands::logs(&cli.store, &project).await,
         Command::Actions { project, eversion } => {

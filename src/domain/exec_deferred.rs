@@ -29,15 +29,20 @@ fn call_triager(
 ) -> Result<TriageResult, TriageError> {
     match catch_unwind(AssertUnwindSafe(|| triage(c, view))) {
         Ok(result) => result,
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic".to_string());
-            Err(TriageError::Bug(format!("caught panic: {message}")))
-        }
+        Err(payload) => Err(TriageError::Bug(format!(
+            "caught panic: {}",
+            panic_message(payload.as_ref())
+        ))),
     }
+}
+
+/// The message a panic carried (its `&str` or `String` payload).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".to_string())
 }
 
 /// Checks a triage result as the original does (`validatePurgeCLTasks`), plus

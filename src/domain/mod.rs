@@ -30,6 +30,7 @@ use crate::proto;
 use triage_api::{PmView, TriageError, TriageResult};
 
 pub use evaluate::project_log;
+pub use exec_deferred::panic_message;
 pub use invocation::{cancel_reason, run_status_ended};
 
 /// A triager: decides what to do with one component given a read-only view

@@ -17,11 +17,14 @@
 //! service processes on one store never append two markers for one eversion.
 
 pub mod derived;
+mod supervisor;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::proto::Timestamp;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -41,6 +44,7 @@ use crate::streams::{
     SNAPSHOT_STREAM_MAX_COUNT,
 };
 use derived::derived_writes;
+pub use supervisor::{supervise, RestartPolicy, Status};
 
 /// A project is evaluated at most once per this interval (the original's
 /// `PMTaskInterval`).
@@ -56,6 +60,14 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait between retries of a failed store call.
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 
+/// At shutdown, the projector stops folding when the subscription has
+/// delivered nothing for this long.
+pub const DRAIN_IDLE: Duration = Duration::from_millis(300);
+
+/// At shutdown, the projector stops draining after this long whatever is
+/// left (within the service's grace period).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(4);
+
 /// Settings of the projector.
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
@@ -63,6 +75,11 @@ pub struct ProjectorConfig {
     pub max_cached_projects: usize,
     /// Whether the projector appends markers (a read-only replica would not).
     pub schedule_markers: bool,
+    /// How long a store call is retried (with backoff) before the projector
+    /// fails and its supervisor restarts it.
+    pub retry_deadline: Duration,
+    /// How the supervisor restarts a failed projector.
+    pub restart: RestartPolicy,
 }
 
 impl Default for ProjectorConfig {
@@ -70,6 +87,8 @@ impl Default for ProjectorConfig {
         Self {
             max_cached_projects: 10_000,
             schedule_markers: true,
+            retry_deadline: Duration::from_secs(30),
+            restart: RestartPolicy::default(),
         }
     }
 }
@@ -82,7 +101,7 @@ pub enum Request {
         /// The project.
         project: String,
         /// Where the answer goes.
-        reply: oneshot::Sender<Result<Option<proto::ProjectState>, String>>,
+        reply: oneshot::Sender<Result<Option<proto::ProjectState>, AskError>>,
     },
     /// Append a marker now (or at `now`): replies with the marker's revision.
     Evaluate {
@@ -91,8 +110,57 @@ pub enum Request {
         /// The marker's clock; `None`: the wall clock.
         now: Option<Timestamp>,
         /// Where the answer goes.
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<Result<u64, AskError>>,
     },
+    /// The projects found quarantined: (project, reason), sorted.
+    Quarantined {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Vec<(String, String)>, AskError>>,
+    },
+    /// Forgets a project's quarantine and re-loads it from its stream:
+    /// replies with the eversion it folded to.
+    Release {
+        /// The project.
+        project: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<i64, AskError>>,
+    },
+}
+
+impl Request {
+    /// Answers the request with `err` (the projector cannot serve it).
+    pub fn refuse(self, err: AskError) {
+        match self {
+            Request::State { reply, .. } => drop(reply.send(Err(err))),
+            Request::Evaluate { reply, .. } => drop(reply.send(Err(err))),
+            Request::Quarantined { reply } => drop(reply.send(Err(err))),
+            Request::Release { reply, .. } => drop(reply.send(Err(err))),
+        }
+    }
+}
+
+/// Why the projector could not answer a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AskError {
+    /// The projector is not running (stopped, or being restarted).
+    #[error("the projector is not running")]
+    Stopped,
+    /// The project's stream holds an event the fold rejects: every read of
+    /// it reports this instead of a stale or blank state.
+    #[error("project {project:?} is quarantined: {reason}")]
+    Quarantined {
+        /// The project.
+        project: String,
+        /// The stream, revision and reason.
+        reason: String,
+    },
+    /// The store failed (may pass: retry).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The request cannot be served as asked (no such project, a marker
+    /// already under way).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A handle to talk to a running projector.
@@ -103,13 +171,13 @@ pub struct ProjectorHandle {
 
 impl ProjectorHandle {
     /// The latest folded state of a project.
-    pub async fn state(&self, project: &str) -> Result<Option<proto::ProjectState>, String> {
+    pub async fn state(&self, project: &str) -> Result<Option<proto::ProjectState>, AskError> {
         let project = project.to_string();
         self.ask(|reply| Request::State { project, reply }).await
     }
 
     /// Appends a marker for the project now; returns its revision.
-    pub async fn evaluate(&self, project: &str, now: Option<Timestamp>) -> Result<u64, String> {
+    pub async fn evaluate(&self, project: &str, now: Option<Timestamp>) -> Result<u64, AskError> {
         let project = project.to_string();
         self.ask(|reply| Request::Evaluate {
             project,
@@ -119,13 +187,24 @@ impl ProjectorHandle {
         .await
     }
 
+    /// The projects this process found quarantined: (project, reason).
+    pub async fn quarantined(&self) -> Result<Vec<(String, String)>, AskError> {
+        self.ask(|reply| Request::Quarantined { reply }).await
+    }
+
+    /// Forgets a project's quarantine and re-loads it; returns its eversion.
+    pub async fn release(&self, project: &str) -> Result<i64, AskError> {
+        let project = project.to_string();
+        self.ask(|reply| Request::Release { project, reply }).await
+    }
+
     /// Sends a request and waits for its answer.
     async fn ask<T>(
         &self,
-        request: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
-    ) -> Result<T, String> {
-        fn stopped<E>(_: E) -> String {
-            "the projector has stopped".to_string()
+        request: impl FnOnce(oneshot::Sender<Result<T, AskError>>) -> Request,
+    ) -> Result<T, AskError> {
+        fn stopped<E>(_: E) -> AskError {
+            AskError::Stopped
         }
         let (reply, answer) = oneshot::channel();
         self.requests.send(request(reply)).await.map_err(stopped)?;
@@ -214,12 +293,14 @@ struct Entry {
 struct MarkerResult {
     project: String,
     result: Result<u64, StoreError>,
-    reply: Option<oneshot::Sender<Result<u64, String>>>,
+    reply: Option<oneshot::Sender<Result<u64, AskError>>>,
 }
 
 /// The projector task's data.
 struct Projector<S> {
     store: S,
+    /// Turns true when the projector must stop (ends retries early).
+    stop: watch::Receiver<bool>,
     config: ProjectorConfig,
     projects: BTreeMap<String, Entry>,
     /// Projects by due time, for the scheduler.
@@ -246,12 +327,15 @@ struct MarkerStats {
 
 /// Runs the projector until `shutdown` turns true, then finishes in-flight
 /// marker appends, folds what they produced, writes the checkpoint and
-/// returns.
-pub async fn run<S: EventStore>(
+/// returns `Ok`. An error it cannot retry past (the store down longer than
+/// [`ProjectorConfig::retry_deadline`], a corrupt checkpoint) ends it with
+/// `Err`; [`supervise`] restarts it.
+async fn run<S: EventStore>(
     store: S,
     config: ProjectorConfig,
-    mut requests: mpsc::Receiver<Request>,
+    requests: &mut mpsc::Receiver<Request>,
     mut shutdown: watch::Receiver<bool>,
+    status: &watch::Sender<Status>,
 ) -> Result<(), StoreError> {
     let checkpoint = read_checkpoint(&store).await?;
     let start = checkpoint.position;
@@ -265,27 +349,13 @@ pub async fn run<S: EventStore>(
         )
         .await?;
     tracing::info!(from_position = start + 1, "projector starting");
-    let mut projector = Projector {
-        store: store.clone(),
-        config,
-        projects: BTreeMap::new(),
-        schedule: BTreeSet::new(),
-        markers: JoinSet::new(),
-        processed_position: start,
-        checkpointed_position: start,
-        checkpointed_due: checkpoint.due.clone(),
-        clock: 0,
-        stats: MarkerStats::default(),
-    };
-    // Projects that were due when the checkpoint was written are evaluated
-    // again; their states are loaded when their time comes.
-    for (project, due) in checkpoint.due {
-        projector.schedule.insert((due, project));
-    }
+    let mut projector = Projector::new(store.clone(), config, shutdown.clone(), checkpoint);
     let mut subscription = store.subscribe_all(start + 1, StreamFilter::prefix(PROJECT_CATEGORY));
     let mut checkpoint_tick = tokio::time::interval(CHECKPOINT_INTERVAL);
     checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    status.send_replace(Status::Running);
     let mut backoff = Duration::from_millis(100);
+    let mut failing_since: Option<std::time::Instant> = None;
     loop {
         let sleep = projector.time_to_next_due();
         tokio::select! {
@@ -296,10 +366,15 @@ pub async fn run<S: EventStore>(
             }
             event = subscription.next() => match event {
                 Some(Ok(event)) => {
-                    projector.handle_event(&event).await;
+                    projector.handle_event(&event).await?;
                     backoff = Duration::from_millis(100);
+                    failing_since = None;
                 }
                 Some(Err(err)) => {
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= projector.config.retry_deadline {
+                        return Err(err);
+                    }
                     tracing::warn!(error = %err, "subscription failed; resubscribing");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
@@ -349,30 +424,98 @@ async fn read_checkpoint<S: EventStore>(store: &S) -> Result<Checkpoint, StoreEr
     })
 }
 
-/// Appends with retries on transient errors; other errors are returned.
-async fn append_with_retry<S: EventStore>(
+/// Loads a project's state at `target`, once: `Ok(Err(reason))` if the fold
+/// rejects its stream or panics on it.
+async fn load_once<S: EventStore>(
     store: &S,
-    stream: &str,
-    events: Vec<NewEvent>,
-) -> Result<(), StoreError> {
+    project: &str,
+    target: Target,
+) -> Result<Result<proto::ProjectState, String>, StoreError> {
+    match AssertUnwindSafe(load(store, project, target))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(loaded)) => Ok(Ok(loaded.state)),
+        Ok(Err(LoadError::Store(err))) => Err(err),
+        Ok(Err(err)) => Ok(Err(err.to_string())),
+        Err(panic) => Ok(Err(format!(
+            "the fold panicked: {}",
+            domain::panic_message(panic.as_ref())
+        ))),
+    }
+}
+
+/// Calls `op` until it succeeds, fails with an error that is not transient,
+/// `deadline` has passed, or `stop` turns true; waits with a doubling backoff
+/// between calls. Returns the last error if it gives up.
+async fn retry<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    stop: &watch::Receiver<bool>,
+    mut op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let started = std::time::Instant::now();
+    let mut stop = stop.clone();
     let mut backoff = Duration::from_millis(50);
     loop {
-        match store
-            .append(stream, ExpectedRevision::Any, events.clone())
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(err) if err.is_transient() => {
-                tracing::warn!(stream, error = %err, "derived append failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
-            }
+        let err = match op().await {
+            Ok(value) => return Ok(value),
+            Err(err) if err.is_transient() => err,
             Err(err) => return Err(err),
+        };
+        if started.elapsed() + backoff > deadline || *stop.borrow() {
+            tracing::error!(what, error = %err, "giving up after retries");
+            return Err(err);
         }
+        tracing::warn!(what, error = %err, retry_in = ?backoff, "store call failed; retrying");
+        let pause = tokio::time::sleep(backoff);
+        tokio::pin!(pause);
+        tokio::select! {
+            () = &mut pause => {}
+            Ok(()) = stop.changed() => {
+                if *stop.borrow() {
+                    return Err(err);
+                }
+                pause.await;
+            }
+        }
+        backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
     }
 }
 
 impl<S: EventStore> Projector<S> {
+    /// A projector resuming from `checkpoint`: the projects that were due
+    /// then are evaluated again, their states loaded when their time comes.
+    fn new(
+        store: S,
+        config: ProjectorConfig,
+        stop: watch::Receiver<bool>,
+        checkpoint: Checkpoint,
+    ) -> Self {
+        let schedule = checkpoint
+            .due
+            .iter()
+            .map(|(project, due)| (*due, project.clone()))
+            .collect();
+        Self {
+            store,
+            stop,
+            config,
+            projects: BTreeMap::new(),
+            schedule,
+            markers: JoinSet::new(),
+            processed_position: checkpoint.position,
+            checkpointed_position: checkpoint.position,
+            checkpointed_due: checkpoint.due,
+            clock: 0,
+            stats: MarkerStats::default(),
+        }
+    }
+
     fn time_to_next_due(&self) -> Duration {
         let Some((due, _)) = self.schedule.first() else {
             return Duration::from_secs(3600);
@@ -382,43 +525,83 @@ impl<S: EventStore> Projector<S> {
     }
 
     /// Makes sure the project's state has folded exactly the revisions before
-    /// `revision`; returns false if `revision` was already folded (a
-    /// re-delivery after a restart) or the project is broken.
-    async fn prepare(&mut self, project: &str, revision: u64) -> bool {
+    /// `revision`; `Ok(false)` if `revision` was already folded (a
+    /// re-delivery after a restart) or the project is quarantined. A store
+    /// failure is retried up to the retry deadline, then returned.
+    async fn prepare(&mut self, project: &str, revision: u64) -> Result<bool, StoreError> {
         self.clock += 1;
         if let Some(entry) = self.projects.get_mut(project) {
             entry.last_used = self.clock;
             if entry.broken.is_some() {
-                return false;
+                return Ok(false);
             }
             let next = fold::next_revision(&entry.state);
             if next == revision {
-                return true;
+                return Ok(true);
             }
             if next > revision {
-                return false;
+                return Ok(false);
             }
         }
         let target = match revision.checked_sub(1) {
             Some(r) => Target::Revision(r),
             None => {
                 self.insert(project, domain::new_project(project));
-                return true;
+                return Ok(true);
             }
         };
-        match load(&self.store, project, target).await {
-            Ok(loaded) => {
-                let next = fold::next_revision(&loaded.state);
-                self.insert(project, loaded.state);
-                next == revision
+        let loaded = self.load_guarded(project, target).await?;
+        Ok(loaded.is_some_and(|next| next == revision))
+    }
+
+    /// Loads a project's state at `target` and keeps it: `Some(next
+    /// revision)`, or `None` if its stream is rejected (the project is then
+    /// quarantined, also when the fold panics). A store failure is retried up
+    /// to the retry deadline, then returned.
+    async fn load_guarded(
+        &mut self,
+        project: &str,
+        target: Target,
+    ) -> Result<Option<u64>, StoreError> {
+        let store = &self.store;
+        let loaded = retry(
+            "load a project",
+            self.config.retry_deadline,
+            &self.stop,
+            || load_once(store, project, target),
+        )
+        .await?;
+        match loaded {
+            Ok(state) => {
+                let next = fold::next_revision(&state);
+                self.insert(project, state);
+                Ok(Some(next))
             }
-            Err(err) => {
-                tracing::error!(project, error = %err, "cannot load project state");
-                let mut entry = Entry::new(domain::new_project(project), self.clock);
-                entry.broken = Some(err.to_string());
-                self.projects.insert(project.to_string(), entry);
-                false
+            Err(reason) => {
+                self.quarantine(project, domain::new_project(project), &reason);
+                Ok(None)
             }
+        }
+    }
+
+    /// Marks a project quarantined: its stream holds an event the fold
+    /// rejects. It is not folded further, and every read reports why.
+    fn quarantine(&mut self, project: &str, state: proto::ProjectState, reason: &str) {
+        tracing::error!(project, reason, "QUARANTINED: the fold rejects the project's stream; reads report it until it is fixed and the service restarted");
+        let mut entry = Entry::new(state, self.clock);
+        entry.broken = Some(format!("{}: {reason}", project_stream(project)));
+        self.projects.insert(project.to_string(), entry);
+    }
+
+    /// The error a read of a quarantined project gets.
+    fn quarantined_error(&self, project: &str) -> AskError {
+        AskError::Quarantined {
+            project: project.to_string(),
+            reason: self
+                .projects
+                .get(project)
+                .and_then(|e| e.broken.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -451,37 +634,54 @@ impl<S: EventStore> Projector<S> {
         }
     }
 
-    async fn handle_event(&mut self, event: &RecordedEvent) {
+    /// Folds one event of the subscription. A fold error or panic
+    /// quarantines the event's project; a store failure past the retry
+    /// deadline is returned, and the event is not counted as processed.
+    async fn handle_event(&mut self, event: &RecordedEvent) -> Result<(), StoreError> {
         let Some(project) = project_of_stream(&event.stream).map(str::to_string) else {
             self.processed_position = event.position;
-            return;
+            return Ok(());
         };
-        if self.prepare(&project, event.revision).await {
-            let entry = self.projects.get_mut(&project).expect("prepared");
+        if self.prepare(&project, event.revision).await? {
+            let Some(entry) = self.projects.get_mut(&project) else {
+                unreachable!("prepare keeps the project's entry");
+            };
             // Whatever the event, the preparation was made from the state
             // before it: it is used for this event or never.
             let prepared = entry.prepared.take();
-            match fold::apply_recorded_prepared(&mut entry.state, event, prepared) {
-                Ok(None) => {
+            let folded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                fold::apply_recorded_prepared(&mut entry.state, event, prepared)
+            }));
+            match folded {
+                Ok(Ok(None)) => {
                     if self.config.schedule_markers {
                         self.schedule_batch(&project);
                     }
                 }
-                Ok(Some(outcome)) => {
+                Ok(Ok(Some(outcome))) => {
                     if outcome.adopted {
                         self.stats.adopted += 1;
                     } else {
                         self.stats.evaluated += 1;
                     }
-                    self.after_marker(&project, event, outcome).await;
+                    self.after_marker(&project, event, outcome).await?;
                 }
-                Err(err) => {
-                    tracing::error!(project, error = %err, "the fold rejected an event; the project is no longer folded");
-                    entry.broken = Some(err.to_string());
+                Ok(Err(err)) => {
+                    let state = std::mem::take(&mut entry.state);
+                    self.quarantine(&project, state, &err.to_string());
+                }
+                Err(panic) => {
+                    let reason = format!(
+                        "the fold panicked at revision {}: {}",
+                        event.revision,
+                        domain::panic_message(panic.as_ref())
+                    );
+                    self.quarantine(&project, domain::new_project(&project), &reason);
                 }
             }
         }
         self.processed_position = event.position;
+        Ok(())
     }
 
     /// Schedules a marker for new input events at the next whole second, as
@@ -513,13 +713,24 @@ impl<S: EventStore> Projector<S> {
             return Ok(true);
         }
         match self.store.stream_revision(&project_stream(project)).await? {
-            Some(head) => Ok(self.prepare(project, head + 1).await),
+            Some(head) => self.prepare(project, head + 1).await,
             None => Ok(false),
         }
     }
 
-    async fn after_marker(&mut self, project: &str, event: &RecordedEvent, outcome: FoldOutcome) {
-        let entry = self.projects.get_mut(project).expect("prepared");
+    /// Writes a marker's derived streams and schedules the next marker. A
+    /// write the store keeps failing is returned (the projector restarts and
+    /// writes it again, with the same ids); one the store refuses for good
+    /// quarantines the project.
+    async fn after_marker(
+        &mut self,
+        project: &str,
+        event: &RecordedEvent,
+        outcome: FoldOutcome,
+    ) -> Result<(), StoreError> {
+        let Some(entry) = self.projects.get_mut(project) else {
+            unreachable!("the marker was folded into the project's entry");
+        };
         if let Some(divergence) = &outcome.divergence {
             tracing::error!(
                 project,
@@ -563,8 +774,32 @@ impl<S: EventStore> Projector<S> {
         for (stream, events) in
             derived_writes(project, &outcome.evaluation, snapshot.as_ref(), event.id)
         {
-            if let Err(err) = append_with_retry(&self.store, &stream, events).await {
-                tracing::error!(project, stream, error = %err, "cannot write a derived stream");
+            let written = retry(
+                "write a derived stream",
+                self.config.retry_deadline,
+                &self.stop,
+                || {
+                    self.store
+                        .append(&stream, ExpectedRevision::Any, events.clone())
+                },
+            )
+            .await;
+            match written {
+                Ok(_) => {}
+                Err(err) if err.is_transient() => return Err(err),
+                Err(err) => {
+                    let state = self
+                        .projects
+                        .remove(project)
+                        .map(|e| e.state)
+                        .unwrap_or_else(|| domain::new_project(project));
+                    self.quarantine(
+                        project,
+                        state,
+                        &format!("the store refused its derived stream {stream}: {err}"),
+                    );
+                    return Ok(());
+                }
             }
         }
         if self.config.schedule_markers {
@@ -573,6 +808,7 @@ impl<S: EventStore> Projector<S> {
                 self.set_due(project, due);
             }
         }
+        Ok(())
     }
 
     /// Appends markers for every project whose time has come.
@@ -604,33 +840,52 @@ impl<S: EventStore> Projector<S> {
         &mut self,
         project: &str,
         now: Option<Timestamp>,
-        reply: Option<oneshot::Sender<Result<u64, String>>>,
+        reply: Option<oneshot::Sender<Result<u64, AskError>>>,
     ) {
         let Some(entry) = self.projects.get_mut(project) else {
             if let Some(reply) = reply {
-                let _ = reply.send(Err(format!("project {project:?} has no events")));
+                let _ = reply.send(Err(AskError::Refused(format!(
+                    "project {project:?} has no events"
+                ))));
             }
             return;
         };
-        if let Some(broken) = &entry.broken {
+        if let Some(reason) = &entry.broken {
             if let Some(reply) = reply {
-                let _ = reply.send(Err(format!(
-                    "project {project:?} cannot be folded: {broken}"
-                )));
+                let _ = reply.send(Err(AskError::Quarantined {
+                    project: project.to_string(),
+                    reason: reason.clone(),
+                }));
             }
             return;
         }
         if entry.marker_in_flight {
             // The marker under way covers this request; evaluate again after it.
             if let Some(reply) = reply {
-                let _ = reply.send(Err(format!(
+                let _ = reply.send(Err(AskError::Refused(format!(
                     "a marker for project {project:?} is already being appended; retry"
-                )));
+                ))));
             }
             return;
         }
-        let (expected, prepared) =
-            prepare_marker_ahead(&entry.state, now.unwrap_or_else(wall_clock));
+        let now = now.unwrap_or_else(wall_clock);
+        let ahead =
+            std::panic::catch_unwind(AssertUnwindSafe(|| prepare_marker_ahead(&entry.state, now)));
+        let (expected, prepared) = match ahead {
+            Ok(ahead) => ahead,
+            Err(panic) => {
+                let reason = format!(
+                    "the evaluation panicked: {}",
+                    domain::panic_message(panic.as_ref())
+                );
+                let state = std::mem::take(&mut entry.state);
+                self.quarantine(project, state, &reason);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(self.quarantined_error(project)));
+                }
+                return;
+            }
+        };
         let id = Uuid::new_v4();
         let event =
             streams::input_event(&Event::Evaluated(prepared.marker.clone()), id, "scheduler");
@@ -681,7 +936,12 @@ impl<S: EventStore> Projector<S> {
             }
         }
         if let Some(reply) = done.reply {
-            let _ = reply.send(done.result.map_err(|e| e.to_string()));
+            let _ = reply.send(done.result.map_err(|e| match e {
+                StoreError::WrongExpectedVersion { .. } => AskError::Refused(format!(
+                    "new events arrived while the marker was appended; retry: {e}"
+                )),
+                other => AskError::Unavailable(other.to_string()),
+            }));
         }
     }
 
@@ -689,13 +949,59 @@ impl<S: EventStore> Projector<S> {
         match request {
             Request::State { project, reply } => {
                 let answer = match self.projects.get(&project) {
+                    Some(Entry {
+                        broken: Some(reason),
+                        ..
+                    }) => Err(AskError::Quarantined {
+                        project: project.clone(),
+                        reason: reason.clone(),
+                    }),
                     Some(entry) => Ok(Some(entry.state.clone())),
-                    None => match load(&self.store, &project, Target::Latest).await {
-                        Ok(loaded) if fold::next_revision(&loaded.state) == 0 => Ok(None),
-                        Ok(loaded) => Ok(Some(loaded.state)),
-                        Err(LoadError::Store(err)) => Err(err.to_string()),
-                        Err(err) => Err(err.to_string()),
+                    // Not kept: the subscription may not have reached the
+                    // stream's end, and must still fold what it has not.
+                    None => match load_once(&self.store, &project, Target::Latest).await {
+                        Ok(Ok(state)) if fold::next_revision(&state) == 0 => Ok(None),
+                        Ok(Ok(state)) => Ok(Some(state)),
+                        Ok(Err(reason)) => {
+                            self.quarantine(&project, domain::new_project(&project), &reason);
+                            Err(self.quarantined_error(&project))
+                        }
+                        Err(err) => Err(AskError::Unavailable(err.to_string())),
                     },
+                };
+                let _ = reply.send(answer);
+            }
+            Request::Quarantined { reply } => {
+                let list = self
+                    .projects
+                    .iter()
+                    .filter_map(|(project, e)| Some((project.clone(), e.broken.clone()?)))
+                    .collect();
+                let _ = reply.send(Ok(list));
+            }
+            Request::Release { project, reply } => {
+                if self
+                    .projects
+                    .get(&project)
+                    .is_some_and(|e| e.broken.is_some())
+                {
+                    tracing::info!(project, "releasing a quarantined project: re-loading it");
+                    self.projects.remove(&project);
+                }
+                let answer = match self.ensure_latest(&project).await {
+                    Err(err) => Err(AskError::Unavailable(err.to_string())),
+                    Ok(false) if self.projects.contains_key(&project) => {
+                        Err(self.quarantined_error(&project))
+                    }
+                    Ok(false) => Ok(0),
+                    Ok(true) => {
+                        if self.config.schedule_markers {
+                            // Events that arrived while it was quarantined
+                            // were never evaluated.
+                            self.schedule_batch(&project);
+                        }
+                        Ok(self.projects[&project].state.eversion)
+                    }
                 };
                 let _ = reply.send(answer);
             }
@@ -705,7 +1011,7 @@ impl<S: EventStore> Projector<S> {
                 reply,
             } => {
                 if let Err(err) = self.ensure_latest(&project).await {
-                    let _ = reply.send(Err(err.to_string()));
+                    let _ = reply.send(Err(AskError::Unavailable(err.to_string())));
                     return;
                 }
                 self.start_marker(&project, now, Some(reply));
@@ -746,27 +1052,34 @@ impl<S: EventStore> Projector<S> {
         }
     }
 
-    /// Finishes in-flight marker appends and folds every event already in
-    /// the store, then writes the checkpoint.
+    /// Finishes in-flight marker appends and folds the events the
+    /// subscription delivers until it has been idle for [`DRAIN_IDLE`] (or
+    /// [`DRAIN_LIMIT`] has passed), then writes the checkpoint. What is not
+    /// folded here is folded after the next start, from the checkpoint.
     async fn drain(&mut self, subscription: &mut crate::store::Subscription) {
-        while let Some(done) = self.markers.join_next().await {
-            self.marker_done(done);
+        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.markers.join_next()).await {
+                Ok(Some(done)) => self.marker_done(done),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        "marker appends still under way at the drain limit; abandoning them"
+                    );
+                    self.markers.abort_all();
+                    break;
+                }
+            }
         }
-        let head = match self
-            .store
-            .read_all(
-                self.processed_position + 1,
-                usize::MAX,
-                &StreamFilter::prefix(PROJECT_CATEGORY),
-            )
-            .await
-        {
-            Ok(rest) => rest.last().map_or(self.processed_position, |e| e.position),
-            Err(_) => self.processed_position,
-        };
-        while self.processed_position < head {
-            match tokio::time::timeout(Duration::from_secs(10), subscription.next()).await {
-                Ok(Some(Ok(event))) => self.handle_event(&event).await,
+        loop {
+            let idle = (tokio::time::Instant::now() + DRAIN_IDLE).min(deadline);
+            match tokio::time::timeout_at(idle, subscription.next()).await {
+                Ok(Some(Ok(event))) => {
+                    if let Err(err) = self.handle_event(&event).await {
+                        tracing::warn!(error = %err, "cannot fold the rest now; it is folded after the next start");
+                        break;
+                    }
+                }
                 _ => break,
             }
         }
@@ -812,21 +1125,12 @@ mod tests {
 
     /// A projector task's data, driven by hand (no scheduler).
     fn projector(store: &MemoryStore) -> Projector<MemoryStore> {
-        Projector {
-            store: store.clone(),
-            config: ProjectorConfig {
-                schedule_markers: false,
-                ..ProjectorConfig::default()
-            },
-            projects: BTreeMap::new(),
-            schedule: BTreeSet::new(),
-            markers: JoinSet::new(),
-            processed_position: 0,
-            checkpointed_position: 0,
-            checkpointed_due: Vec::new(),
-            clock: 0,
-            stats: MarkerStats::default(),
-        }
+        let config = ProjectorConfig {
+            schedule_markers: false,
+            ..ProjectorConfig::default()
+        };
+        let (_, stop) = watch::channel(false);
+        Projector::new(store.clone(), config, stop, Checkpoint::default())
     }
 
     async fn notifier_with_config(store: &MemoryStore) -> Notifier<MemoryStore> {
@@ -849,12 +1153,15 @@ mod tests {
             .await
             .unwrap();
         for event in &events {
-            p.handle_event(event).await;
+            p.handle_event(event).await.unwrap();
         }
     }
 
     /// Prepares and appends a marker as the scheduler does; waits for the append.
-    async fn append_marker(p: &mut Projector<MemoryStore>, now: Timestamp) -> Result<u64, String> {
+    async fn append_marker(
+        p: &mut Projector<MemoryStore>,
+        now: Timestamp,
+    ) -> Result<u64, AskError> {
         let (reply, answer) = oneshot::channel();
         p.start_marker(PROJECT, Some(now), Some(reply));
         let done = p.markers.join_next().await.expect("a marker task");
@@ -871,6 +1178,59 @@ mod tests {
             .as_ref()
             .is_some_and(|o| o.divergence.is_none() && !o.adopted));
         loaded.state
+    }
+
+    /// Sends a request to the projector by hand and returns its answer.
+    async fn ask<T>(
+        p: &mut Projector<MemoryStore>,
+        request: impl FnOnce(oneshot::Sender<Result<T, AskError>>) -> Request,
+    ) -> Result<T, AskError> {
+        let (reply, answer) = oneshot::channel();
+        p.handle_request(request(reply)).await;
+        answer.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_quarantined_project_is_listed_and_a_release_reloads_it() {
+        let store = MemoryStore::new();
+        let notifier = notifier_with_config(&store).await;
+        let mut p = projector(&store);
+        catch_up(&mut p).await;
+        append_marker(&mut p, ts(1_700_000_000)).await.unwrap();
+        catch_up(&mut p).await;
+        p.quarantine(PROJECT, proto::ProjectState::default(), "a test");
+        // Not folded while quarantined, and reads say why.
+        notifier.poke(PROJECT).await.unwrap();
+        catch_up(&mut p).await;
+        let state = |reply| Request::State {
+            project: PROJECT.into(),
+            reply,
+        };
+        let err = ask(&mut p, state).await.unwrap_err();
+        assert_eq!(
+            err,
+            AskError::Quarantined {
+                project: PROJECT.into(),
+                reason: "project-p: a test".into()
+            }
+        );
+        let listed = ask(&mut p, |reply| Request::Quarantined { reply }).await;
+        assert_eq!(
+            listed,
+            Ok(vec![(PROJECT.to_string(), "project-p: a test".to_string())])
+        );
+
+        let release = |reply| Request::Release {
+            project: PROJECT.into(),
+            reply,
+        };
+        assert_eq!(ask(&mut p, release).await, Ok(1));
+        let listed = ask(&mut p, |reply| Request::Quarantined { reply }).await;
+        assert_eq!(listed, Ok(vec![]));
+        let state = ask(&mut p, state).await.unwrap().unwrap();
+        // The poke that arrived meanwhile is in the re-loaded state.
+        assert_eq!(fold::next_revision(&state), 3);
+        assert_eq!(state, folded(&store).await);
     }
 
     #[tokio::test]

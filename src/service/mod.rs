@@ -117,17 +117,17 @@ pub async fn serve(
 
     let (handle, requests) = projector::channel();
     let (stop_projector, projector_stopped) = watch::channel(false);
-    let projector_task = tokio::spawn(projector::run(
+    let (status_sender, status) = watch::channel(projector::Status::Starting);
+    let mut projector_task = tokio::spawn(projector::supervise(
         store.clone(),
         config.projector.clone(),
         requests,
         projector_stopped,
+        status_sender,
     ));
 
-    let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ProjectManagerServer<PmService<AnyStore>>>()
-        .await;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(status, health_reporter));
     let service = PmService::new(Notifier::new(store.clone(), "grpc"), handle, store.clone())
         .allow_any_now(config.allow_any_now);
     let interceptor = auth::BearerAuth::new(token);
@@ -152,8 +152,15 @@ pub async fn serve(
             Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped))
         }
     };
+    let mut projector_result = None;
     let result = tokio::select! {
         result = &mut server => result,
+        ended = &mut projector_task => {
+            // It only ends by itself when it gave up.
+            projector_result = Some(ended);
+            let _ = stop_accepting.send(());
+            tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.unwrap_or(Ok(()))
+        }
         () = shutdown => {
             let _ = stop_accepting.send(());
             // Graceful shutdown waits for every connection to close; a client
@@ -169,17 +176,49 @@ pub async fn serve(
     };
     tracing::info!("no longer accepting requests; finishing folds");
     let _ = stop_projector.send(true);
-    match projector_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::error!(error = %err, "projector failed"),
-        Err(err) => tracing::error!(error = %err, "projector task failed"),
-    }
+    let projector_result = match projector_result {
+        Some(ended) => ended,
+        None => projector_task.await,
+    };
+    let projector_failure = match projector_result {
+        Ok(Ok(())) => None,
+        Ok(Err(reason)) => Some(reason),
+        Err(err) => Some(format!("the projector task failed: {err}")),
+    };
     if let AnyStore::Embedded(embedded) = &store {
         if let Err(err) = embedded.close().await {
             tracing::error!(error = %err, "closing the store failed");
         }
     }
     result.map_err(|e| ServeError::Failed(format!("gRPC server failed: {e}")))?;
+    if let Some(reason) = projector_failure {
+        return Err(ServeError::Failed(format!(
+            "the projector did not stop cleanly: {reason}"
+        )));
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps the health status of `prjmanager.v1.ProjectManager` in step with
+/// the projector: `SERVING` while it runs, `NOT_SERVING` otherwise.
+async fn report_health(
+    mut status: watch::Receiver<projector::Status>,
+    mut reporter: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let running = matches!(*status.borrow_and_update(), projector::Status::Running);
+        if running {
+            reporter
+                .set_serving::<ProjectManagerServer<PmService<AnyStore>>>()
+                .await;
+        } else {
+            reporter
+                .set_not_serving::<ProjectManagerServer<PmService<AnyStore>>>()
+                .await;
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
 }

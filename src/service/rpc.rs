@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::domain;
 use crate::limits::{check_marker_now, MAX_CLOCK_SKEW};
 use crate::notifier::{Appended, Notifier, NotifyError};
-use crate::projector::{wall_clock, ProjectorHandle};
+use crate::projector::{wall_clock, AskError, ProjectorHandle};
 use crate::proto::{self, input_event::Event, project_manager_server::ProjectManager};
 use crate::read::{self, At, LoadError};
 use crate::store::{Direction, EventStore, ReadFrom, RecordedEvent, StoreError};
@@ -60,6 +60,17 @@ pub fn store_status(err: StoreError) -> Status {
         StoreError::InvalidArgument(_) => Status::invalid_argument(err.to_string()),
         StoreError::Unavailable(_) | StoreError::Closed => Status::unavailable(err.to_string()),
         StoreError::Corrupt(_) => Status::data_loss(err.to_string()),
+    }
+}
+
+/// Maps a projector answer to a gRPC status: a quarantined project is
+/// `FAILED_PRECONDITION` naming the stream, revision and reason.
+fn ask_status(err: AskError) -> Status {
+    match err {
+        AskError::Stopped | AskError::Unavailable(_) => Status::unavailable(err.to_string()),
+        AskError::Quarantined { .. } | AskError::Refused(_) => {
+            Status::failed_precondition(err.to_string())
+        }
     }
 }
 
@@ -215,11 +226,7 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         let r = request.into_inner();
         check_project(&r.project)?;
         if let Some(now) = &r.now {
-            let state = self
-                .projector
-                .state(&r.project)
-                .await
-                .map_err(Status::unavailable)?;
+            let state = self.projector.state(&r.project).await.map_err(ask_status)?;
             let last = state.as_ref().and_then(|s| s.update_time.as_ref());
             check_marker_now(now, last, &wall_clock(), self.max_clock_skew)
                 .map_err(|e| Status::invalid_argument(format!("invalid now: {e}")))?;
@@ -228,10 +235,40 @@ impl<S: EventStore> ProjectManager for PmService<S> {
             .projector
             .evaluate(&r.project, r.now)
             .await
-            .map_err(Status::failed_precondition)?;
+            .map_err(ask_status)?;
         Ok(Response::new(proto::NotifyResponse {
             revision,
             project: r.project,
+        }))
+    }
+
+    async fn list_quarantined(
+        &self,
+        _request: Request<proto::ListQuarantinedRequest>,
+    ) -> Result<Response<proto::ListQuarantinedResponse>, Status> {
+        let list = self.projector.quarantined().await.map_err(ask_status)?;
+        Ok(Response::new(proto::ListQuarantinedResponse {
+            projects: list
+                .into_iter()
+                .map(|(project, reason)| proto::QuarantinedProject { project, reason })
+                .collect(),
+        }))
+    }
+
+    async fn release_project(
+        &self,
+        request: Request<proto::ReleaseProjectRequest>,
+    ) -> Result<Response<proto::ReleaseProjectResponse>, Status> {
+        let r = request.into_inner();
+        check_project(&r.project)?;
+        let eversion = self
+            .projector
+            .release(&r.project)
+            .await
+            .map_err(ask_status)?;
+        Ok(Response::new(proto::ReleaseProjectResponse {
+            project: r.project,
+            eversion,
         }))
     }
 
@@ -249,7 +286,7 @@ impl<S: EventStore> ProjectManager for PmService<S> {
                 .projector
                 .state(&r.project)
                 .await
-                .map_err(Status::unavailable)?
+                .map_err(ask_status)?
                 .ok_or_else(|| {
                     Status::not_found(format!("project {:?} has no events", r.project))
                 })?;
