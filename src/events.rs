@@ -130,9 +130,10 @@ pub fn decode(event_type: &str, data: &[u8]) -> Result<Event, EventCodecError> {
     by_type(event_type, Bytes(data))
 }
 
-/// The proto3 JSON form of an event's payload.
-pub fn to_json(event: &Event) -> serde_json::Value {
-    let value = match event {
+/// The proto3 JSON form of an event's payload; an error for a value outside
+/// proto's range (a timestamp stored past the Notifier's bounds).
+pub fn to_json(event: &Event) -> Result<serde_json::Value, serde_json::Error> {
+    match event {
         Event::ConfigUpdated(m) => serde_json::to_value(m),
         Event::Poked(m) => serde_json::to_value(m),
         Event::ClsUpdated(m) => serde_json::to_value(m),
@@ -141,8 +142,7 @@ pub fn to_json(event: &Event) -> serde_json::Value {
         Event::PurgeCompleted(m) => serde_json::to_value(m),
         Event::TriggeringClDepsCompleted(m) => serde_json::to_value(m),
         Event::Evaluated(m) => serde_json::to_value(m),
-    };
-    value.expect("generated proto3 JSON serialisation cannot fail")
+    }
 }
 
 /// Parses the proto3 JSON form of a payload of the given type.
@@ -169,7 +169,7 @@ mod tests {
                 nanos: 0,
             }),
         });
-        let json = to_json(&event);
+        let json = to_json(&event).unwrap();
         assert_eq!(
             json.to_string(),
             r#"{"endTime":"2020-02-02T10:40:00Z","runId":"infra/111-beef","status":"FAILED"}"#

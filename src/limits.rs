@@ -28,6 +28,12 @@ pub const MAX_STRING_BYTES: usize = 4_096;
 /// Longest `Duration` accepted (10,000 years, in seconds), either sign.
 pub const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
 
+/// Largest gRPC response the service sends and the CLI accepts (bytes). A
+/// list RPC ends its page early to stay under it; a single answer over it
+/// (a huge state) is refused with `RESOURCE_EXHAUSTED`, saying to read it
+/// from the store instead.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
 /// How far past the wall clock a marker's `now` may be (`Evaluate`, the
 /// CLI's `evaluate --now`, an imported `Evaluated` line), unless the caller
 /// allows any time (`--allow-any-now`, for offline tools and recordings).

@@ -383,15 +383,16 @@ pub struct ActionLine {
     pub data: serde_json::Value,
 }
 
-/// The [`ActionLine`] of an action.
-pub fn action_line(action: &proto::Action) -> ActionLine {
+/// The [`ActionLine`] of an action; an error for a value outside proto's
+/// range.
+pub fn action_line(action: &proto::Action) -> Result<ActionLine, serde_json::Error> {
     use proto::action::Action as A;
     let Some(kind) = &action.action else {
-        return ActionLine {
+        return Ok(ActionLine {
             eversion: action.eversion,
             action_type: "Unknown",
             data: serde_json::json!({}),
-        };
+        });
     };
     let data = match kind {
         A::CreateRun(m) => serde_json::to_value(m),
@@ -401,11 +402,10 @@ pub fn action_line(action: &proto::Action) -> ActionLine {
         A::UpdateRunsConfig(m) => serde_json::to_value(m),
         A::PokeRuns(m) => serde_json::to_value(m),
         A::PokePoller(m) => serde_json::to_value(m),
-    }
-    .expect("generated proto3 JSON serialisation cannot fail");
-    ActionLine {
+    }?;
+    Ok(ActionLine {
         eversion: action.eversion,
         action_type: action_type(kind),
         data,
-    }
+    })
 }

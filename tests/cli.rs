@@ -554,3 +554,102 @@ fn a_silent_server_times_out() {
     );
     drop(holder);
 }
+
+/// A stream written past the Notifier (another writer, an older build) may
+/// hold values out of proto's range: every command that reads, prints,
+/// exports or rebuilds it answers with an error naming the problem (exit 1),
+/// never a panic (exit 101).
+#[test]
+fn out_of_range_values_in_a_stored_stream_are_errors_not_panics() {
+    use prjmanager::proto::{self, input_event::Event, Timestamp};
+    use prjmanager::store::{EventStore, ExpectedRevision};
+    let env = Env::new();
+    let far = Timestamp {
+        seconds: 1_000_000_000_000_000,
+        nanos: 0,
+    };
+    let config = prjmanager::testing::ConfigBuilder::new("h1", 1)
+        .group("main", |g| g)
+        .build();
+    let events = [
+        Event::ConfigUpdated(proto::ConfigUpdated {
+            config: Some(config),
+        }),
+        Event::RunCreated(proto::RunCreated {
+            run: Some(proto::Run {
+                id: "far/9042327596854-1-42e0a59099a0f673".into(),
+                mode: "DRY_RUN".into(),
+                clids: vec![1],
+                create_time: Some(far),
+                status: proto::run::Status::Running as i32,
+                ..Default::default()
+            }),
+        }),
+    ];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = prjmanager::store::embedded::EmbeddedStore::open(env.path("pm.db")).unwrap();
+        let appended = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                prjmanager::streams::input_event(e, uuid::Uuid::from_u128(i as u128 + 1), "test")
+            })
+            .collect();
+        store
+            .append("project-far", ExpectedRevision::NoStream, appended)
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+    });
+    let out = env.run(&[
+        "evaluate",
+        "far",
+        "--now",
+        "2026-01-01T00:00:00Z",
+        "--allow-any-now",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let store = env.store();
+    let replay = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pm-replay"))
+            .args(args)
+            .args(["--store", &store, "--project", "far"])
+            .output()
+            .unwrap()
+    };
+    // Commands that print the far timestamp fail naming it; the others
+    // print nothing out of range and succeed. None panics.
+    let failing = [
+        ("events", env.run(&["events", "far"])),
+        ("export", env.run(&["export", "far", "-o", "-"])),
+        (
+            "pm-replay diff",
+            replay(&["diff", "--from", "0", "--to", "1"]),
+        ),
+        (
+            "pm-replay blame",
+            replay(&["blame", "--path", "runs", "--format", "json"]),
+        ),
+    ];
+    for (what, out) in failing {
+        let text = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {text}");
+        assert!(text.contains("1000000000000000s"), "{what}: {text}");
+        assert!(text.contains("is outside"), "{what}: {text}");
+    }
+    let working = [
+        ("state", env.run(&["state", "far"])),
+        (
+            "state --eversion",
+            env.run(&["state", "far", "--eversion", "1"]),
+        ),
+        ("pm-replay rebuild", replay(&["rebuild", "--eversion", "1"])),
+        ("pm-replay verify", replay(&["verify"])),
+        ("pm-replay actions", replay(&["actions"])),
+    ];
+    for (what, out) in working {
+        assert_eq!(out.status.code(), Some(0), "{what}: {}", stderr(&out));
+    }
+}

@@ -57,7 +57,7 @@ async fn every_replay_verifies_and_matches_its_snapshots() {
             .await
             .unwrap()
             .iter()
-            .map(|a| serde_json::to_string(&action_line(a)).unwrap())
+            .map(|a| serde_json::to_string(&action_line(a).unwrap()).unwrap())
             .collect();
         insta::assert_snapshot!(format!("{stem}__actions"), actions.join("\n"));
     }

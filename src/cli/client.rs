@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::limits::MAX_RESPONSE_BYTES;
 use crate::proto::project_manager_client::ProjectManagerClient;
 use crate::service;
 use crate::store::any::StoreUrl;
@@ -57,7 +58,7 @@ impl Server {
             .map_err(|e| {
                 CliError::Failed(format!("cannot reach the service at {}: {e}", self.address))
             })?;
-        Ok(ProjectManagerClient::new(channel))
+        Ok(ProjectManagerClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
     }
 
     /// A request carrying the bearer token, if any.

@@ -375,7 +375,8 @@ pub async fn actions(url: &StoreUrl, project: &str, eversion: Option<i64>) -> Re
         if eversion.is_some_and(|e| e != action.eversion) {
             continue;
         }
-        serde_json::to_writer(&mut out, &action_line(&action)).map_err(json_error)?;
+        let line = action_line(&action).map_err(json_error)?;
+        serde_json::to_writer(&mut out, &line).map_err(json_error)?;
         out.write_all(b"\n")?;
     }
     out.flush()?;

@@ -277,21 +277,24 @@ pub async fn rebuild(opened: &Opened, eversion: i64) -> Result<Rebuilt, ReplayEr
 
 /// The document `diff` and `blame` look at: the `PState` in proto3 JSON, plus
 /// `eversion`, `updateTime` and `runs` (the Runs the fold knows).
-pub fn state_document(state: &ProjectState) -> Value {
-    let mut document = serde_json::to_value(state.pstate.clone().unwrap_or_default())
-        .expect("proto3 JSON serialisation cannot fail");
+pub fn state_document(state: &ProjectState) -> Result<Value, ReplayError> {
+    let mut document = json_of("the state", &state.pstate.clone().unwrap_or_default())?;
     if let Value::Object(map) = &mut document {
         map.insert("eversion".into(), Value::String(state.eversion.to_string()));
         map.insert(
             "updateTime".into(),
-            serde_json::to_value(state.update_time).expect("timestamp serialises"),
+            json_of("the update time", &state.update_time)?,
         );
-        map.insert(
-            "runs".into(),
-            serde_json::to_value(&state.runs).expect("runs serialise"),
-        );
+        map.insert("runs".into(), json_of("the runs", &state.runs)?);
     }
-    document
+    Ok(document)
+}
+
+/// The proto3 JSON of `value`. A value outside proto's range (a timestamp
+/// written to the store past the Notifier's bounds) is an error naming it.
+fn json_of<T: serde::Serialize + ?Sized>(what: &str, value: &T) -> Result<Value, ReplayError> {
+    serde_json::to_value(value)
+        .map_err(|e| ReplayError::Failed(format!("cannot print {what} as proto3 JSON: {e}")))
 }
 
 /// `diff`: the differences of the state between two eversions.
@@ -302,7 +305,7 @@ pub async fn diff_eversions(
 ) -> Result<Vec<Change>, ReplayError> {
     let (before, _) = state_at(opened, from).await?;
     let (after, _) = state_at(opened, to).await?;
-    Ok(diff(&state_document(&before), &state_document(&after)))
+    Ok(diff(&state_document(&before)?, &state_document(&after)?))
 }
 
 /// An input event, for reports: revision, type and proto3 JSON data.
@@ -313,7 +316,8 @@ pub struct InputSummary {
     /// Event type.
     #[serde(rename = "type")]
     pub event_type: String,
-    /// Payload in proto3 JSON (`null` if it does not decode).
+    /// Payload in proto3 JSON (`null` if it does not decode; a string
+    /// saying why if it cannot be printed).
     pub data: Value,
 }
 
@@ -335,9 +339,11 @@ pub fn summarize(inputs: &[RecordedEvent]) -> Vec<InputSummary> {
         .map(|e| InputSummary {
             revision: e.revision,
             event_type: e.event_type.clone(),
-            data: crate::events::decode(&e.event_type, &e.data)
-                .map(|ev| crate::events::to_json(&ev))
-                .unwrap_or(Value::Null),
+            data: match crate::events::decode(&e.event_type, &e.data) {
+                Ok(event) => crate::events::to_json(&event)
+                    .unwrap_or_else(|err| Value::String(format!("cannot print: {err}"))),
+                Err(_) => Value::Null,
+            },
         })
         .collect()
 }
@@ -361,10 +367,10 @@ pub struct BlameEntry {
 pub async fn blame(opened: &Opened, path: &StatePath) -> Result<Vec<BlameEntry>, ReplayError> {
     let events = read_stream(&opened.store, &project_stream(&opened.project)).await?;
     let bar = events_bar(events.len() as u64, "blame");
-    let mut previous = path.evaluate(&state_document(&domain::new_project(&opened.project)));
+    let mut previous = path.evaluate(&state_document(&domain::new_project(&opened.project))?);
     let mut entries = Vec::new();
     fold_events(opened, &events, &bar, |step| {
-        let value = path.evaluate(&state_document(step.state));
+        let value = path.evaluate(&state_document(step.state)?);
         if value != previous {
             entries.push(BlameEntry {
                 eversion: step.outcome.evaluation.eversion,
@@ -444,21 +450,13 @@ pub struct VerifyReport {
     pub divergence: Option<Divergence>,
 }
 
-fn marker_json(eversion: i64, digest: &[u8]) -> Value {
-    serde_json::to_value(proto::Evaluated {
+fn marker_json(eversion: i64, digest: &[u8]) -> Result<Value, ReplayError> {
+    let marker = proto::Evaluated {
         now: None,
         eversion,
         state_digest: digest.to_vec(),
-    })
-    .expect("marker serialises")
-}
-
-fn log_json(log: &proto::ProjectLog) -> Value {
-    serde_json::to_value(log).expect("log serialises")
-}
-
-fn snapshot_json(snapshot: &proto::ProjectSnapshot) -> Value {
-    serde_json::to_value(snapshot).expect("snapshot serialises")
+    };
+    json_of("a marker", &marker)
 }
 
 /// `verify`: folds every eversion and compares every marker digest, stored
@@ -509,8 +507,8 @@ pub async fn verify(opened: &Opened) -> Result<VerifyReport, ReplayError> {
                 what: format!("marker at {}", opened.locate(step.outcome.revision)),
                 inputs: summarize(step.inputs),
                 changes: diff(
-                    &marker_json(d.recorded_eversion, &d.recorded_digest),
-                    &marker_json(d.computed_eversion, &d.computed_digest),
+                    &marker_json(d.recorded_eversion, &d.recorded_digest)?,
+                    &marker_json(d.computed_eversion, &d.computed_digest)?,
                 ),
             });
             return Ok(());
@@ -534,7 +532,10 @@ pub async fn verify(opened: &Opened) -> Result<VerifyReport, ReplayError> {
                         }
                     ),
                     inputs: summarize(step.inputs),
-                    changes: diff(&log_json(stored), &log_json(&recomputed)),
+                    changes: diff(
+                        &json_of("the stored ProjectLog", stored)?,
+                        &json_of("the recomputed ProjectLog", &recomputed)?,
+                    ),
                 });
                 return Ok(());
             }
@@ -553,7 +554,10 @@ pub async fn verify(opened: &Opened) -> Result<VerifyReport, ReplayError> {
                     eversion,
                     what: format!("{snapshot_stream_name} revision {revision}"),
                     inputs: summarize(step.inputs),
-                    changes: diff(&snapshot_json(stored), &snapshot_json(&recomputed)),
+                    changes: diff(
+                        &json_of("the stored snapshot", stored)?,
+                        &json_of("the recomputed snapshot", &recomputed)?,
+                    ),
                 });
             }
         }

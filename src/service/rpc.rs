@@ -9,7 +9,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::domain;
-use crate::limits::{check_marker_now, MAX_CLOCK_SKEW};
+use crate::limits::{check_marker_now, MAX_CLOCK_SKEW, MAX_RESPONSE_BYTES};
 use crate::notifier::{Appended, Notifier, NotifyError};
 use crate::projector::{wall_clock, AskError, ProjectorHandle};
 use crate::proto::{self, input_event::Event, project_manager_server::ProjectManager};
@@ -128,6 +128,32 @@ async fn read_page<S: EventStore>(
         .read_stream(stream, ReadFrom::Revision(from), Direction::Forwards, max)
         .await
         .map_err(store_status)
+}
+
+/// Refuses an answer over [`MAX_RESPONSE_BYTES`] with a clear error (the
+/// transport would otherwise fail with a message about frames).
+fn within_limit<M: Message>(what: &str, message: M) -> Result<Response<M>, Status> {
+    let size = message.encoded_len();
+    if size > MAX_RESPONSE_BYTES {
+        return Err(Status::resource_exhausted(format!(
+            "{what} is {size} bytes, over the {MAX_RESPONSE_BYTES}-byte limit of a response; \
+             read it from the store instead (`prjmanager --store URL state`, `pm-replay`)"
+        )));
+    }
+    Ok(Response::new(message))
+}
+
+/// How many of `page` fit in one list response: at least one (a single
+/// event over the limit is refused by [`within_limit`]), then as many as
+/// keep the stored bytes within half the response limit.
+fn fitting(page: &[RecordedEvent]) -> usize {
+    let mut total = 0;
+    page.iter()
+        .position(|event| {
+            total += event.data.len();
+            total > MAX_RESPONSE_BYTES / 2
+        })
+        .map_or(page.len(), |over| over.max(1))
 }
 
 fn decode<M: Message + Default>(event: &RecordedEvent) -> Result<M, Status> {
@@ -290,7 +316,10 @@ impl<S: EventStore> ProjectManager for PmService<S> {
                 .ok_or_else(|| {
                     Status::not_found(format!("project {:?} has no events", r.project))
                 })?;
-            return Ok(Response::new(domain::project_log(&state, &[])));
+            return within_limit(
+                &format!("the state of project {:?}", r.project),
+                domain::project_log(&state, &[]),
+            );
         }
         let read = read::project_log(&self.store, &r.project, At::Eversion(r.eversion))
             .await
@@ -299,7 +328,13 @@ impl<S: EventStore> ProjectManager for PmService<S> {
                 LoadError::NoSuchEversion { .. } => Status::not_found(e.to_string()),
                 LoadError::Fold { .. } => Status::data_loss(e.to_string()),
             })?;
-        Ok(Response::new(read.log))
+        within_limit(
+            &format!(
+                "the state of project {:?} at eversion {}",
+                r.project, r.eversion
+            ),
+            read.log,
+        )
     }
 
     async fn get_project_log(
@@ -314,7 +349,13 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         for event in &events {
             let log: proto::ProjectLog = decode(event)?;
             if log.eversion == r.eversion {
-                return Ok(Response::new(log));
+                return within_limit(
+                    &format!(
+                        "the ProjectLog of project {:?} at eversion {}",
+                        r.project, r.eversion
+                    ),
+                    log,
+                );
             }
         }
         Err(Status::not_found(format!(
@@ -332,15 +373,25 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         let size = page_size(r.page_size)?;
         let from = page_start(&r.page_token)?;
         let page = read_page(&self.store, &log_stream(&r.project), from, size).await?;
-        let logs = page.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        let next_page_token = match page.last() {
-            Some(last) if page.len() == size => (last.revision + 1).to_string(),
-            _ => String::new(),
+        let fit = fitting(&page);
+        let logs = page[..fit]
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_page_token = match page.get(fit) {
+            Some(first_left) => first_left.revision.to_string(),
+            None if page.len() == size => page
+                .last()
+                .map_or(String::new(), |last| (last.revision + 1).to_string()),
+            None => String::new(),
         };
-        Ok(Response::new(proto::ListProjectLogsResponse {
-            logs,
-            next_page_token,
-        }))
+        within_limit(
+            "a page of ProjectLogs",
+            proto::ListProjectLogsResponse {
+                logs,
+                next_page_token,
+            },
+        )
     }
 
     async fn list_actions(
@@ -353,21 +404,26 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         let mut next = page_start(&r.page_token)?;
         let stream = action_stream(&r.project);
         let mut actions = Vec::new();
+        let mut bytes = 0;
         let mut exhausted = false;
-        while actions.len() < size {
+        'pages: while actions.len() < size {
             let page = read_page(&self.store, &stream, next, MAX_PAGE_SIZE).await?;
             if page.is_empty() {
                 exhausted = true;
                 break;
             }
             for event in &page {
-                next = event.revision + 1;
                 let action: proto::Action = decode(event)?;
                 if action.eversion >= r.from_eversion {
-                    actions.push(action);
-                    if actions.len() == size {
-                        break;
+                    bytes += event.data.len();
+                    if bytes > MAX_RESPONSE_BYTES / 2 && !actions.is_empty() {
+                        break 'pages;
                     }
+                    actions.push(action);
+                }
+                next = event.revision + 1;
+                if actions.len() == size {
+                    break 'pages;
                 }
             }
         }
@@ -376,9 +432,58 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         } else {
             next.to_string()
         };
-        Ok(Response::new(proto::ListActionsResponse {
-            actions,
-            next_page_token,
-        }))
+        within_limit(
+            "a page of actions",
+            proto::ListActionsResponse {
+                actions,
+                next_page_token,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(revision: u64, bytes: usize) -> RecordedEvent {
+        RecordedEvent {
+            stream: "projectlog-p".into(),
+            revision,
+            position: revision + 1,
+            id: uuid::Uuid::from_u128(u128::from(revision)),
+            event_type: "ProjectLog".into(),
+            data: vec![0; bytes],
+            metadata: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_list_page_ends_before_the_response_limit_but_holds_at_least_one() {
+        let quarter = MAX_RESPONSE_BYTES / 4;
+        let small: Vec<_> = (0..10).map(|r| event(r, 100)).collect();
+        assert_eq!(fitting(&small), 10);
+        let big: Vec<_> = (0..5).map(|r| event(r, quarter)).collect();
+        assert_eq!(fitting(&big), 2);
+        let huge = [event(0, MAX_RESPONSE_BYTES), event(1, 10)];
+        assert_eq!(fitting(&huge), 1);
+        assert_eq!(fitting(&[]), 0);
+    }
+
+    #[test]
+    fn an_answer_over_the_response_limit_is_refused_clearly() {
+        let small = proto::ProjectLog {
+            config_hash: "h".into(),
+            ..Default::default()
+        };
+        assert!(within_limit("small", small).is_ok());
+        let huge = proto::ProjectLog {
+            config_hash: "x".repeat(MAX_RESPONSE_BYTES + 1),
+            ..Default::default()
+        };
+        let err = within_limit("the state of project \"p\"", huge).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("the state of project \"p\" is"));
+        assert!(err.message().contains("read it from the store"));
     }
 }

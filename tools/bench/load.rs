@@ -99,7 +99,7 @@ pub fn write_file(
         };
         let line = Line {
             event_type: events::type_name(&event),
-            data: events::to_json(&event),
+            data: events::to_json(&event)?,
         };
         serde_json::to_writer(&mut out, &line)?;
         out.write_all(b"\n")?;

@@ -132,8 +132,12 @@ fn out_error(e: std::io::Error) -> ReplayError {
     ReplayError::Failed(format!("cannot write the output: {e}"))
 }
 
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string_pretty(value).expect("JSON serialisation cannot fail")
+fn json_error(e: serde_json::Error) -> ReplayError {
+    ReplayError::Failed(format!("cannot print the answer as JSON: {e}"))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, ReplayError> {
+    serde_json::to_string_pretty(value).map_err(json_error)
 }
 
 async fn run(cli: Cli) -> Result<i32, ReplayError> {
@@ -155,7 +159,7 @@ async fn run(cli: Cli) -> Result<i32, ReplayError> {
             if format == Format::Text {
                 writeln!(out, "logged: {}", rebuilt.logged).map_err(out_error)?;
             }
-            writeln!(out, "{}", json(&rebuilt.log)).map_err(out_error)?;
+            writeln!(out, "{}", json(&rebuilt.log)?).map_err(out_error)?;
         }
         Command::Verify { source, format } => {
             let opened = replay::open(&source.source()).await?;
@@ -164,7 +168,7 @@ async fn run(cli: Cli) -> Result<i32, ReplayError> {
                 eprintln!("warning: {warning}");
             }
             match format {
-                Format::Json => writeln!(out, "{}", json(&report)).map_err(out_error)?,
+                Format::Json => writeln!(out, "{}", json(&report)?).map_err(out_error)?,
                 Format::Text => {
                     writeln!(
                         out,
@@ -208,7 +212,7 @@ async fn run(cli: Cli) -> Result<i32, ReplayError> {
             let opened = replay::open(&source.source()).await?;
             let changes = replay::diff_eversions(&opened, from, to).await?;
             match format {
-                Format::Json => writeln!(out, "{}", json(&changes)).map_err(out_error)?,
+                Format::Json => writeln!(out, "{}", json(&changes)?).map_err(out_error)?,
                 Format::Text => {
                     for change in &changes {
                         writeln!(out, "{change}").map_err(out_error)?;
@@ -225,7 +229,7 @@ async fn run(cli: Cli) -> Result<i32, ReplayError> {
             let opened = replay::open(&source.source()).await?;
             let entries = replay::blame(&opened, &path).await?;
             match format {
-                Format::Json => writeln!(out, "{}", json(&entries)).map_err(out_error)?,
+                Format::Json => writeln!(out, "{}", json(&entries)?).map_err(out_error)?,
                 Format::Text => {
                     for entry in &entries {
                         writeln!(
@@ -244,8 +248,8 @@ async fn run(cli: Cli) -> Result<i32, ReplayError> {
         Command::Actions { source, eversion } => {
             let opened = replay::open(&source.source()).await?;
             for action in replay::actions(&opened, eversion).await? {
-                serde_json::to_writer(&mut out, &action_line(&action))
-                    .map_err(|e| ReplayError::Failed(e.to_string()))?;
+                let line = action_line(&action).map_err(json_error)?;
+                serde_json::to_writer(&mut out, &line).map_err(json_error)?;
                 writeln!(out).map_err(out_error)?;
             }
         }
