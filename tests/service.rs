@@ -736,3 +736,42 @@ fn a_projector_that_keeps_failing_makes_serve_exit_non_zero() {
     assert!(stderr.contains("projector-checkpoint"), "{stderr}");
     assert!(stderr.contains("giving up"), "{stderr}");
 }
+
+/// SIGTERM while the projector cannot run (the database write-locked by
+/// another process for longer than the test): `serve` still exits within
+/// its grace period, with code 1 since the projector was not stopped
+/// cleanly, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_projector_is_failing_exits_promptly_and_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pm.db");
+    EmbeddedStore::open(&db).unwrap().close().await.unwrap();
+    let (locked, lock_taken) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let lock_path = db.clone();
+    let lock = std::thread::spawn(move || {
+        let connection = rusqlite::Connection::open(&lock_path).unwrap();
+        connection.execute_batch("BEGIN IMMEDIATE;").unwrap();
+        locked.send(()).unwrap();
+        let _ = released.recv_timeout(Duration::from_secs(120));
+        connection.execute_batch("COMMIT;").unwrap();
+    });
+    lock_taken.recv().unwrap();
+    let mut service = Service::start(&db, None);
+    // Wait until the projector has failed at least once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !service.log.lock().unwrap().contains("PROJECTOR DOWN") {
+        assert!(Instant::now() < deadline, "{}", service.log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopping = Instant::now();
+    let status = service.terminate();
+    let waited = stopping.elapsed();
+    release.send(()).unwrap();
+    lock.join().unwrap();
+    let log = service.log.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("the projector did not stop cleanly"), "{log}");
+    // The grace period (5 s) plus the store's busy timeout (5 s), with room.
+    assert!(waited < Duration::from_secs(30), "took {waited:?}: {log}");
+}

@@ -80,11 +80,16 @@ impl Service {
             .unwrap()
     }
 
-    /// SIGTERM, and the exit status must be success.
-    pub fn stop(mut self) -> String {
+    /// SIGTERM, and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = self.child.wait().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    /// SIGTERM, and the exit status must be success.
+    pub fn stop(mut self) -> String {
+        let status = self.terminate();
         let log = self.log.lock().unwrap().clone();
         assert!(status.success(), "serve exited with {status}: {log}");
         log
