@@ -217,7 +217,7 @@ pub fn parse(reader: impl BufRead, file: &str) -> Result<StreamFile, FileError> 
             events.last().and_then(|e: &FileEvent| e.revision),
             raw.revision,
         ) {
-            if revision != previous + 1 {
+            if previous.checked_add(1) != Some(revision) {
                 return Err(error(
                     line,
                     format!("revision {revision} does not follow revision {previous}"),

@@ -97,7 +97,7 @@ const SNAPSHOT_PAGE: usize = 8;
 fn first_candidate(target: Target, last: u64) -> u64 {
     match target {
         Target::Eversion(n) => {
-            let below = u64::try_from((n - 1).max(0)).unwrap_or(0);
+            let below = u64::try_from(n.saturating_sub(1).max(0)).unwrap_or(0);
             (below / SNAPSHOT_INTERVAL_EVERSIONS as u64)
                 .saturating_sub(1)
                 .min(last)

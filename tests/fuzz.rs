@@ -402,3 +402,44 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         ]
     })
 }
+
+// Regressions: inputs that overflowed in debug builds.
+
+/// A revision of `u64::MAX` followed by another line: an error naming the
+/// line, not an overflow.
+#[test]
+fn a_revision_at_the_top_of_u64_is_an_error_not_an_overflow() {
+    let mut lines: Vec<String> = CORPUS[3].lines().take(3).map(str::to_string).collect();
+    lines[1] = lines[1].replacen("\"revision\":0", "\"revision\":18446744073709551615", 1);
+    lines[2] = lines[2].replacen("\"revision\":1", "\"revision\":0", 1);
+    let err = jsonl::parse(Cursor::new(lines.join("\n")), "fuzz.jsonl").unwrap_err();
+    assert_eq!(err.line, 3, "{err}");
+    assert!(err.message.contains("does not follow"), "{err}");
+}
+
+/// Rebuilding at eversion `i64::MIN` (a user's `--eversion`): an error, not
+/// an overflow.
+#[test]
+fn an_eversion_at_the_bottom_of_i64_is_an_error_not_an_overflow() {
+    use prjmanager::read::{load, Target};
+    use prjmanager::store::memory::MemoryStore;
+    use prjmanager::store::{EventStore, ExpectedRevision};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = MemoryStore::new();
+        let file = jsonl::parse(Cursor::new(CORPUS[3]), "corpus").unwrap();
+        let appended = file.events.iter().map(|e| e.to_new_event()).collect();
+        store
+            .append(
+                &streams::project_stream(&file.header.project),
+                ExpectedRevision::Any,
+                appended,
+            )
+            .await
+            .unwrap();
+        let loaded = load(&store, &file.header.project, Target::Eversion(i64::MIN)).await;
+        assert!(loaded.is_err(), "{loaded:?}");
+    });
+}
