@@ -775,3 +775,55 @@ async fn sigterm_while_the_projector_is_failing_exits_promptly_and_non_zero() {
     // The grace period (5 s) plus the store's busy timeout (5 s), with room.
     assert!(waited < Duration::from_secs(30), "took {waited:?}: {log}");
 }
+
+/// Unbounded input over gRPC: a 1 MB project name and a CL listing itself
+/// 500,000 times as a dependency (3 MB) are `INVALID_ARGUMENT` with a short
+/// message, not a reset connection, and write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_inputs_are_invalid_arguments_with_short_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pm.db");
+    let service = Service::start(&db, None);
+    let mut client = service.client().await;
+    let err = client
+        .poke(proto::PokeRequest {
+            project: "a".repeat(1_000_000),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().len() < 400, "{}", err.message().len());
+
+    client
+        .update_config(proto::UpdateConfigRequest {
+            project: "deps".into(),
+            config: Some(config("h1")),
+        })
+        .await
+        .unwrap();
+    let mut huge = cl("deps", 1, 1, 1, &[]);
+    let dep = proto::Dep {
+        clid: 1,
+        kind: proto::dep::DepKind::Hard as i32,
+    };
+    if let Some(snapshot) = huge.snapshot.as_mut() {
+        snapshot.deps = vec![dep; 500_000];
+    }
+    let err = client
+        .notify_cls_updated(proto::NotifyClsUpdatedRequest {
+            project: "deps".into(),
+            event: Some(proto::ClsUpdated { cls: vec![huge] }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("deps"), "{}", err.message());
+    assert!(err.message().len() < 400, "{}", err.message().len());
+    let log = service.stop();
+    let store = EmbeddedStore::open(&db).unwrap();
+    let events = read_all(&store, "project-deps").await;
+    assert!(
+        events.iter().all(|e| e.event_type != "ClsUpdated"),
+        "{log}"
+    );
+}
