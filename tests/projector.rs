@@ -209,3 +209,149 @@ async fn corrupt_snapshots_are_skipped_and_the_state_is_rebuilt() {
     assert_eq!(early.state.eversion, 50);
     assert_eq!(early.snapshot_eversion, None);
 }
+
+/// A memory store whose first `panics` reads of the checkpoint stream panic,
+/// as a bug anywhere in the projector would.
+#[derive(Clone)]
+struct PanicsAtFirst {
+    inner: MemoryStore,
+    panics: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl EventStore for PanicsAtFirst {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<prjmanager::store::AppendResult, prjmanager::store::StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: ReadFrom,
+        direction: Direction,
+        max: usize,
+    ) -> Result<Vec<prjmanager::store::RecordedEvent>, prjmanager::store::StoreError> {
+        use std::sync::atomic::Ordering;
+        if stream == streams::CHECKPOINT_STREAM
+            && self
+                .panics
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            panic!("a planted bug");
+        }
+        self.inner.read_stream(stream, from, direction, max).await
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        max: usize,
+        filter: &prjmanager::store::StreamFilter,
+    ) -> Result<Vec<prjmanager::store::RecordedEvent>, prjmanager::store::StoreError> {
+        self.inner.read_all(from_position, max, filter).await
+    }
+
+    async fn stream_revision(
+        &self,
+        stream: &str,
+    ) -> Result<Option<u64>, prjmanager::store::StoreError> {
+        self.inner.stream_revision(stream).await
+    }
+
+    async fn set_stream_metadata(
+        &self,
+        stream: &str,
+        metadata: prjmanager::store::StreamMetadata,
+    ) -> Result<(), prjmanager::store::StoreError> {
+        self.inner.set_stream_metadata(stream, metadata).await
+    }
+
+    async fn stream_metadata(
+        &self,
+        stream: &str,
+    ) -> Result<prjmanager::store::StreamMetadata, prjmanager::store::StoreError> {
+        self.inner.stream_metadata(stream).await
+    }
+
+    fn subscribe_all(
+        &self,
+        from_position: u64,
+        filter: prjmanager::store::StreamFilter,
+    ) -> prjmanager::store::Subscription {
+        self.inner.subscribe_all(from_position, filter)
+    }
+
+    fn subscribe_stream(
+        &self,
+        stream: &str,
+        from_revision: u64,
+    ) -> prjmanager::store::Subscription {
+        self.inner.subscribe_stream(stream, from_revision)
+    }
+}
+
+/// A panic in the projector does not end it: the supervisor publishes why,
+/// restarts it with backoff, and the restarted projector serves requests;
+/// stopping it afterwards is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_projector_is_restarted_by_its_supervisor() {
+    let inner = MemoryStore::new();
+    Notifier::new(inner.clone(), "test")
+        .update_config("p", config())
+        .await
+        .unwrap();
+    let store = PanicsAtFirst {
+        inner,
+        panics: std::sync::Arc::new(2.into()),
+    };
+    let (handle, requests) = projector::channel();
+    let (stop, stopped) = watch::channel(false);
+    let (status_sender, mut status) = watch::channel(projector::Status::Starting);
+    let config = ProjectorConfig {
+        schedule_markers: false,
+        // The default backoff (0.2 s, then 0.4 s) keeps each `Restarting`
+        // status long enough for this test to see it.
+        ..ProjectorConfig::default()
+    };
+    let task = tokio::spawn(projector::supervise(
+        store.clone(),
+        config,
+        requests,
+        stopped,
+        status_sender,
+    ));
+    let mut seen = Vec::new();
+    loop {
+        let now = status.borrow_and_update().clone();
+        if seen.last() != Some(&now) {
+            seen.push(now.clone());
+        }
+        if now == projector::Status::Running {
+            break;
+        }
+        tokio::time::timeout(Duration::from_secs(30), status.changed())
+            .await
+            .expect("the projector never ran again")
+            .unwrap();
+    }
+    assert!(
+        seen.iter().any(|s| matches!(
+            s,
+            projector::Status::Restarting { reason } if reason.contains("a planted bug")
+        )),
+        "{seen:?}"
+    );
+    let now = Timestamp {
+        seconds: 1_700_000_000,
+        nanos: 0,
+    };
+    handle.evaluate("p", Some(now)).await.unwrap();
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(*status.borrow(), projector::Status::Stopped);
+}

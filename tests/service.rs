@@ -822,8 +822,5 @@ async fn huge_inputs_are_invalid_arguments_with_short_messages() {
     let log = service.stop();
     let store = EmbeddedStore::open(&db).unwrap();
     let events = read_all(&store, "project-deps").await;
-    assert!(
-        events.iter().all(|e| e.event_type != "ClsUpdated"),
-        "{log}"
-    );
+    assert!(events.iter().all(|e| e.event_type != "ClsUpdated"), "{log}");
 }
