@@ -55,8 +55,9 @@ pub enum LoadError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The stream has an event the fold rejects.
-    #[error("project {project:?}: {source}")]
+    /// The stream has an event the fold rejects: the service quarantines
+    /// the project, and every reader says so in these words.
+    #[error("project {project:?} is quarantined: {}: {source}", project_stream(.project))]
     Fold {
         /// The project.
         project: String,

@@ -616,6 +616,26 @@ async fn a_poison_event_quarantines_its_project_and_reads_say_so() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("quarantined"), "{stderr}");
     service.stop();
+
+    // Reading the store directly says the same words, exit code 1.
+    let url = format!("sqlite://{}", db.display());
+    let state = Command::new(env!("CARGO_BIN_EXE_prjmanager"))
+        .args(["--store", &url, "state", "poisoned"])
+        .output()
+        .unwrap();
+    let replay = Command::new(env!("CARGO_BIN_EXE_pm-replay"))
+        .args(["verify", "--store", &url, "--project", "poisoned"])
+        .output()
+        .unwrap();
+    for out in [state, replay] {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(err.message()),
+            "{stderr} vs {}",
+            err.message()
+        );
+    }
 }
 
 /// The health status of `prjmanager.v1.ProjectManager`, or `None` if the

@@ -437,6 +437,7 @@ async fn load_once<S: EventStore>(
     {
         Ok(Ok(loaded)) => Ok(Ok(loaded.state)),
         Ok(Err(LoadError::Store(err))) => Err(err),
+        Ok(Err(LoadError::Fold { source, .. })) => Ok(Err(source.to_string())),
         Ok(Err(err)) => Ok(Err(err.to_string())),
         Err(panic) => Ok(Err(format!(
             "the fold panicked: {}",

@@ -34,10 +34,11 @@ pub const LOAD_CHUNK_EVENTS: usize = 4_096;
 /// A failure of a replay command, classified for the exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// Bad input (malformed file, undecodable event, bad arguments): exit 2.
+    /// Bad input (malformed file, an undecodable event in a file, bad
+    /// arguments): exit 2.
     #[error("{0}")]
     BadInput(String),
-    /// Anything else (store trouble): exit 1.
+    /// Anything else (store trouble, a stored event the fold rejects): exit 1.
     #[error("{0}")]
     Failed(String),
 }
@@ -103,7 +104,16 @@ impl Opened {
             | FoldError::Undecodable { revision, .. } => *revision,
             FoldError::RevisionOutOfOrder { actual, .. } => *actual,
         };
-        ReplayError::BadInput(format!("{}: {err}", self.locate(revision)))
+        match &self.file {
+            Some(_) => ReplayError::BadInput(format!("{}: {err}", self.locate(revision))),
+            // A stored event the fold rejects quarantines the project in the
+            // service; say it in the same words, as a failure (exit 1).
+            None => ReplayError::Failed(format!(
+                "project {:?} is quarantined: {}: {err}",
+                self.project,
+                project_stream(&self.project)
+            )),
+        }
     }
 
     fn load_error(&self, err: LoadError) -> ReplayError {

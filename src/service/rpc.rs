@@ -326,7 +326,7 @@ impl<S: EventStore> ProjectManager for PmService<S> {
             .map_err(|e| match e {
                 LoadError::Store(s) => store_status(s),
                 LoadError::NoSuchEversion { .. } => Status::not_found(e.to_string()),
-                LoadError::Fold { .. } => Status::data_loss(e.to_string()),
+                LoadError::Fold { .. } => Status::failed_precondition(e.to_string()),
             })?;
         within_limit(
             &format!(
