@@ -104,6 +104,57 @@ fn a_tampered_marker_digest_is_a_divergence_at_its_eversion() {
     );
 }
 
+/// `report` writes one self-contained page (no address to fetch anything
+/// from) whose timeline covers the asked range; a range outside the stream
+/// or a page over `--max-bytes` is refused (exit 2) and nothing is written.
+#[test]
+fn report_writes_a_self_contained_page_or_says_what_to_narrow() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = corpus_file("dry-run.jsonl");
+    let file = file.to_str().unwrap();
+    let page = dir.path().join("r.html");
+    let page_arg = page.to_str().unwrap();
+    let out = pm_replay(&["report", file, "--from", "2", "--to", "3", "-o", page_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("default-src 'none'"), "no CSP");
+    for fetcher in ["http://", "https://", "<link", "src=\"", "@import"] {
+        assert!(!html.contains(fetcher), "the page could fetch: {fetcher}");
+    }
+    let start = html.find("application/json\">").unwrap() + "application/json\">".len();
+    let end = start + html[start..].find("</script>").unwrap();
+    let data: serde_json::Value = serde_json::from_str(&html[start..end]).unwrap();
+    let shown: Vec<i64> = data["eversions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eversion"].as_i64().unwrap())
+        .collect();
+    assert_eq!(shown, [2, 3]);
+    for row in data["cls"].as_array().unwrap() {
+        assert_eq!(row["statuses"].as_str().unwrap().len(), 2, "{row}");
+    }
+    assert_eq!(data["verify_ok"], true);
+
+    std::fs::remove_file(&page).unwrap();
+    let out = pm_replay(&["report", file, "--from", "3", "--to", "99", "-o", page_arg]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not within"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = pm_replay(&["report", file, "--max-bytes", "1000", "-o", page_arg]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("narrow the range"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!page.exists());
+}
+
 #[test]
 fn bad_files_exit_2_naming_the_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,7 @@
 
 pub mod diff;
 pub mod path;
+pub mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +28,7 @@ use crate::streams::{check_project, log_stream, project_stream, snapshot_stream}
 
 pub use diff::{diff, Change};
 pub use path::StatePath;
+pub use report::{report, ReportOptions, DEFAULT_MAX_REPORT_BYTES};
 
 /// How many events of a file are appended to the in-memory store at once.
 pub const LOAD_CHUNK_EVENTS: usize = 4_096;
@@ -71,6 +73,16 @@ pub enum Source {
         /// The LUCI project.
         project: String,
     },
+}
+
+impl std::fmt::Display for Source {
+    /// The file name, or `URL project P`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(name) => f.write_str(name),
+            Source::Store { url, project } => write!(f, "{url} project {project}"),
+        }
+    }
 }
 
 /// An opened source: a store holding the project's stream.

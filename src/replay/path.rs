@@ -58,6 +58,13 @@ pub fn json_name(field: &str) -> String {
     out
 }
 
+impl std::fmt::Display for StatePath {
+    /// The path as it was written.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 impl StatePath {
     /// Parses a path expression; the error says what is wrong and where.
     pub fn parse(text: &str) -> Result<Self, String> {

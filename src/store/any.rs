@@ -42,15 +42,32 @@ impl EsdbUrl {
     }
 }
 
-impl std::fmt::Debug for EsdbUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = match (self.0.find("://"), self.0.find('@')) {
+impl EsdbUrl {
+    /// The connection string with any password hidden.
+    fn shown(&self) -> String {
+        match (self.0.find("://"), self.0.find('@')) {
             (Some(scheme), Some(at)) if at > scheme => {
                 format!("{}://***@{}", &self.0[..scheme], &self.0[at + 1..])
             }
             _ => self.0.clone(),
-        };
-        f.debug_tuple("EsdbUrl").field(&shown).finish()
+        }
+    }
+}
+
+impl std::fmt::Debug for EsdbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("EsdbUrl").field(&self.shown()).finish()
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    /// The URL as it can be given again, any password hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            StoreUrl::Memory => f.write_str("memory://"),
+            StoreUrl::Esdb(url) => f.write_str(&url.shown()),
+        }
     }
 }
 

@@ -107,6 +107,30 @@ enum Command {
         #[arg(long)]
         eversion: Option<i64>,
     },
+    /// One self-contained HTML page (no network) showing a range of
+    /// eversions as a timeline of CLs and Runs; click an eversion for its
+    /// input events, reasons, actions and field diff.
+    Report {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// First eversion shown (default: 1).
+        #[arg(long)]
+        from: Option<i64>,
+        /// Last eversion shown (default: the last).
+        #[arg(long)]
+        to: Option<i64>,
+        /// Highlight the eversions at which this state path changed (the
+        /// syntax of `blame --path`).
+        #[arg(long)]
+        path: Option<String>,
+        /// Where to write the page.
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        /// Refuse to write a page larger than this many bytes (narrow the
+        /// range instead).
+        #[arg(long, default_value_t = replay::DEFAULT_MAX_REPORT_BYTES)]
+        max_bytes: usize,
+    },
 }
 
 fn main() {
@@ -244,6 +268,37 @@ async fn run(cli: Cli) -> Result<i32, ReplayError> {
                     }
                 }
             }
+        }
+        Command::Report {
+            source,
+            from,
+            to,
+            path,
+            output,
+            max_bytes,
+        } => {
+            let path = match path {
+                Some(text) => Some(StatePath::parse(&text).map_err(ReplayError::BadInput)?),
+                None => None,
+            };
+            let source = source.source();
+            let options = replay::ReportOptions {
+                from,
+                to,
+                path,
+                max_bytes,
+                source_name: source.to_string(),
+            };
+            let opened = replay::open(&source).await?;
+            let html = replay::report(&opened, &options).await?;
+            std::fs::write(&output, &html).map_err(|e| {
+                ReplayError::Failed(format!("cannot write {}: {e}", output.display()))
+            })?;
+            eprintln!(
+                "wrote {} ({} bytes); open it in a browser",
+                output.display(),
+                html.len()
+            );
         }
         Command::Actions { source, eversion } => {
             let opened = replay::open(&source.source()).await?;
