@@ -844,3 +844,30 @@ async fn huge_inputs_are_invalid_arguments_with_short_messages() {
     let events = read_all(&store, "project-deps").await;
     assert!(events.iter().all(|e| e.event_type != "ClsUpdated"), "{log}");
 }
+
+/// Logs on a pipe carry no colour codes; `--log-format json` writes one JSON
+/// object per line (the "listening on" line is for people and scripts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_plain_on_a_pipe_and_json_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = Service::start(&dir.path().join("a.db"), None).stop();
+    assert!(text.contains("prjmanager listening"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes on a pipe: {text:?}");
+
+    let url = format!("sqlite://{}", dir.path().join("b.db").display());
+    let json = service_harness::Service::start_with(&url, None, &["--log-format", "json"]).stop();
+    let mut objects = 0;
+    for line in json.lines() {
+        if line.starts_with("prjmanager listening on ") {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(
+            value["level"].is_string() && value["fields"].is_object(),
+            "{line}"
+        );
+        objects += 1;
+    }
+    assert!(objects >= 2, "{json}");
+}

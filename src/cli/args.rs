@@ -22,9 +22,22 @@ pub struct Cli {
     /// The token and the client's timeouts.
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Log lines on stderr as text (no colour codes unless stderr is a
+    /// terminal) or as one JSON object per line, for log shippers.
+    #[arg(long, global = true, env = "PRJMANAGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The bearer token (`serve` requires it, `--server` calls present it) and

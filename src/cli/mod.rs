@@ -18,7 +18,7 @@ use crate::projector::{ProjectorConfig, RestartPolicy};
 use crate::service::{self, ServeConfig, ServeError};
 use crate::store::StoreError;
 
-pub use args::{Cli, Command, NotifyKind};
+pub use args::{Cli, Command, LogFormat, NotifyKind};
 use client::{target, Via};
 
 /// A command failure, classified for the exit code.
@@ -67,7 +67,7 @@ impl From<std::io::Error> for CliError {
 /// Parses the process arguments, runs the command and returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Serve { .. }));
+    init_logging(matches!(cli.command, Command::Serve { .. }), cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -85,15 +85,22 @@ pub fn main() -> i32 {
 }
 
 /// Structured logs on stderr, filtered by `RUST_LOG` (default: `info` for
-/// the service, `warn` for the other commands).
-fn init_logging(service: bool) {
+/// the service, `warn` for the other commands): text, with colour codes only
+/// when stderr is a terminal, or JSON lines.
+fn init_logging(service: bool, format: LogFormat) {
+    use std::io::IsTerminal;
     let default = if service { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// Runs one parsed command.
