@@ -871,3 +871,71 @@ async fn logs_are_plain_on_a_pipe_and_json_on_request() {
     }
     assert!(objects >= 2, "{json}");
 }
+
+/// Server reflection needs no token and describes the whole API: a generic
+/// client (grpcurl, Postman) can list the services and fetch their files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_and_describes_the_api_without_a_token() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let service = Service::start(&dir.path().join("pm.db"), Some(&token));
+    let channel = Channel::from_shared(format!("http://{}", service.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = |request: MessageRequest| {
+        tokio_stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        }])
+    };
+    let mut answers = client
+        .server_reflection_info(ask(MessageRequest::ListServices(String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("{answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["prjmanager.v1.ProjectManager", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
+    let mut answers = client
+        .server_reflection_info(ask(MessageRequest::FileContainingSymbol(
+            "prjmanager.v1.ProjectManager".into(),
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = answer.message_response else {
+        panic!("{answer:?}");
+    };
+    let described = files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| {
+            <prost_types::FileDescriptorProto as prost::Message>::decode(&bytes[..]).unwrap()
+        })
+        .find(|f| f.name() == "prjmanager/v1/service.proto")
+        .expect("service.proto");
+    let methods: Vec<&str> = described.service[0]
+        .method
+        .iter()
+        .map(|m| m.name())
+        .collect();
+    assert!(
+        methods.contains(&"GetProject") && methods.contains(&"ListQuarantined"),
+        "{methods:?}"
+    );
+    service.stop();
+}

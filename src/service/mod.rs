@@ -143,9 +143,24 @@ pub async fn serve(
     // The line tests and scripts wait for; the address is the bound one.
     eprintln!("prjmanager listening on {local}");
 
+    // Server reflection (v1 and the v1alpha older tools use) needs no token,
+    // like health: it describes the API, it reads no data.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| ServeError::Failed(format!("cannot build gRPC reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Failed(format!("cannot build gRPC reflection: {e}")))?;
     let (stop_accepting, stopped_accepting) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(ProjectManagerServer::with_interceptor(service, interceptor));
     let stopped = async {
         let _ = stopped_accepting.await;
