@@ -28,6 +28,11 @@ pub const MAX_STRING_BYTES: usize = 4_096;
 /// Longest `Duration` accepted (10,000 years, in seconds), either sign.
 pub const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
 
+/// Largest gRPC request the service decodes (bytes): above the event limit,
+/// so that an event too large is answered `RESOURCE_EXHAUSTED` naming the
+/// limit. A request larger still is refused by the transport (`OUT_OF_RANGE`).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
 /// Largest gRPC response the service sends and the CLI accepts (bytes). A
 /// list RPC ends its page early to stay under it; a single answer over it
 /// (a huge state) is refused with `RESOURCE_EXHAUSTED`, saying to read it

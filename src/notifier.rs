@@ -29,6 +29,9 @@ pub struct ValidationError {
     pub field: String,
     /// What is wrong with it.
     pub message: String,
+    /// The input is over a size limit (the service answers
+    /// `RESOURCE_EXHAUSTED` rather than `INVALID_ARGUMENT`).
+    pub over_size: bool,
 }
 
 impl ValidationError {
@@ -36,6 +39,7 @@ impl ValidationError {
         Self {
             field: field.into(),
             message: message.into(),
+            over_size: false,
         }
     }
 }
@@ -243,10 +247,13 @@ pub fn validate_event(project: &str, event: &Event) -> Result<(), ValidationErro
     validate_project(project)?;
     let size = prost::Message::encoded_len(&events::wrap(event.clone()));
     if size > MAX_EVENT_BYTES {
-        return Err(ValidationError::new(
-            "event",
-            format!("encodes to {size} bytes, more than the limit of {MAX_EVENT_BYTES}"),
-        ));
+        return Err(ValidationError {
+            over_size: true,
+            ..ValidationError::new(
+                "event",
+                format!("encodes to {size} bytes, more than the limit of {MAX_EVENT_BYTES}"),
+            )
+        });
     }
     match event {
         Event::ConfigUpdated(e) => {

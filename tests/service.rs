@@ -939,3 +939,224 @@ async fn reflection_lists_and_describes_the_api_without_a_token() {
     );
     service.stop();
 }
+
+/// The gRPC conventions a generic client relies on, driven through the
+/// client compiled from `proto/`: `google.rpc.BadRequest` field violations
+/// with request paths, `NOT_FOUND` for an unknown project on every read,
+/// page tokens bound to their request, `RESOURCE_EXHAUSTED` over the size
+/// limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_conventions_for_errors_pages_and_unknown_projects() {
+    use tonic_types::StatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(&dir.path().join("pm.db"), None);
+    let mut client = service.client().await;
+    let violation = |status: &tonic::Status| {
+        let details = status
+            .get_details_bad_request()
+            .expect("BadRequest details");
+        let v = &details.field_violations[0];
+        (v.field.clone(), v.description.clone())
+    };
+
+    // Field paths are request paths, the same in the message and the details.
+    let err = client
+        .update_config(proto::UpdateConfigRequest {
+            project: "p".into(),
+            config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(violation(&err).0, "config");
+    let err = client
+        .poke(proto::PokeRequest {
+            project: "Bad Name".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violation(&err).0, "project");
+    client
+        .update_config(proto::UpdateConfigRequest {
+            project: "p".into(),
+            config: Some(config("h1")),
+        })
+        .await
+        .unwrap();
+    let mut bad = cl("p", 1, 1, 1, &[]);
+    bad.clid = 0;
+    let err = client
+        .notify_cls_updated(proto::NotifyClsUpdatedRequest {
+            project: "p".into(),
+            event: Some(proto::ClsUpdated {
+                cls: vec![bad.clone()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    let (field, _) = violation(&err);
+    assert_eq!(field, "event.cls[0].clid");
+    assert!(
+        err.message().starts_with("invalid event.cls[0].clid:"),
+        "{}",
+        err.message()
+    );
+    let err = client
+        .send_now(proto::SendNowRequest {
+            project: "p".into(),
+            event: Some(prjmanager::events::wrap(
+                prjmanager::proto::input_event::Event::ClsUpdated(proto::ClsUpdated {
+                    cls: vec![bad],
+                }),
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violation(&err).0, "event.cls_updated.cls[0].clid");
+    let err = client
+        .notify_run_finished(proto::NotifyRunFinishedRequest {
+            event: Some(proto::RunFinished {
+                run_id: "p/1-abc".into(),
+                status: proto::run::Status::Running as i32,
+                end_time: None,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert!(violation(&err).0.starts_with("event."), "{err:?}");
+
+    // An event over the size limit is RESOURCE_EXHAUSTED naming the limit.
+    let deps: Vec<i64> = (2..1_000).collect();
+    let big: Vec<_> = (1..1_500).map(|clid| cl("p", clid, 1, 0, &deps)).collect();
+    let err = client
+        .notify_cls_updated(proto::NotifyClsUpdatedRequest {
+            project: "p".into(),
+            event: Some(proto::ClsUpdated { cls: big }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("more than the limit"),
+        "{}",
+        err.message()
+    );
+
+    // An unknown project is NOT_FOUND on every read.
+    fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> tonic::Code {
+        r.unwrap_err().code()
+    }
+    let ghost = || "ghost".to_string();
+    let codes = [
+        code(
+            client
+                .get_project(proto::GetProjectRequest {
+                    project: ghost(),
+                    eversion: 0,
+                })
+                .await,
+        ),
+        code(
+            client
+                .get_project_log(proto::GetProjectLogRequest {
+                    project: ghost(),
+                    eversion: 1,
+                })
+                .await,
+        ),
+        code(
+            client
+                .list_project_logs(proto::ListProjectLogsRequest {
+                    project: ghost(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        code(
+            client
+                .list_actions(proto::ListActionsRequest {
+                    project: ghost(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+    ];
+    assert_eq!(codes, [tonic::Code::NotFound; 4]);
+
+    // Page tokens: opaque, and refused for another project or filter.
+    for project in ["p", "q"] {
+        client
+            .update_config(proto::UpdateConfigRequest {
+                project: project.into(),
+                config: Some(config("h1")),
+            })
+            .await
+            .unwrap();
+        wait_for(&service, &mut client, project, "the config", |log| {
+            log.config_hash == "h1"
+        })
+        .await;
+        client
+            .update_config(proto::UpdateConfigRequest {
+                project: project.into(),
+                config: Some(config("h2")),
+            })
+            .await
+            .unwrap();
+        wait_for(&service, &mut client, project, "the second config", |log| {
+            log.config_hash == "h2"
+        })
+        .await;
+    }
+    let first = client
+        .list_project_logs(proto::ListProjectLogsRequest {
+            project: "p".into(),
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = first.next_page_token;
+    assert!(
+        !token.is_empty() && token.parse::<u64>().is_err(),
+        "{token:?}"
+    );
+    let second = client
+        .list_project_logs(proto::ListProjectLogsRequest {
+            project: "p".into(),
+            page_size: 1,
+            page_token: token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.logs.len(), 1);
+    assert_ne!(second.logs[0].eversion, first.logs[0].eversion);
+    for (project, token) in [
+        ("q", token.clone()),
+        ("p", "1".to_string()),
+        ("p", "zz.y".into()),
+    ] {
+        let err = client
+            .list_project_logs(proto::ListProjectLogsRequest {
+                project: project.into(),
+                page_size: 1,
+                page_token: token,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert_eq!(violation(&err).0, "page_token");
+    }
+    let err = client
+        .list_actions(proto::ListActionsRequest {
+            project: "p".into(),
+            page_token: token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    service.stop();
+}

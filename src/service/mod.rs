@@ -161,7 +161,11 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ProjectManagerServer::with_interceptor(service, interceptor));
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            ProjectManagerServer::new(service)
+                .max_decoding_message_size(crate::limits::MAX_REQUEST_BYTES),
+            interceptor,
+        ));
     let stopped = async {
         let _ = stopped_accepting.await;
     };

@@ -16,6 +16,7 @@ use crate::proto::{self, input_event::Event, project_manager_server::ProjectMana
 use crate::read::{self, At, LoadError};
 use crate::store::{Direction, EventStore, ReadFrom, RecordedEvent, StoreError};
 use crate::streams::{action_stream, check_project as check_project_name, log_stream};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// Page size of the list RPCs when the request asks for none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -74,16 +75,65 @@ fn ask_status(err: AskError) -> Status {
     }
 }
 
-fn notify_status(err: NotifyError) -> Status {
+/// `INVALID_ARGUMENT` naming the request field, as a path of proto field
+/// names from the request message (`event.cls[0].deps`, `config.state`,
+/// `page_token`), in the message and as a `google.rpc.BadRequest` field
+/// violation.
+fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
+    let description = problem.to_string();
+    Status::with_error_details(
+        tonic::Code::InvalidArgument,
+        format!("invalid {field}: {description}"),
+        ErrorDetails::with_bad_request_violation(field, description),
+    )
+}
+
+/// Where the event's fields sit in a request: at its top (`UpdateConfig`
+/// holds `config`, `NotifyRunCreated` holds `run`) or under `event.`.
+#[derive(Debug, Clone, Copy)]
+enum EventAt {
+    Top,
+    Event,
+    /// `SendNow`: under `event.<the oneof field>.`.
+    SendNow(&'static str),
+}
+
+impl EventAt {
+    /// The request path of a field the Notifier names relative to the event
+    /// (`project` and the whole `event` are the request's own).
+    fn path(self, field: &str) -> String {
+        match (self, field) {
+            (_, "project") => field.to_string(),
+            (EventAt::Top, _) => field.to_string(),
+            (EventAt::Event, "event") => "event".to_string(),
+            (EventAt::Event, _) => format!("event.{field}"),
+            (EventAt::SendNow(kind), "event") => format!("event.{kind}"),
+            (EventAt::SendNow(kind), _) => format!("event.{kind}.{field}"),
+        }
+    }
+}
+
+fn notify_status(err: NotifyError, at: EventAt) -> Status {
     match err {
-        NotifyError::Invalid(e) => Status::invalid_argument(e.to_string()),
+        NotifyError::Invalid(e) if e.over_size => {
+            let field = at.path(&e.field);
+            Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                format!("invalid {field}: {}", e.message),
+                ErrorDetails::with_bad_request_violation(field, e.message),
+            )
+        }
+        NotifyError::Invalid(e) => invalid(&at.path(&e.field), &e.message),
         NotifyError::UnknownProject(_) => Status::failed_precondition(err.to_string()),
         NotifyError::Store(e) => store_status(e),
     }
 }
 
-fn ack(result: Result<Appended, NotifyError>) -> Result<Response<proto::NotifyResponse>, Status> {
-    let appended = result.map_err(notify_status)?;
+fn ack(
+    result: Result<Appended, NotifyError>,
+    at: EventAt,
+) -> Result<Response<proto::NotifyResponse>, Status> {
+    let appended = result.map_err(|e| notify_status(e, at))?;
     Ok(Response::new(proto::NotifyResponse {
         revision: appended.revision,
         project: appended.project,
@@ -91,30 +141,64 @@ fn ack(result: Result<Appended, NotifyError>) -> Result<Response<proto::NotifyRe
 }
 
 fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
-    value.ok_or_else(|| Status::invalid_argument(format!("invalid {field}: is required")))
+    value.ok_or_else(|| invalid(field, "is required"))
 }
 
 fn check_project(project: &str) -> Result<(), Status> {
-    check_project_name(project).map_err(|e| Status::invalid_argument(e.to_string()))
+    check_project_name(project).map_err(|e| invalid("project", &e.0))
 }
 
 fn page_size(requested: i32) -> Result<usize, Status> {
     match requested {
         0 => Ok(DEFAULT_PAGE_SIZE),
-        n if n < 0 => Err(Status::invalid_argument(format!(
-            "invalid page_size: {n} is negative"
-        ))),
+        n if n < 0 => Err(invalid("page_size", format!("{n} is negative"))),
         n => Ok((n as usize).min(MAX_PAGE_SIZE)),
     }
 }
 
-fn page_start(token: &str) -> Result<u64, Status> {
+/// A page token: the next revision to read and a tag binding it to the
+/// request it came from (the RPC, project and filter), so that it is opaque
+/// to clients and useless for another request.
+fn page_token(rpc: &str, project: &str, filter: i64, next: u64) -> String {
+    format!("{next:x}.{}", page_tag(rpc, project, filter, next))
+}
+
+fn page_tag(rpc: &str, project: &str, filter: i64, next: u64) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in [
+        rpc.as_bytes(),
+        project.as_bytes(),
+        &filter.to_le_bytes(),
+        &next.to_le_bytes(),
+    ] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().to_hex()[..16].to_string()
+}
+
+/// Where a page starts: 0 without a token, else the token's revision if the
+/// token was issued for this same request.
+fn page_start(token: &str, rpc: &str, project: &str, filter: i64) -> Result<u64, Status> {
     if token.is_empty() {
         return Ok(0);
     }
-    token
-        .parse()
-        .map_err(|_| Status::invalid_argument(format!("invalid page_token: {token:?}")))
+    let refuse = || {
+        invalid(
+            "page_token",
+            format!(
+                "{} was not issued for this request (another RPC, project or filter); \
+                 start again without a token",
+                crate::limits::quoted(token)
+            ),
+        )
+    };
+    let (next, tag) = token.split_once('.').ok_or_else(refuse)?;
+    let next = u64::from_str_radix(next, 16).map_err(|_| refuse())?;
+    if page_tag(rpc, project, filter, next) != tag {
+        return Err(refuse());
+    }
+    Ok(next)
 }
 
 /// Reads up to `max` events of a stream from revision `from`.
@@ -156,6 +240,15 @@ fn fitting(page: &[RecordedEvent]) -> usize {
         .map_or(page.len(), |over| over.max(1))
 }
 
+/// `NOT_FOUND` unless the project has events (every read says so alike).
+async fn require_project<S: EventStore>(store: &S, project: &str) -> Result<(), Status> {
+    check_project(project)?;
+    read::require_project(store, project)
+        .await
+        .map_err(store_status)?
+        .map_err(|e| Status::not_found(e.to_string()))
+}
+
 fn decode<M: Message + Default>(event: &RecordedEvent) -> Result<M, Status> {
     read::decode(event).map_err(|e| Status::data_loss(e.to_string()))
 }
@@ -168,14 +261,20 @@ impl<S: EventStore> ProjectManager for PmService<S> {
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let r = request.into_inner();
         let config = required(r.config, "config")?;
-        ack(self.notifier.update_config(&r.project, config).await)
+        ack(
+            self.notifier.update_config(&r.project, config).await,
+            EventAt::Top,
+        )
     }
 
     async fn poke(
         &self,
         request: Request<proto::PokeRequest>,
     ) -> Result<Response<proto::NotifyResponse>, Status> {
-        ack(self.notifier.poke(&request.into_inner().project).await)
+        ack(
+            self.notifier.poke(&request.into_inner().project).await,
+            EventAt::Top,
+        )
     }
 
     async fn notify_cls_updated(
@@ -184,10 +283,12 @@ impl<S: EventStore> ProjectManager for PmService<S> {
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let r = request.into_inner();
         let event = required(r.event, "event")?;
-        ack(self
-            .notifier
-            .notify_cls_updated(&r.project, event.cls)
-            .await)
+        ack(
+            self.notifier
+                .notify_cls_updated(&r.project, event.cls)
+                .await,
+            EventAt::Event,
+        )
     }
 
     async fn notify_run_created(
@@ -195,7 +296,7 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         request: Request<proto::NotifyRunCreatedRequest>,
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let run = required(request.into_inner().run, "run")?;
-        ack(self.notifier.notify_run_created(run).await)
+        ack(self.notifier.notify_run_created(run).await, EventAt::Top)
     }
 
     async fn notify_run_finished(
@@ -204,12 +305,14 @@ impl<S: EventStore> ProjectManager for PmService<S> {
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let event = required(request.into_inner().event, "event")?;
         let project = crate::notifier::run_project(&event.run_id, "event.run_id")
-            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .map_err(|e| invalid(&e.field, &e.message))?
             .to_string();
-        ack(self
-            .notifier
-            .send_now(&project, Event::RunFinished(event))
-            .await)
+        ack(
+            self.notifier
+                .send_now(&project, Event::RunFinished(event))
+                .await,
+            EventAt::Event,
+        )
     }
 
     async fn notify_purge_completed(
@@ -218,10 +321,12 @@ impl<S: EventStore> ProjectManager for PmService<S> {
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let r = request.into_inner();
         let event = required(r.event, "event")?;
-        ack(self
-            .notifier
-            .notify_purge_completed(&r.project, event)
-            .await)
+        ack(
+            self.notifier
+                .notify_purge_completed(&r.project, event)
+                .await,
+            EventAt::Event,
+        )
     }
 
     async fn notify_triggering_cl_deps_completed(
@@ -230,10 +335,12 @@ impl<S: EventStore> ProjectManager for PmService<S> {
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let r = request.into_inner();
         let event = required(r.event, "event")?;
-        ack(self
-            .notifier
-            .notify_triggering_cl_deps_completed(&r.project, event)
-            .await)
+        ack(
+            self.notifier
+                .notify_triggering_cl_deps_completed(&r.project, event)
+                .await,
+            EventAt::Event,
+        )
     }
 
     async fn send_now(
@@ -242,7 +349,17 @@ impl<S: EventStore> ProjectManager for PmService<S> {
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let r = request.into_inner();
         let event = required(r.event.and_then(|e| e.event), "event")?;
-        ack(self.notifier.send_now(&r.project, event).await)
+        let at = EventAt::SendNow(match &event {
+            Event::ConfigUpdated(_) => "config_updated",
+            Event::Poked(_) => "poked",
+            Event::ClsUpdated(_) => "cls_updated",
+            Event::RunCreated(_) => "run_created",
+            Event::RunFinished(_) => "run_finished",
+            Event::PurgeCompleted(_) => "purge_completed",
+            Event::TriggeringClDepsCompleted(_) => "triggering_cl_deps_completed",
+            Event::Evaluated(_) => "evaluated",
+        });
+        ack(self.notifier.send_now(&r.project, event).await, at)
     }
 
     async fn evaluate(
@@ -255,7 +372,7 @@ impl<S: EventStore> ProjectManager for PmService<S> {
             let state = self.projector.state(&r.project).await.map_err(ask_status)?;
             let last = state.as_ref().and_then(|s| s.update_time.as_ref());
             check_marker_now(now, last, &wall_clock(), self.max_clock_skew)
-                .map_err(|e| Status::invalid_argument(format!("invalid now: {e}")))?;
+                .map_err(|e| invalid("now", e))?;
         }
         let revision = self
             .projector
@@ -305,7 +422,7 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         let r = request.into_inner();
         check_project(&r.project)?;
         if r.eversion < 0 {
-            return Err(Status::invalid_argument("invalid eversion: negative"));
+            return Err(invalid("eversion", "is negative"));
         }
         if r.eversion == 0 {
             let state = self
@@ -342,7 +459,7 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         request: Request<proto::GetProjectLogRequest>,
     ) -> Result<Response<proto::ProjectLog>, Status> {
         let r = request.into_inner();
-        check_project(&r.project)?;
+        require_project(&self.store, &r.project).await?;
         let events = read::read_all(&self.store, &log_stream(&r.project))
             .await
             .map_err(store_status)?;
@@ -369,22 +486,23 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         request: Request<proto::ListProjectLogsRequest>,
     ) -> Result<Response<proto::ListProjectLogsResponse>, Status> {
         let r = request.into_inner();
-        check_project(&r.project)?;
+        require_project(&self.store, &r.project).await?;
         let size = page_size(r.page_size)?;
-        let from = page_start(&r.page_token)?;
+        let rpc = "ListProjectLogs";
+        let from = page_start(&r.page_token, rpc, &r.project, 0)?;
         let page = read_page(&self.store, &log_stream(&r.project), from, size).await?;
         let fit = fitting(&page);
         let logs = page[..fit]
             .iter()
             .map(decode)
             .collect::<Result<Vec<_>, _>>()?;
-        let next_page_token = match page.get(fit) {
-            Some(first_left) => first_left.revision.to_string(),
-            None if page.len() == size => page
-                .last()
-                .map_or(String::new(), |last| (last.revision + 1).to_string()),
-            None => String::new(),
+        let next = match page.get(fit) {
+            Some(first_left) => Some(first_left.revision),
+            None if page.len() == size => page.last().map(|last| last.revision + 1),
+            None => None,
         };
+        let next_page_token =
+            next.map_or(String::new(), |next| page_token(rpc, &r.project, 0, next));
         within_limit(
             "a page of ProjectLogs",
             proto::ListProjectLogsResponse {
@@ -399,9 +517,10 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         request: Request<proto::ListActionsRequest>,
     ) -> Result<Response<proto::ListActionsResponse>, Status> {
         let r = request.into_inner();
-        check_project(&r.project)?;
+        require_project(&self.store, &r.project).await?;
         let size = page_size(r.page_size)?;
-        let mut next = page_start(&r.page_token)?;
+        let rpc = "ListActions";
+        let mut next = page_start(&r.page_token, rpc, &r.project, r.from_eversion)?;
         let stream = action_stream(&r.project);
         let mut actions = Vec::new();
         let mut bytes = 0;
@@ -430,7 +549,7 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         let next_page_token = if exhausted {
             String::new()
         } else {
-            next.to_string()
+            page_token(rpc, &r.project, r.from_eversion, next)
         };
         within_limit(
             "a page of actions",
