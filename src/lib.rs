@@ -11,6 +11,7 @@ pub mod events;
 pub mod fold;
 pub mod jsonl;
 pub mod limits;
+pub mod metrics;
 pub mod notifier;
 pub mod progress;
 pub mod projector;

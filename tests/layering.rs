@@ -19,6 +19,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("store", &[]),
     ("progress", &[]),
+    ("metrics", &[]),
     ("limits", &["proto"]),
     ("domain", &["proto"]),
     ("events", &["proto"]),
@@ -37,7 +38,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "projector",
         &[
-            "domain", "events", "fold", "proto", "read", "store", "streams",
+            "domain", "events", "fold", "metrics", "proto", "read", "store", "streams",
         ],
     ),
     (
@@ -46,6 +47,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "domain",
             "events",
             "limits",
+            "metrics",
             "notifier",
             "projector",
             "proto",

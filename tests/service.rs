@@ -1160,3 +1160,81 @@ async fn grpc_conventions_for_errors_pages_and_unknown_projects() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     service.stop();
 }
+
+/// `GET /metrics` on `--metrics-listen`: after a scenario the counters moved
+/// as the scenario says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_appends_folds_and_markers() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("pm.db").display());
+    let service =
+        service_harness::Service::start_with(&url, None, &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics_address = service
+        .log
+        .lock()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("prjmanager metrics on ").map(str::to_string))
+        .expect("the metrics address");
+    let mut client = service.client().await;
+    client
+        .update_config(proto::UpdateConfigRequest {
+            project: "m".into(),
+            config: Some(config("h1")),
+        })
+        .await
+        .unwrap();
+    client
+        .poke(proto::PokeRequest {
+            project: "Not Valid".into(),
+        })
+        .await
+        .unwrap_err();
+    wait_for(&service, &mut client, "m", "the config", |log| {
+        log.config_hash == "h1"
+    })
+    .await;
+    // The gauges are refreshed every second.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let scrape = || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&metrics_address).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {metrics_address}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+    };
+    let text = scrape();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert_eq!(
+        value(r#"prjmanager_appends_total{rpc="UpdateConfig",outcome="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"prjmanager_appends_total{rpc="Poke",outcome="invalid_argument"}"#),
+        1.0
+    );
+    assert!(value("prjmanager_append_duration_seconds_count") >= 2.0);
+    assert!(value("prjmanager_events_folded_total") >= 2.0);
+    assert!(value(r#"prjmanager_markers_evaluated_total{how="adopted"}"#) >= 1.0);
+    assert!(value("prjmanager_evaluation_duration_seconds_count") >= 1.0);
+    assert_eq!(value("prjmanager_projects_in_memory"), 1.0);
+    assert_eq!(value("prjmanager_projects_quarantined"), 0.0);
+    assert_eq!(value("prjmanager_projector_lag_events"), 0.0);
+    assert!(text.contains("prjmanager_snapshot_writes_total"), "{text}");
+    assert!(text.contains("prjmanager_projector_lag_seconds"), "{text}");
+    service.stop();
+}

@@ -103,6 +103,10 @@ pub enum Command {
         /// most 5 minutes ahead), for offline work and recordings.
         #[arg(long)]
         allow_any_now: bool,
+        /// Serve Prometheus metrics (`GET /metrics`) on this address; without
+        /// a value, on 127.0.0.1:9464. Off by default.
+        #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+        metrics_listen: Option<SocketAddr>,
         /// Retry a failing store call this many seconds before the projector
         /// restarts.
         #[arg(long, default_value_t = 30)]

@@ -125,6 +125,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             tls_key,
             retry_deadline_secs,
             give_up_after_secs,
+            metrics_listen,
         } => {
             let config = ServeConfig {
                 store: cli.store,
@@ -142,6 +143,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 allow_any_now,
                 allow_unauthenticated,
                 tls: tls_cert.zip(tls_key),
+                metrics_listen,
             };
             service::serve(config, service::shutdown_signal())
                 .await

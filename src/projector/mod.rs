@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use crate::domain::{self, time::from_nanos, time::to_nanos};
 use crate::fold::{self, FoldOutcome, PreparedMarker};
+use crate::metrics::metrics;
 use crate::proto::{self, input_event::Event};
 use crate::read::{load, LoadError, Target};
 use crate::store::{
@@ -356,6 +357,7 @@ async fn run<S: EventStore>(
     status.send_replace(Status::Running);
     let mut backoff = Duration::from_millis(100);
     let mut failing_since: Option<std::time::Instant> = None;
+    let mut caught_up_at = std::time::Instant::now();
     loop {
         let sleep = projector.time_to_next_due();
         tokio::select! {
@@ -390,7 +392,10 @@ async fn run<S: EventStore>(
             },
             Some(request) = requests.recv() => projector.handle_request(request).await,
             _ = tokio::time::sleep(sleep) => projector.fire_due().await,
-            _ = checkpoint_tick.tick() => projector.write_checkpoint().await,
+            _ = checkpoint_tick.tick() => {
+                projector.write_checkpoint().await;
+                projector.report_gauges(&subscription, &mut caught_up_at);
+            }
         }
     }
     projector.drain(&mut subscription).await;
@@ -465,8 +470,13 @@ where
     loop {
         let err = match op().await {
             Ok(value) => return Ok(value),
-            Err(err) if err.is_transient() => err,
-            Err(err) => return Err(err),
+            Err(err) => {
+                metrics().store_error(err.kind());
+                if !err.is_transient() {
+                    return Err(err);
+                }
+                err
+            }
         };
         if started.elapsed() + backoff > deadline || *stop.borrow() {
             tracing::error!(what, error = %err, "giving up after retries");
@@ -594,6 +604,34 @@ impl<S: EventStore> Projector<S> {
         self.projects.insert(project.to_string(), entry);
     }
 
+    /// Updates the gauges: projects in memory and quarantined, and the lag
+    /// (0 when the subscription has nothing waiting; otherwise the events
+    /// between the last one processed and the store's head, an upper bound
+    /// since it counts derived events too, and the time since it last was 0).
+    fn report_gauges(
+        &self,
+        subscription: &crate::store::Subscription,
+        caught_up_at: &mut std::time::Instant,
+    ) {
+        let quarantined = self
+            .projects
+            .values()
+            .filter(|e| e.broken.is_some())
+            .count();
+        let m = metrics();
+        m.projects_quarantined.set(quarantined as i64);
+        m.projects_in_memory
+            .set((self.projects.len() - quarantined) as i64);
+        if subscription.backlog() == 0 {
+            *caught_up_at = std::time::Instant::now();
+            m.lag_events.set(0);
+        } else if let Some(head) = self.store.head_position() {
+            let behind = head.saturating_sub(self.processed_position);
+            m.lag_events.set(i64::try_from(behind).unwrap_or(i64::MAX));
+        }
+        m.lag_seconds.set(caught_up_at.elapsed().as_secs_f64());
+    }
+
     /// The error a read of a quarantined project gets.
     fn quarantined_error(&self, project: &str) -> AskError {
         AskError::Quarantined {
@@ -650,9 +688,11 @@ impl<S: EventStore> Projector<S> {
             // Whatever the event, the preparation was made from the state
             // before it: it is used for this event or never.
             let prepared = entry.prepared.take();
+            let started = std::time::Instant::now();
             let folded = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 fold::apply_recorded_prepared(&mut entry.state, event, prepared)
             }));
+            metrics().events_folded.inc();
             match folded {
                 Ok(Ok(None)) => {
                     if self.config.schedule_markers {
@@ -660,10 +700,14 @@ impl<S: EventStore> Projector<S> {
                     }
                 }
                 Ok(Ok(Some(outcome))) => {
+                    metrics().marker(outcome.adopted);
                     if outcome.adopted {
                         self.stats.adopted += 1;
                     } else {
                         self.stats.evaluated += 1;
+                        metrics()
+                            .evaluation_seconds
+                            .observe(started.elapsed().as_secs_f64());
                     }
                     self.after_marker(&project, event, outcome).await?;
                 }
@@ -786,7 +830,11 @@ impl<S: EventStore> Projector<S> {
             )
             .await;
             match written {
-                Ok(_) => {}
+                Ok(_) => {
+                    if stream == snapshot_stream(project) {
+                        metrics().snapshot_writes.inc();
+                    }
+                }
                 Err(err) if err.is_transient() => return Err(err),
                 Err(err) => {
                     let state = self
@@ -870,8 +918,12 @@ impl<S: EventStore> Projector<S> {
             return;
         }
         let now = now.unwrap_or_else(wall_clock);
+        let started = std::time::Instant::now();
         let ahead =
             std::panic::catch_unwind(AssertUnwindSafe(|| prepare_marker_ahead(&entry.state, now)));
+        metrics()
+            .evaluation_seconds
+            .observe(started.elapsed().as_secs_f64());
         let (expected, prepared) = match ahead {
             Ok(ahead) => ahead,
             Err(panic) => {

@@ -48,6 +48,8 @@ pub struct ServeConfig {
     pub allow_unauthenticated: bool,
     /// Serve TLS with this PEM certificate chain and private key.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the service could not run.
@@ -122,6 +124,25 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| ServeError::Failed(e.to_string()))?;
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(address) = config.metrics_listen {
+        let metrics_listener = TcpListener::bind(address).await.map_err(|e| {
+            ServeError::Config(format!("cannot listen on {address} for metrics: {e}"))
+        })?;
+        let bound = metrics_listener
+            .local_addr()
+            .map_err(|e| ServeError::Failed(e.to_string()))?;
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = metrics_stopped.await;
+            };
+            if let Err(err) = crate::metrics::serve_metrics(metrics_listener, stopped).await {
+                tracing::error!(error = %err, "the metrics endpoint failed");
+            }
+        });
+        tracing::info!(address = %bound, "metrics on /metrics");
+        eprintln!("prjmanager metrics on {bound}");
+    }
 
     let (handle, requests) = projector::channel();
     let (stop_projector, projector_stopped) = watch::channel(false);
@@ -201,6 +222,7 @@ pub async fn serve(
             }
         }
     };
+    let _ = stop_metrics.send(());
     tracing::info!("no longer accepting requests; finishing folds");
     let _ = stop_projector.send(true);
     let projector_result = match projector_result {

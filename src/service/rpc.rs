@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::domain;
 use crate::limits::{check_marker_now, MAX_CLOCK_SKEW, MAX_RESPONSE_BYTES};
+use crate::metrics::metrics;
 use crate::notifier::{Appended, Notifier, NotifyError};
 use crate::projector::{wall_clock, AskError, ProjectorHandle};
 use crate::proto::{self, input_event::Event, project_manager_server::ProjectManager};
@@ -54,6 +55,7 @@ impl<S: EventStore> PmService<S> {
 
 /// Maps a store failure to a gRPC status.
 pub fn store_status(err: StoreError) -> Status {
+    metrics().store_error(err.kind());
     match err {
         StoreError::WrongExpectedVersion { .. } | StoreError::DuplicateEventId { .. } => {
             Status::failed_precondition(err.to_string())
@@ -129,15 +131,37 @@ fn notify_status(err: NotifyError, at: EventAt) -> Status {
     }
 }
 
-fn ack(
-    result: Result<Appended, NotifyError>,
+/// Runs a Notifier call for an RPC, counts it in the metrics (by outcome,
+/// with its duration) and answers with the appended revision.
+async fn notified(
+    rpc: &str,
     at: EventAt,
+    call: impl std::future::Future<Output = Result<Appended, NotifyError>>,
 ) -> Result<Response<proto::NotifyResponse>, Status> {
-    let appended = result.map_err(|e| notify_status(e, at))?;
+    let started = std::time::Instant::now();
+    let result = call.await.map_err(|e| notify_status(e, at));
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(status) => code_name(status.code()),
+    };
+    metrics().append(rpc, &outcome, started.elapsed().as_secs_f64());
+    let appended = result?;
     Ok(Response::new(proto::NotifyResponse {
         revision: appended.revision,
         project: appended.project,
     }))
+}
+
+/// A gRPC code in snake case (`InvalidArgument` → `invalid_argument`).
+fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_lowercase());
+    }
+    name
 }
 
 fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
@@ -261,20 +285,24 @@ impl<S: EventStore> ProjectManager for PmService<S> {
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let r = request.into_inner();
         let config = required(r.config, "config")?;
-        ack(
-            self.notifier.update_config(&r.project, config).await,
+        notified(
+            "UpdateConfig",
             EventAt::Top,
+            self.notifier.update_config(&r.project, config),
         )
+        .await
     }
 
     async fn poke(
         &self,
         request: Request<proto::PokeRequest>,
     ) -> Result<Response<proto::NotifyResponse>, Status> {
-        ack(
-            self.notifier.poke(&request.into_inner().project).await,
+        notified(
+            "Poke",
             EventAt::Top,
+            self.notifier.poke(&request.into_inner().project),
         )
+        .await
     }
 
     async fn notify_cls_updated(
@@ -283,12 +311,12 @@ impl<S: EventStore> ProjectManager for PmService<S> {
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let r = request.into_inner();
         let event = required(r.event, "event")?;
-        ack(
-            self.notifier
-                .notify_cls_updated(&r.project, event.cls)
-                .await,
+        notified(
+            "NotifyClsUpdated",
             EventAt::Event,
+            self.notifier.notify_cls_updated(&r.project, event.cls),
         )
+        .await
     }
 
     async fn notify_run_created(
@@ -296,7 +324,12 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         request: Request<proto::NotifyRunCreatedRequest>,
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let run = required(request.into_inner().run, "run")?;
-        ack(self.notifier.notify_run_created(run).await, EventAt::Top)
+        notified(
+            "NotifyRunCreated",
+            EventAt::Top,
+            self.notifier.notify_run_created(run),
+        )
+        .await
     }
 
     async fn notify_run_finished(
@@ -307,12 +340,12 @@ impl<S: EventStore> ProjectManager for PmService<S> {
         let project = crate::notifier::run_project(&event.run_id, "event.run_id")
             .map_err(|e| invalid(&e.field, &e.message))?
             .to_string();
-        ack(
-            self.notifier
-                .send_now(&project, Event::RunFinished(event))
-                .await,
+        notified(
+            "NotifyRunFinished",
             EventAt::Event,
+            self.notifier.send_now(&project, Event::RunFinished(event)),
         )
+        .await
     }
 
     async fn notify_purge_completed(
@@ -321,12 +354,12 @@ impl<S: EventStore> ProjectManager for PmService<S> {
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let r = request.into_inner();
         let event = required(r.event, "event")?;
-        ack(
-            self.notifier
-                .notify_purge_completed(&r.project, event)
-                .await,
+        notified(
+            "NotifyPurgeCompleted",
             EventAt::Event,
+            self.notifier.notify_purge_completed(&r.project, event),
         )
+        .await
     }
 
     async fn notify_triggering_cl_deps_completed(
@@ -335,12 +368,13 @@ impl<S: EventStore> ProjectManager for PmService<S> {
     ) -> Result<Response<proto::NotifyResponse>, Status> {
         let r = request.into_inner();
         let event = required(r.event, "event")?;
-        ack(
-            self.notifier
-                .notify_triggering_cl_deps_completed(&r.project, event)
-                .await,
+        notified(
+            "NotifyTriggeringClDepsCompleted",
             EventAt::Event,
+            self.notifier
+                .notify_triggering_cl_deps_completed(&r.project, event),
         )
+        .await
     }
 
     async fn send_now(
@@ -359,7 +393,7 @@ impl<S: EventStore> ProjectManager for PmService<S> {
             Event::TriggeringClDepsCompleted(_) => "triggering_cl_deps_completed",
             Event::Evaluated(_) => "evaluated",
         });
-        ack(self.notifier.send_now(&r.project, event).await, at)
+        notified("SendNow", at, self.notifier.send_now(&r.project, event)).await
     }
 
     async fn evaluate(

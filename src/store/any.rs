@@ -177,6 +177,10 @@ impl EventStore for AnyStore {
         dispatch!(self, s => s.subscribe_all(from_position, filter))
     }
 
+    fn head_position(&self) -> Option<u64> {
+        dispatch!(self, s => s.head_position())
+    }
+
     fn subscribe_stream(&self, stream: &str, from_revision: u64) -> Subscription {
         dispatch!(self, s => s.subscribe_stream(stream, from_revision))
     }

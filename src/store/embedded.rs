@@ -566,6 +566,10 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
+    fn head_position(&self) -> Option<u64> {
+        Some(*self.head.borrow())
+    }
+
     fn subscribe_all(&self, from_position: u64, filter: StreamFilter) -> Subscription {
         catchup::subscribe_all(self.observer(), self.head.clone(), from_position, filter)
     }

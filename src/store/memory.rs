@@ -333,6 +333,10 @@ impl EventStore for MemoryStore {
             .unwrap_or_default())
     }
 
+    fn head_position(&self) -> Option<u64> {
+        Some(*self.head.borrow())
+    }
+
     fn subscribe_all(&self, from_position: u64, filter: StreamFilter) -> Subscription {
         catchup::subscribe_all(self.clone(), self.head.subscribe(), from_position, filter)
     }

@@ -206,6 +206,20 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable(_))
     }
+
+    /// The error's kind, for metrics: `wrong_expected_version`,
+    /// `duplicate_event_id`, `invalid_argument`, `unavailable`, `corrupt`,
+    /// `closed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::WrongExpectedVersion { .. } => "wrong_expected_version",
+            Self::DuplicateEventId { .. } => "duplicate_event_id",
+            Self::InvalidArgument(_) => "invalid_argument",
+            Self::Unavailable(_) => "unavailable",
+            Self::Corrupt(_) => "corrupt",
+            Self::Closed => "closed",
+        }
+    }
 }
 
 /// A live feed of events: history first, then new events.
@@ -218,6 +232,11 @@ impl Subscription {
     /// Wraps a channel fed by a subscription task.
     pub fn new(receiver: mpsc::Receiver<Result<RecordedEvent, StoreError>>) -> Self {
         Self { receiver }
+    }
+
+    /// Events delivered to the subscription and not yet taken.
+    pub fn backlog(&self) -> usize {
+        self.receiver.len()
     }
 
     /// The next event; `None` once the store is closed.
@@ -283,4 +302,10 @@ pub trait EventStore: Clone + Send + Sync + 'static {
 
     /// Subscribes to one stream from revision `from_revision` (inclusive).
     fn subscribe_stream(&self, stream: &str, from_revision: u64) -> Subscription;
+
+    /// The global position of the newest event, if the store can say it
+    /// cheaply (for the projector's lag metric); `None` otherwise.
+    fn head_position(&self) -> Option<u64> {
+        None
+    }
 }
