@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 mod service_harness;
 
 use service_harness::{
-    assert_serves_folded_state, cl, config, load_two_services, pcl_clids, read_all,
+    assert_serves_folded_state, cl, config, configure, load_two_services, pcl_clids, read_all,
     scenario_first_half, scenario_second_half, wait_for, Folded,
 };
 
@@ -492,17 +492,7 @@ async fn a_poison_event_quarantines_its_project_and_reads_say_so() {
     let service = Service::start(&db, None);
     let mut client = service.client().await;
     for project in ["poisoned", "healthy"] {
-        client
-            .update_config(proto::UpdateConfigRequest {
-                project: project.into(),
-                config: Some(config("h1")),
-            })
-            .await
-            .unwrap();
-        wait_for(&service, &mut client, project, "the config", |log| {
-            log.config_hash == "h1"
-        })
-        .await;
+        configure(&service, &mut client, project, "h1").await;
     }
     // Another process writes an event the fold cannot decode.
     let store = EmbeddedStore::open(&db).unwrap();
@@ -1085,28 +1075,8 @@ async fn grpc_conventions_for_errors_pages_and_unknown_projects() {
 
     // Page tokens: opaque, and refused for another project or filter.
     for project in ["p", "q"] {
-        client
-            .update_config(proto::UpdateConfigRequest {
-                project: project.into(),
-                config: Some(config("h1")),
-            })
-            .await
-            .unwrap();
-        wait_for(&service, &mut client, project, "the config", |log| {
-            log.config_hash == "h1"
-        })
-        .await;
-        client
-            .update_config(proto::UpdateConfigRequest {
-                project: project.into(),
-                config: Some(config("h2")),
-            })
-            .await
-            .unwrap();
-        wait_for(&service, &mut client, project, "the second config", |log| {
-            log.config_hash == "h2"
-        })
-        .await;
+        configure(&service, &mut client, project, "h1").await;
+        configure(&service, &mut client, project, "h2").await;
     }
     let first = client
         .list_project_logs(proto::ListProjectLogsRequest {

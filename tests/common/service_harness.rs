@@ -236,6 +236,27 @@ pub async fn assert_derived_match<S: EventStore>(store: &S, project: &str) -> Fo
     folded
 }
 
+/// Announces the config `hash` for the project and waits until the service
+/// has evaluated it.
+pub async fn configure(
+    service: &Service,
+    client: &mut ProjectManagerClient<Channel>,
+    project: &str,
+    hash: &str,
+) {
+    client
+        .update_config(proto::UpdateConfigRequest {
+            project: project.into(),
+            config: Some(config(hash)),
+        })
+        .await
+        .unwrap();
+    wait_for(service, client, project, "the config", |log| {
+        log.config_hash == hash
+    })
+    .await;
+}
+
 /// Polls until the project's state (from the service) satisfies `done`.
 pub async fn wait_for(
     service: &Service,
