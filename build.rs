@@ -48,7 +48,12 @@ fn compile_esdb_wire(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error
     let target = out_dir.join("esdb_wire");
     std::fs::create_dir_all(&target)?;
     let descriptors = protox::compile(
-        ["event_store/shared.proto", "event_store/streams.proto"],
+        [
+            "event_store/shared.proto",
+            "event_store/streams.proto",
+            "event_store/serverfeatures.proto",
+            "google/rpc/status.proto",
+        ],
         ["proto/esdb"],
     )?;
     tonic_build::configure()

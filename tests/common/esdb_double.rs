@@ -12,8 +12,9 @@
 //! `last_stream_position` after stream reads, subscriptions that start after
 //! the given revision/position (exclusive), confirm, catch up, send
 //! `caught_up`, go live and **never end with status OK** (the client
-//! busy-spins on OK), and no ServerFeatures service (the client accepts
-//! `Unimplemented` there).
+//! busy-spins on OK), and a ServerFeatures service that advertises
+//! BatchAppend as a 24.10 node does; BatchAppend commits each request as an
+//! Append would (a conflict is a `google.rpc.Status` error for that request).
 //!
 //! The global log position is the log index: commit = prepare = index
 //! (0-based), so the adapter's positions (commit + 1) are 1, 2, 3, ….
@@ -27,7 +28,7 @@
 //! without writing.
 //!
 //! Limits: one node (no gossip, no cluster, no leader changes), no TLS, no
-//! authentication check, no BatchAppend, no persistent subscriptions, no
+//! authentication check, no BatchAppend deadlines, no persistent subscriptions, no
 //! `$maxAge`, no links/projections, no scavenging; `$all` subscription
 //! filters support prefixes and the exclude-system-events regex only.
 #![allow(dead_code, clippy::result_large_err)]
@@ -45,11 +46,25 @@ use tonic::{Request, Response, Status, Streaming};
 /// The generated wire types (our own proto of the contract).
 #[allow(clippy::all, missing_docs)]
 pub mod wire {
+    /// Package `google.rpc` (the error of a BatchAppend response).
+    pub mod google {
+        /// Package `google.rpc`.
+        pub mod rpc {
+            include!(concat!(env!("OUT_DIR"), "/esdb_wire/google.rpc.rs"));
+        }
+    }
     /// Package `event_store`.
     pub mod event_store {
         /// Package `event_store.client`.
         pub mod client {
             include!(concat!(env!("OUT_DIR"), "/esdb_wire/event_store.client.rs"));
+            /// Package `event_store.client.server_features`.
+            pub mod server_features {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/esdb_wire/event_store.client.server_features.rs"
+                ));
+            }
             /// Package `event_store.client.streams`.
             pub mod streams {
                 include!(concat!(
@@ -62,6 +77,7 @@ pub mod wire {
 }
 
 use wire::event_store::client as pb;
+use wire::event_store::client::server_features as sf;
 use wire::event_store::client::streams as sp;
 
 /// One stored event.
@@ -317,6 +333,9 @@ fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> tokio::runtime
             .max_decoding_message_size(64 << 20);
         let _ = tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(sf::server_features_server::ServerFeaturesServer::new(
+                Features,
+            ))
             .serve_with_incoming(ReceiverStream::new(incoming))
             .await;
     });
@@ -325,6 +344,30 @@ fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> tokio::runtime
 
 struct Double {
     shared: Arc<Shared>,
+}
+
+/// The ServerFeatures service: advertises BatchAppend, as a 21.10+ node does.
+struct Features;
+
+#[tonic::async_trait]
+impl sf::server_features_server::ServerFeatures for Features {
+    async fn get_supported_methods(
+        &self,
+        _request: Request<pb::Empty>,
+    ) -> Result<Response<sf::SupportedMethods>, Status> {
+        let method = |name: &str| sf::SupportedMethod {
+            method_name: name.into(),
+            service_name: "event_store.client.streams.streams".into(),
+            features: Vec::new(),
+        };
+        Ok(Response::new(sf::SupportedMethods {
+            methods: ["read", "append", "delete", "tombstone", "batchappend"]
+                .into_iter()
+                .map(method)
+                .collect(),
+            event_store_server_version: "24.10.0".into(),
+        }))
+    }
 }
 
 fn empty() -> pb::Empty {
@@ -570,6 +613,87 @@ impl sp::streams_server::Streams for Double {
             std::future::pending::<()>().await;
         }
         Ok(Response::new(response))
+    }
+
+    type BatchAppendStream = ReceiverStream<Result<sp::BatchAppendResp, Status>>;
+
+    /// One long-lived call; each request (all its events, `is_final`) is
+    /// committed as an Append would be and answered with its correlation id.
+    async fn batch_append(
+        &self,
+        request: Request<Streaming<sp::BatchAppendReq>>,
+    ) -> Result<Response<Self::BatchAppendStream>, Status> {
+        use sp::batch_append_req::options::ExpectedStreamPosition as In;
+        use sp::batch_append_resp::{success, ExpectedStreamPosition as Out, Result as R};
+        let mut incoming = request.into_inner();
+        let (sender, receiver) = mpsc::channel(64);
+        let double = Double {
+            shared: self.shared.clone(),
+        };
+        tokio::spawn(async move {
+            while let Ok(Some(req)) = incoming.message().await {
+                double.shared.append_calls.fetch_add(1, Ordering::SeqCst);
+                let options = req.options.unwrap_or_default();
+                let stream_identifier = options.stream_identifier.clone();
+                let (expected, echoed) = match options.expected_stream_position {
+                    Some(In::StreamPosition(n)) => (Expected::Exact(n), Out::StreamPosition(n)),
+                    Some(In::NoStream(())) => (Expected::NoStream, Out::NoStream(())),
+                    Some(In::StreamExists(())) => (Expected::StreamExists, Out::StreamExists(())),
+                    Some(In::Any(())) | None => (Expected::Any, Out::Any(())),
+                };
+                let result = match stream_name(stream_identifier.clone()) {
+                    Err(status) => Err(status),
+                    Ok(stream) => double.commit(&stream, expected, req.proposed_messages),
+                };
+                let error = |code: tonic::Code, message: String| {
+                    R::Error(wire::google::rpc::Status {
+                        code: code as i32,
+                        message,
+                        details: Vec::new(),
+                    })
+                };
+                let result = match result {
+                    Err(status) => error(status.code(), status.message().to_string()),
+                    Ok(sp::AppendResp {
+                        result: Some(sp::append_resp::Result::Success(ok)),
+                    }) => R::Success(sp::batch_append_resp::Success {
+                        current_revision_option: ok.current_revision_option.map(|c| match c {
+                            sp::append_resp::success::CurrentRevisionOption::CurrentRevision(n) => {
+                                success::CurrentRevisionOption::CurrentRevision(n)
+                            }
+                            sp::append_resp::success::CurrentRevisionOption::NoStream(_) => {
+                                success::CurrentRevisionOption::NoStream(())
+                            }
+                        }),
+                        position_option: ok.position_option.map(|p| match p {
+                            sp::append_resp::success::PositionOption::Position(p) => {
+                                success::PositionOption::Position(pb::AllStreamPosition {
+                                    commit_position: p.commit_position,
+                                    prepare_position: p.prepare_position,
+                                })
+                            }
+                            sp::append_resp::success::PositionOption::NoPosition(_) => {
+                                success::PositionOption::NoPosition(())
+                            }
+                        }),
+                    }),
+                    Ok(_) => error(
+                        tonic::Code::FailedPrecondition,
+                        "WrongExpectedVersion".to_string(),
+                    ),
+                };
+                let response = sp::BatchAppendResp {
+                    correlation_id: req.correlation_id,
+                    result: Some(result),
+                    stream_identifier,
+                    expected_stream_position: Some(echoed),
+                };
+                if sender.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn delete(

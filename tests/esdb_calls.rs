@@ -1,0 +1,199 @@
+//! The official client's call shapes against the EventStoreDB double: a test
+//! that `batch_append` (one long-lived bidi call) commits and reports
+//! conflicts as a node does, and two measurements (ignored) of the latency
+//! of one append and one read, through the adapter and through each client
+//! call. The double sets TCP_NODELAY on its sockets, as the real server does;
+//! the client does not on its own, which is what the numbers show.
+//!
+//! `cargo test --release --test esdb_calls -- --ignored --nocapture`
+
+#[path = "common/esdb_double.rs"]
+mod esdb_double;
+
+use std::time::{Duration, Instant};
+
+use esdb_double::EsdbDouble;
+use prjmanager::store::esdb::EsdbStore;
+use prjmanager::store::{Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom};
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i].as_secs_f64() * 1000.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn append_and_read_latency_through_the_adapter() {
+    let double = EsdbDouble::start();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    let event = |i: u32| NewEvent {
+        id: uuid::Uuid::new_v4(),
+        event_type: "Poked".into(),
+        data: vec![i as u8; 64],
+        metadata: b"{}".to_vec(),
+    };
+    // Warm up: connection, index.
+    for i in 0..5 {
+        store
+            .append("lat-1", ExpectedRevision::Any, vec![event(i)])
+            .await
+            .unwrap();
+    }
+    let mut appends = Vec::new();
+    for i in 0..200 {
+        let started = Instant::now();
+        store
+            .append("lat-1", ExpectedRevision::Any, vec![event(i)])
+            .await
+            .unwrap();
+        appends.push(started.elapsed());
+    }
+    let mut reads = Vec::new();
+    for _ in 0..200 {
+        let started = Instant::now();
+        let read = store
+            .read_stream("lat-1", ReadFrom::End, Direction::Backwards, 5)
+            .await
+            .unwrap();
+        assert_eq!(read.len(), 5);
+        reads.push(started.elapsed());
+    }
+    println!(
+        "append p50 {:.2} ms p99 {:.2} ms; read p50 {:.2} ms p99 {:.2} ms",
+        percentile(&mut appends, 0.5),
+        percentile(&mut appends, 0.99),
+        percentile(&mut reads, 0.5),
+        percentile(&mut reads, 0.99)
+    );
+}
+
+/// The same, with the official client's calls directly: `append_to_stream`
+/// (client-streaming `Append`), `batch_append` (one long-lived bidi call,
+/// one message per append) and `read_stream`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn append_and_read_latency_of_each_client_call() {
+    use eventstore::{
+        AppendToStreamOptions, BatchAppendOptions, Client, ClientSettings, EventData,
+        ReadStreamOptions,
+    };
+    let double = EsdbDouble::start();
+    let settings: ClientSettings = double.url().parse().unwrap();
+    let client = Client::new(settings).unwrap();
+    let event =
+        || EventData::binary("Poked", bytes::Bytes::from_static(b"{}")).id(uuid::Uuid::new_v4());
+    let options = AppendToStreamOptions::default();
+    for _ in 0..5 {
+        client
+            .append_to_stream("raw", &options, vec![event()])
+            .await
+            .unwrap();
+    }
+    let mut appends = Vec::new();
+    for _ in 0..100 {
+        let started = Instant::now();
+        client
+            .append_to_stream("raw", &options, vec![event()])
+            .await
+            .unwrap();
+        appends.push(started.elapsed());
+    }
+    let batch = client
+        .batch_append(&BatchAppendOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        batch
+            .append_to_stream("raw", eventstore::ExpectedRevision::Any, vec![event()])
+            .await
+            .unwrap();
+    }
+    let mut batched = Vec::new();
+    for _ in 0..200 {
+        let started = Instant::now();
+        batch
+            .append_to_stream("raw", eventstore::ExpectedRevision::Any, vec![event()])
+            .await
+            .unwrap();
+        batched.push(started.elapsed());
+    }
+    let mut reads = Vec::new();
+    let read_options = ReadStreamOptions::default()
+        .backwards()
+        .position(eventstore::StreamPosition::End)
+        .max_count(5);
+    for _ in 0..100 {
+        let started = Instant::now();
+        let mut stream = client.read_stream("raw", &read_options).await.unwrap();
+        let mut n = 0;
+        while stream.next().await.unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 5);
+        reads.push(started.elapsed());
+    }
+    println!(
+        "append_to_stream p50 {:.2} ms; batch_append p50 {:.2} ms p99 {:.2} ms; read_stream p50 {:.2} ms",
+        percentile(&mut appends, 0.5),
+        percentile(&mut batched, 0.5),
+        percentile(&mut batched, 0.99),
+        percentile(&mut reads, 0.5),
+    );
+}
+
+/// `batch_append` against the double: events land in order with their
+/// revisions and a wrong expected revision is an error that writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_append_commits_and_reports_conflicts_like_a_node() {
+    use eventstore::{BatchAppendOptions, Client, ClientSettings, EventData, ExpectedRevision};
+    let double = EsdbDouble::start();
+    let settings: ClientSettings = double.url().parse().unwrap();
+    let client = Client::new(settings).unwrap();
+    let batch = client
+        .batch_append(&BatchAppendOptions::default())
+        .await
+        .unwrap();
+    let event = |n: u8| {
+        EventData::binary("Poked", bytes::Bytes::from(vec![n]))
+            .id(uuid::Uuid::from_u128(u128::from(n) + 1))
+    };
+    let first = batch
+        .append_to_stream("b", ExpectedRevision::NoStream, vec![event(1), event(2)])
+        .await
+        .unwrap();
+    assert_eq!(first.current_revision(), Some(1));
+    let conflict = batch
+        .append_to_stream("b", ExpectedRevision::Exact(7), vec![event(3)])
+        .await;
+    assert!(conflict.is_err(), "{conflict:?}");
+    // The client (not the server) ends a batch session at its first failed
+    // append: an adapter on batch_append must open a new one.
+    let closed = batch
+        .append_to_stream("b", ExpectedRevision::Exact(1), vec![event(4)])
+        .await;
+    assert!(closed.is_err(), "{closed:?}");
+    let batch = client
+        .batch_append(&BatchAppendOptions::default())
+        .await
+        .unwrap();
+    let next = batch
+        .append_to_stream("b", ExpectedRevision::Exact(1), vec![event(4)])
+        .await
+        .unwrap();
+    assert_eq!(next.current_revision(), Some(2));
+    let log: Vec<(String, u64, Vec<u8>)> = double
+        .log()
+        .into_iter()
+        .filter(|r| r.stream == "b")
+        .map(|r| (r.stream, r.revision, r.data))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            ("b".to_string(), 0, vec![1]),
+            ("b".to_string(), 1, vec![2]),
+            ("b".to_string(), 2, vec![4])
+        ]
+    );
+}
