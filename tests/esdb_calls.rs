@@ -1,6 +1,7 @@
-//! The official client's call shapes against the EventStoreDB double: a test
+//! The official client's call shapes against the EventStoreDB double: tests
 //! that `batch_append` (one long-lived bidi call) commits and reports
-//! conflicts as a node does, and two measurements (ignored) of the latency
+//! conflicts as a node does and that a tombstone's `$streamDeleted` record
+//! never reaches the projector, and two measurements (ignored) of the latency
 //! of one append and one read, through the adapter and through each client
 //! call. The double sets TCP_NODELAY on its sockets, as the real server does;
 //! the client does not on its own, which is what the numbers show.
@@ -196,4 +197,70 @@ async fn batch_append_commits_and_reports_conflicts_like_a_node() {
             ("b".to_string(), 2, vec![4])
         ]
     );
+}
+
+/// Tombstoning a stream leaves a `$streamDeleted` record at revision 2^63 - 1
+/// of that stream in `$all` (as the server does); the adapter's `read_all`
+/// and `subscribe_all` skip it, so the projector never folds it as a project
+/// event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_record_in_all_is_not_handed_to_the_projector() {
+    use eventstore::{Client, ClientSettings, TombstoneStreamOptions};
+    use prjmanager::store::StreamFilter;
+    let double = EsdbDouble::start();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    let event = |n: u8| NewEvent {
+        id: uuid::Uuid::from_u128(u128::from(n) + 1),
+        event_type: "Poked".into(),
+        data: vec![n],
+        metadata: b"{}".to_vec(),
+    };
+    store
+        .append("project-gone", ExpectedRevision::NoStream, vec![event(1)])
+        .await
+        .unwrap();
+    let settings: ClientSettings = double.url().parse().unwrap();
+    let client = Client::new(settings).unwrap();
+    client
+        .tombstone_stream("project-gone", &TombstoneStreamOptions::default())
+        .await
+        .unwrap();
+    store
+        .append("project-kept", ExpectedRevision::NoStream, vec![event(2)])
+        .await
+        .unwrap();
+    assert!(
+        double
+            .log()
+            .iter()
+            .any(|r| r.stream == "project-gone" && r.revision == i64::MAX as u64),
+        "the double writes the tombstone record"
+    );
+    let filter = StreamFilter::prefix("project-");
+    let read = store.read_all(1, 100, &filter).await.unwrap();
+    let seen: Vec<(String, String)> = read
+        .iter()
+        .map(|e| (e.stream.clone(), e.event_type.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("project-gone".to_string(), "Poked".to_string()),
+            ("project-kept".to_string(), "Poked".to_string())
+        ]
+    );
+    let mut subscription = store.subscribe_all(1, filter);
+    for expected in ["project-gone", "project-kept"] {
+        let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (event.stream.as_str(), event.event_type.as_str()),
+            (expected, "Poked")
+        );
+    }
+    let more = tokio::time::timeout(Duration::from_millis(500), subscription.next()).await;
+    assert!(more.is_err(), "nothing more: {more:?}");
 }

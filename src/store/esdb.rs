@@ -198,8 +198,11 @@ fn esdb_position(commit: u64) -> eventstore::Position {
     }
 }
 
-fn is_system(stream: &str) -> bool {
-    stream.starts_with('$')
+/// EventStoreDB's own records, never our data: events of `$` streams, and
+/// `$`-typed events in ours (a tombstone leaves a `$streamDeleted` record at
+/// revision 2^63 - 1 of the deleted stream, visible in `$all`).
+fn is_system(event: &eventstore::RecordedEvent) -> bool {
+    event.stream_id.starts_with('$') || event.event_type.starts_with('$')
 }
 
 fn convert(event: &eventstore::RecordedEvent) -> RecordedEvent {
@@ -547,7 +550,7 @@ impl EventStore for EsdbStore {
                     last = Some(commit);
                     if skip == Some(commit)
                         || our_position(commit) < from_position
-                        || is_system(&event.stream_id)
+                        || is_system(event)
                         || !filter.matches(&event.stream_id)
                     {
                         continue;
@@ -686,8 +689,7 @@ impl EventStore for EsdbStore {
                         {
                             return None;
                         }
-                        let wanted =
-                            !is_system(&event.stream_id) && filter.matches(&event.stream_id);
+                        let wanted = !is_system(event) && filter.matches(&event.stream_id);
                         Some((commit, wanted.then(|| convert(event))))
                     },
                 )
@@ -721,7 +723,7 @@ impl EventStore for EsdbStore {
                         {
                             return None;
                         }
-                        Some((event.revision, Some(convert(event))))
+                        Some((event.revision, (!is_system(event)).then(|| convert(event))))
                     },
                 )
                 .await;

@@ -14,7 +14,9 @@
 //! `caught_up`, go live and **never end with status OK** (the client
 //! busy-spins on OK), and a ServerFeatures service that advertises
 //! BatchAppend as a 24.10 node does; BatchAppend commits each request as an
-//! Append would (a conflict is a `google.rpc.Status` error for that request).
+//! Append would (a conflict is a `google.rpc.Status` error for that request);
+//! a tombstone leaves a `$streamDeleted` record at revision 2^63 - 1 of the
+//! stream in `$all`, as the server does.
 //!
 //! The global log position is the log index: commit = prepare = index
 //! (0-based), so the adapter's positions (commit + 1) are 1, 2, 3, ….
@@ -752,7 +754,28 @@ impl sp::streams_server::Streams for Double {
         if !expected.holds(last) {
             return Err(wrong_expected_status(&stream));
         }
-        log.streams.entry(stream).or_default().tombstoned = true;
+        log.streams.entry(stream.clone()).or_default().tombstoned = true;
+        // As the server does: a `$streamDeleted` record in the deleted
+        // stream, at revision 2^63 - 1, visible in `$all`.
+        let commit = log.log.len() as u64;
+        let rec = Arc::new(Rec {
+            stream,
+            revision: i64::MAX as u64,
+            commit,
+            id: ::uuid::Uuid::new_v4(),
+            metadata: HashMap::from([
+                ("type".to_string(), "$streamDeleted".to_string()),
+                (
+                    "content-type".to_string(),
+                    "application/octet-stream".to_string(),
+                ),
+                ("created".to_string(), "0".to_string()),
+            ]),
+            custom: Vec::new(),
+            data: Vec::new(),
+        });
+        log.log.push(rec.clone());
+        let _ = self.shared.live.send(rec);
         Ok(Response::new(sp::TombstoneResp {
             position_option: Some(sp::tombstone_resp::PositionOption::NoPosition(empty())),
         }))
