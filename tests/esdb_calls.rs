@@ -264,3 +264,53 @@ async fn a_tombstone_record_in_all_is_not_handed_to_the_projector() {
     let more = tokio::time::timeout(Duration::from_millis(500), subscription.next()).await;
     assert!(more.is_err(), "nothing more: {more:?}");
 }
+
+/// `set_stream_metadata` rewrites only the keys this store manages: `$acl`
+/// and `$maxAge` written by an operator survive, and a max count of 0 (which
+/// makes the server ignore the whole document) is written as 1, which shows
+/// the same thing: the last event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_metadata_keeps_other_keys_and_never_writes_a_max_count_of_0() {
+    use eventstore::{AppendToStreamOptions, Client, ClientSettings, EventData};
+    use prjmanager::store::StreamMetadata;
+    let double = EsdbDouble::start();
+    let settings: ClientSettings = double.url().parse().unwrap();
+    let client = Client::new(settings).unwrap();
+    let operator = serde_json::json!({"$acl": {"$r": "$admins"}, "$maxAge": 3600});
+    client
+        .append_to_stream(
+            "$$m",
+            &AppendToStreamOptions::default(),
+            EventData::json("$metadata", &operator).unwrap(),
+        )
+        .await
+        .unwrap();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    store
+        .set_stream_metadata(
+            "m",
+            StreamMetadata {
+                max_count: Some(0),
+                truncate_before: Some(2),
+            },
+        )
+        .await
+        .unwrap();
+    let newest = double
+        .log()
+        .into_iter()
+        .rfind(|r| r.stream == "$$m")
+        .unwrap();
+    let document: serde_json::Value = serde_json::from_slice(&newest.data).unwrap();
+    assert_eq!(
+        document,
+        serde_json::json!({"$acl": {"$r": "$admins"}, "$maxAge": 3600, "$maxCount": 1, "$tb": 2})
+    );
+    assert_eq!(
+        store.stream_metadata("m").await.unwrap(),
+        StreamMetadata {
+            max_count: Some(1),
+            truncate_before: Some(2),
+        }
+    );
+}

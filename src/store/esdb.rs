@@ -606,13 +606,20 @@ impl EventStore for EsdbStore {
         stream: &str,
         metadata: StreamMetadata,
     ) -> Result<(), StoreError> {
-        let mut json = serde_json::Map::new();
-        if let Some(n) = metadata.max_count {
-            json.insert("$maxCount".into(), n.into());
-        }
-        if let Some(n) = metadata.truncate_before {
-            json.insert("$tb".into(), n.into());
-        }
+        // Read-modify-write: keys this store does not manage (`$acl`,
+        // `$maxAge`, a user's own) are kept; ours are replaced.
+        let mut json = self.metadata_document(stream).await?;
+        match metadata.max_count {
+            // The server ignores a whole document whose `$maxCount` is 0 (so a
+            // `$tb` beside it would be lost too); 1 shows what 0 means here:
+            // the last event.
+            Some(n) => json.insert("$maxCount".into(), n.max(1).into()),
+            None => json.remove("$maxCount"),
+        };
+        match metadata.truncate_before {
+            Some(n) => json.insert("$tb".into(), n.into()),
+            None => json.remove("$tb"),
+        };
         // One id for every attempt, so a retry is recognised by the server.
         let event = EventData::json("$metadata", &serde_json::Value::Object(json))
             .map_err(|e| StoreError::InvalidArgument(e.to_string()))?
@@ -634,20 +641,7 @@ impl EventStore for EsdbStore {
     }
 
     async fn stream_metadata(&self, stream: &str) -> Result<StreamMetadata, StoreError> {
-        let newest = self
-            .read_raw(
-                &format!("$${stream}"),
-                StreamPosition::End,
-                Direction::Backwards,
-                1,
-            )
-            .await?;
-        let Some(event) = newest.first() else {
-            return Ok(StreamMetadata::default());
-        };
-        let json: serde_json::Value = serde_json::from_slice(&event.data).map_err(|e| {
-            StoreError::Corrupt(format!("metadata of stream {stream:?} is not JSON: {e}"))
-        })?;
+        let json = serde_json::Value::Object(self.metadata_document(stream).await?);
         Ok(StreamMetadata {
             max_count: json.get("$maxCount").and_then(serde_json::Value::as_u64),
             truncate_before: json.get("$tb").and_then(serde_json::Value::as_u64),
@@ -733,6 +727,34 @@ impl EventStore for EsdbStore {
 }
 
 impl EsdbStore {
+    /// The stream's metadata document: the newest event of `$$<stream>` as a
+    /// JSON object (empty if there is none).
+    async fn metadata_document(
+        &self,
+        stream: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+        let newest = self
+            .read_raw(
+                &format!("$${stream}"),
+                StreamPosition::End,
+                Direction::Backwards,
+                1,
+            )
+            .await?;
+        let Some(event) = newest.first() else {
+            return Ok(serde_json::Map::new());
+        };
+        match serde_json::from_slice(&event.data) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            Ok(_) => Err(StoreError::Corrupt(format!(
+                "metadata of stream {stream:?} is not a JSON object"
+            ))),
+            Err(e) => Err(StoreError::Corrupt(format!(
+                "metadata of stream {stream:?} is not JSON: {e}"
+            ))),
+        }
+    }
+
     /// One append attempt: catch the id index up with the stream, check the
     /// batch against it (a retry of a batch already written answers from the
     /// index), then append with the caller's expected revision.

@@ -8,7 +8,8 @@
 //! mimics the server behaviour recorded in
 //! shared/reference/eventstore-client.md §3.4: conflicts as an `AppendResp`
 //! message, idempotent re-appends by event id at the expected position,
-//! `$maxCount`/`$tb` from the newest `$$stream` event applied on reads,
+//! `$maxCount`/`$tb` from the newest `$$stream` event applied on reads (the
+//! whole document ignored if either is out of range, as the server does),
 //! `last_stream_position` after stream reads, subscriptions that start after
 //! the given revision/position (exclusive), confirm, catch up, send
 //! `caught_up`, go live and **never end with status OK** (the client
@@ -137,12 +138,22 @@ impl Log {
             .and_then(|s| s.indexes.last())
             .map(|&i| &self.log[i])
         {
+            // As the server parses it: all or nothing. A `$maxCount` that is
+            // not a positive 32-bit integer, or a `$tb` that is not a
+            // non-negative integer, makes the whole document ignored.
             if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&newest.data) {
-                if let Some(tb) = json.get("$tb").and_then(|v| v.as_u64()) {
-                    first = first.max(tb);
-                }
-                if let Some(n) = json.get("$maxCount").and_then(|v| v.as_u64()) {
-                    first = first.max((last + 1).saturating_sub(n.max(1)));
+                let max_count = json
+                    .get("$maxCount")
+                    .map(|v| v.as_u64().filter(|n| (1..=i32::MAX as u64).contains(n)));
+                let tb = json.get("$tb").map(serde_json::Value::as_u64);
+                let valid = !matches!(max_count, Some(None)) && !matches!(tb, Some(None));
+                if valid {
+                    if let Some(Some(tb)) = tb {
+                        first = first.max(tb);
+                    }
+                    if let Some(Some(n)) = max_count {
+                        first = first.max((last + 1).saturating_sub(n));
+                    }
                 }
             }
         }
