@@ -103,6 +103,35 @@ async fn an_append_whose_connection_drops_is_retried_and_lands_once() {
     assert!(double.append_calls() <= calls + 1);
 }
 
+/// The server's commit timeout: the append was written but answered
+/// `Aborted`. The adapter retries it; under `Any` (the server's id check
+/// would not be durable) and under `Exact` alike, the event is in the stream
+/// exactly once and the caller gets its revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_append_that_was_written_is_retried_and_lands_once() {
+    let double = EsdbDouble::start();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    double.abort_after_next_append(1);
+    let result = store
+        .append("a", ExpectedRevision::Any, vec![event(1), event(2)])
+        .await
+        .unwrap();
+    assert_eq!(result.next_revision, 1);
+    double.abort_after_next_append(1);
+    let result = store
+        .append("a", ExpectedRevision::Exact(1), vec![event(3)])
+        .await
+        .unwrap();
+    assert_eq!(result.next_revision, 2);
+    let ids: Vec<u128> = double
+        .log()
+        .iter()
+        .filter(|r| r.stream == "a")
+        .map(|r| r.id.as_u128())
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_whose_first_connection_failed_is_rebuilt() {
     // A port with nothing on it yet.

@@ -28,7 +28,8 @@
 //! commits the next append and then restarts before answering (the client
 //! sees a dropped connection and does not know whether it landed);
 //! [`EsdbDouble::fail_next_appends`] answers appends with `Unavailable`
-//! without writing.
+//! without writing; [`EsdbDouble::abort_after_next_append`] writes, then
+//! answers `Aborted` (the server's commit timeout).
 //!
 //! Limits: one node (no gossip, no cluster, no leader changes), no TLS, no
 //! authentication check, no BatchAppend deadlines, no persistent subscriptions, no
@@ -177,6 +178,7 @@ struct Shared {
     control: Mutex<std::sync::mpsc::Sender<Control>>,
     drop_after_append: AtomicU32,
     fail_appends: AtomicU32,
+    abort_after_append: AtomicU32,
     append_calls: AtomicU64,
     subscriptions: AtomicU64,
     restarts: AtomicU64,
@@ -207,6 +209,7 @@ impl EsdbDouble {
             control: Mutex::new(control.clone()),
             drop_after_append: AtomicU32::new(0),
             fail_appends: AtomicU32::new(0),
+            abort_after_append: AtomicU32::new(0),
             append_calls: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
@@ -267,6 +270,12 @@ impl EsdbDouble {
     /// How many restarts happened (including fault-triggered ones).
     pub fn restarts(&self) -> u64 {
         self.shared.restarts.load(Ordering::SeqCst)
+    }
+
+    /// The next `n` appends are committed, then answered `Aborted` (the
+    /// server's commit timeout: the outcome is unknown to the client).
+    pub fn abort_after_next_append(&self, n: u32) {
+        self.shared.abort_after_append.store(n, Ordering::SeqCst);
     }
 
     /// The next `n` appends are committed, then the server restarts before
@@ -612,6 +621,15 @@ impl sp::streams_server::Streams for Double {
             return Err(Status::unavailable("injected fault: server not ready"));
         }
         let response = self.commit(&stream, expected, proposed)?;
+        if self
+            .shared
+            .abort_after_append
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            // Written, but the commit was not acknowledged in time.
+            return Err(Status::aborted("operation timed out"));
+        }
         if self
             .shared
             .drop_after_append
