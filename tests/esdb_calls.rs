@@ -314,3 +314,31 @@ async fn stream_metadata_keeps_other_keys_and_never_writes_a_max_count_of_0() {
         }
     );
 }
+
+/// An append over the server's `MaxAppendSize` (1 MiB by default) is refused
+/// with an error that names the limit and the setting, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_over_the_servers_size_limit_is_refused_clearly() {
+    let double = EsdbDouble::start();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    let big = NewEvent {
+        id: uuid::Uuid::from_u128(1),
+        event_type: "ClsUpdated".into(),
+        data: vec![7; 1024 * 1024 + 1],
+        metadata: b"{}".to_vec(),
+    };
+    let err = store
+        .append("big", ExpectedRevision::NoStream, vec![big])
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, prjmanager::store::StoreError::InvalidArgument(_)),
+        "{err:?}"
+    );
+    assert!(
+        text.contains("too large") && text.contains("MaxAppendSize"),
+        "{text}"
+    );
+    assert!(double.log().iter().all(|r| r.stream != "big"));
+}

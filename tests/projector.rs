@@ -210,21 +210,39 @@ async fn corrupt_snapshots_are_skipped_and_the_state_is_rebuilt() {
     assert_eq!(early.snapshot_eversion, None);
 }
 
-/// A memory store whose first `panics` reads of the checkpoint stream panic,
-/// as a bug anywhere in the projector would.
+/// A memory store with faults: its first `panics` reads of the checkpoint
+/// stream panic (as a bug anywhere in the projector would), and it refuses
+/// appends to streams starting with `refuse` (as EventStoreDB refuses an
+/// append over its size limit).
 #[derive(Clone)]
-struct PanicsAtFirst {
+struct Faulty {
     inner: MemoryStore,
     panics: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    refuse: Option<&'static str>,
 }
 
-impl EventStore for PanicsAtFirst {
+impl Faulty {
+    fn new(inner: MemoryStore, panics: usize, refuse: Option<&'static str>) -> Self {
+        Self {
+            inner,
+            panics: std::sync::Arc::new(panics.into()),
+            refuse,
+        }
+    }
+}
+
+impl EventStore for Faulty {
     async fn append(
         &self,
         stream: &str,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<prjmanager::store::AppendResult, prjmanager::store::StoreError> {
+        if self.refuse.is_some_and(|prefix| stream.starts_with(prefix)) {
+            return Err(prjmanager::store::StoreError::InvalidArgument(
+                "injected: the append is too large".into(),
+            ));
+        }
         self.inner.append(stream, expected, events).await
     }
 
@@ -305,10 +323,7 @@ async fn a_panicking_projector_is_restarted_by_its_supervisor() {
         .update_config("p", config())
         .await
         .unwrap();
-    let store = PanicsAtFirst {
-        inner,
-        panics: std::sync::Arc::new(2.into()),
-    };
+    let store = Faulty::new(inner, 2, None);
     let (handle, requests) = projector::channel();
     let (stop, stopped) = watch::channel(false);
     let (status_sender, mut status) = watch::channel(projector::Status::Starting);
@@ -354,4 +369,79 @@ async fn a_panicking_projector_is_restarted_by_its_supervisor() {
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
     assert_eq!(*status.borrow(), projector::Status::Stopped);
+}
+
+/// A snapshot the store refuses (EventStoreDB's append size limit) is
+/// skipped: the project is not quarantined, its logs are written, and it is
+/// served and loaded as before (from the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_snapshot_is_skipped_not_a_quarantine() {
+    let inner = MemoryStore::new();
+    Notifier::new(inner.clone(), "test")
+        .update_config("big", config())
+        .await
+        .unwrap();
+    let store = Faulty::new(inner.clone(), 0, Some("projectsnapshot-"));
+    let (handle, requests) = projector::channel();
+    let (stop, stopped) = watch::channel(false);
+    let (status, _) = watch::channel(projector::Status::Starting);
+    let config = ProjectorConfig {
+        schedule_markers: false,
+        ..ProjectorConfig::default()
+    };
+    let task = tokio::spawn(projector::supervise(
+        store.clone(),
+        config,
+        requests,
+        stopped,
+        status,
+    ));
+    let markers = 105;
+    for i in 0..markers {
+        let now = Timestamp {
+            seconds: 1_700_000_000 + i,
+            nanos: 0,
+        };
+        loop {
+            match handle.evaluate("big", Some(now)).await {
+                Ok(_) => break,
+                Err(projector::AskError::Quarantined { reason, .. }) => {
+                    panic!("quarantined: {reason}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+    loop {
+        let state = handle.state("big").await.unwrap().unwrap();
+        if state.eversion == markers {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(handle.quarantined().await.unwrap().is_empty());
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    let snapshots = inner
+        .read_stream(
+            &snapshot_stream("big"),
+            ReadFrom::Start,
+            Direction::Forwards,
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(snapshots.is_empty());
+    let logs = inner
+        .read_stream(
+            &streams::log_stream("big"),
+            ReadFrom::Start,
+            Direction::Forwards,
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert!(!logs.is_empty());
+    let loaded = load(&inner, "big", Target::Latest).await.unwrap();
+    assert_eq!(loaded.state.eversion, markers);
 }

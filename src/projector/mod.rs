@@ -829,13 +829,21 @@ impl<S: EventStore> Projector<S> {
                 },
             )
             .await;
+            let is_snapshot = stream == snapshot_stream(project);
             match written {
                 Ok(_) => {
-                    if stream == snapshot_stream(project) {
+                    if is_snapshot {
                         metrics().snapshot_writes.inc();
                     }
                 }
                 Err(err) if err.is_transient() => return Err(err),
+                Err(err) if is_snapshot => {
+                    // A snapshot only saves folding time (a load falls back
+                    // to an older one or to the whole stream): a store that
+                    // refuses it (too large for EventStoreDB's append limit)
+                    // costs speed, not the project.
+                    tracing::error!(project, stream, error = %err, "snapshot not written; loads will fold from an older one");
+                }
                 Err(err) => {
                     let state = self
                         .projects

@@ -164,6 +164,13 @@ fn store_error(err: eventstore::Error) -> StoreError {
             ..
         } => StoreError::Unavailable(format!("EventStoreDB: {err}")),
         E::InternalParsingError(_) => StoreError::Corrupt(format!("EventStoreDB: {err}")),
+        E::Grpc {
+            code: tonic::Code::InvalidArgument,
+            ref message,
+        } if message.contains("Maximum Append Size") => StoreError::InvalidArgument(format!(
+            "EventStoreDB refused the append as too large ({message}); \
+             the server's MaxAppendSize setting sets the limit (1 MiB by default up to 24.10)"
+        )),
         other => StoreError::InvalidArgument(format!("EventStoreDB refused the call: {other}")),
     }
 }

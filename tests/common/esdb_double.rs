@@ -29,7 +29,9 @@
 //! sees a dropped connection and does not know whether it landed);
 //! [`EsdbDouble::fail_next_appends`] answers appends with `Unavailable`
 //! without writing; [`EsdbDouble::abort_after_next_append`] writes, then
-//! answers `Aborted` (the server's commit timeout).
+//! answers `Aborted` (the server's commit timeout). An append larger than
+//! `MaxAppendSize` (1 MiB unless [`EsdbDouble::set_max_append_bytes`]) is
+//! `InvalidArgument` with `exception: maximum-append-size-exceeded`.
 //!
 //! Limits: one node (no gossip, no cluster, no leader changes), no TLS, no
 //! authentication check, no BatchAppend deadlines, no persistent subscriptions, no
@@ -83,6 +85,9 @@ pub mod wire {
 use wire::event_store::client as pb;
 use wire::event_store::client::server_features as sf;
 use wire::event_store::client::streams as sp;
+
+/// The server's default `MaxAppendSize` (up to 24.10 / KurrentDB 25.0).
+pub const DEFAULT_MAX_APPEND_BYTES: u64 = 1024 * 1024;
 
 /// One stored event.
 #[derive(Debug, Clone)]
@@ -179,6 +184,8 @@ struct Shared {
     drop_after_append: AtomicU32,
     fail_appends: AtomicU32,
     abort_after_append: AtomicU32,
+    /// The largest append accepted (bytes of data and metadata).
+    max_append_bytes: AtomicU64,
     append_calls: AtomicU64,
     subscriptions: AtomicU64,
     restarts: AtomicU64,
@@ -210,6 +217,7 @@ impl EsdbDouble {
             drop_after_append: AtomicU32::new(0),
             fail_appends: AtomicU32::new(0),
             abort_after_append: AtomicU32::new(0),
+            max_append_bytes: AtomicU64::new(DEFAULT_MAX_APPEND_BYTES),
             append_calls: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
@@ -270,6 +278,12 @@ impl EsdbDouble {
     /// How many restarts happened (including fault-triggered ones).
     pub fn restarts(&self) -> u64 {
         self.shared.restarts.load(Ordering::SeqCst)
+    }
+
+    /// Sets the largest append the node accepts (the server's
+    /// `MaxAppendSize`; 1 MiB by default up to 24.10).
+    pub fn set_max_append_bytes(&self, bytes: u64) {
+        self.shared.max_append_bytes.store(bytes, Ordering::SeqCst);
     }
 
     /// The next `n` appends are committed, then answered `Aborted` (the
@@ -829,6 +843,22 @@ impl Double {
         proposed: Vec<sp::append_req::ProposedMessage>,
     ) -> Result<sp::AppendResp, Status> {
         use sp::append_resp::{success, wrong_expected_version as wev, Result as R};
+        let size: u64 = proposed
+            .iter()
+            .map(|m| (m.data.len() + m.custom_metadata.len()) as u64)
+            .sum();
+        let max = self.shared.max_append_bytes.load(Ordering::SeqCst);
+        if size > max {
+            let mut status =
+                Status::invalid_argument(format!("Maximum Append Size of {max} Exceeded."));
+            status
+                .metadata_mut()
+                .insert("exception", "maximum-append-size-exceeded".parse().unwrap());
+            status
+                .metadata_mut()
+                .insert("maximum-append-size", max.to_string().parse().unwrap());
+            return Err(status);
+        }
         let mut ids = Vec::with_capacity(proposed.len());
         for message in &proposed {
             ids.push(parse_uuid(message.id.clone())?);
