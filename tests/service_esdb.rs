@@ -129,3 +129,17 @@ fn esdb_store_urls_parse_and_hide_their_password() {
     let err = "esdb://a:2113/path".parse::<StoreUrl>().unwrap_err();
     assert!(err.contains("EventStoreDB"), "{err}");
 }
+
+/// A user that may not read `$all` (only `$admins` may, by default): the
+/// projector cannot subscribe, and `serve` stops at once with exit code 1
+/// naming the permission, instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_access_to_all_stops_the_service_naming_the_permission() {
+    let double = EsdbDouble::start();
+    let (user, password) = esdb_double::USER;
+    let service = Service::start(&double.url_as(user, password), None);
+    let (status, log) = service.wait_for_exit(std::time::Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("permission denied"), "{log}");
+    assert!(log.contains("$all") && log.contains("$admins"), "{log}");
+}

@@ -374,7 +374,7 @@ async fn run<S: EventStore>(
                 }
                 Some(Err(err)) => {
                     let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() >= projector.config.retry_deadline {
+                    if !err.is_transient() || since.elapsed() >= projector.config.retry_deadline {
                         return Err(err);
                     }
                     tracing::warn!(error = %err, "subscription failed; resubscribing");

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{run, AskError, ProjectorConfig, Request};
 use crate::domain::panic_message;
-use crate::store::EventStore;
+use crate::store::{EventStore, StoreError};
 
 /// How a failed projector is restarted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +86,10 @@ pub async fn supervise<S: EventStore>(
             Ok(Ok(())) => {
                 status.send_replace(Status::Stopped);
                 return Ok(());
+            }
+            // No restart can fix a permission: say so now.
+            Ok(Err(err @ StoreError::PermissionDenied(_))) => {
+                return Err(fail(&status, err.to_string()));
             }
             Ok(Err(err)) => err.to_string(),
             Err(panic) => format!("the projector panicked: {}", panic_message(panic.as_ref())),

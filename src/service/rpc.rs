@@ -63,6 +63,7 @@ pub fn store_status(err: StoreError) -> Status {
         StoreError::InvalidArgument(_) => Status::invalid_argument(err.to_string()),
         StoreError::Unavailable(_) | StoreError::Closed => Status::unavailable(err.to_string()),
         StoreError::Corrupt(_) => Status::data_loss(err.to_string()),
+        StoreError::PermissionDenied(_) => Status::permission_denied(err.to_string()),
     }
 }
 

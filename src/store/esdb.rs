@@ -164,6 +164,13 @@ fn store_error(err: eventstore::Error) -> StoreError {
             ..
         } => StoreError::Unavailable(format!("EventStoreDB: {err}")),
         E::InternalParsingError(_) => StoreError::Corrupt(format!("EventStoreDB: {err}")),
+        E::AccessDenied => StoreError::PermissionDenied(
+            "EventStoreDB denied the call to this connection's user; the service reads and \
+             subscribes to $all (by default only $admins may) and reads and writes the project-, \
+             projectlog-, projectoffload-, pmaction-, projectsnapshot- and projector-checkpoint \
+             streams"
+                .to_string(),
+        ),
         E::Grpc {
             code: tonic::Code::InvalidArgument,
             ref message,

@@ -196,6 +196,9 @@ pub enum StoreError {
     /// The stored data is damaged.
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// The store's user may not do this (retrying cannot help).
+    #[error("store permission denied: {0}")]
+    PermissionDenied(String),
     /// The store was closed.
     #[error("store is closed")]
     Closed,
@@ -209,7 +212,7 @@ impl StoreError {
 
     /// The error's kind, for metrics: `wrong_expected_version`,
     /// `duplicate_event_id`, `invalid_argument`, `unavailable`, `corrupt`,
-    /// `closed`.
+    /// `permission_denied`, `closed`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::WrongExpectedVersion { .. } => "wrong_expected_version",
@@ -217,6 +220,7 @@ impl StoreError {
             Self::InvalidArgument(_) => "invalid_argument",
             Self::Unavailable(_) => "unavailable",
             Self::Corrupt(_) => "corrupt",
+            Self::PermissionDenied(_) => "permission_denied",
             Self::Closed => "closed",
         }
     }

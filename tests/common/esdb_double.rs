@@ -33,8 +33,12 @@
 //! `MaxAppendSize` (1 MiB unless [`EsdbDouble::set_max_append_bytes`]) is
 //! `InvalidArgument` with `exception: maximum-append-size-exceeded`.
 //!
+//! Users: [`ADMIN`] (in `$admins`) and [`USER`]; only `$admins` may read or
+//! subscribe to `$all` (the server's default ACL), other streams are open to
+//! anyone; [`EsdbDouble::url`] signs in as the admin.
+//!
 //! Limits: one node (no gossip, no cluster, no leader changes), no TLS, no
-//! authentication check, no BatchAppend deadlines, no persistent subscriptions, no
+//! stream ACLs, no BatchAppend deadlines, no persistent subscriptions, no
 //! `$maxAge`, no links/projections, no scavenging; `$all` subscription
 //! filters support prefixes and the exclude-system-events regex only.
 #![allow(dead_code, clippy::result_large_err)]
@@ -85,6 +89,34 @@ pub mod wire {
 use wire::event_store::client as pb;
 use wire::event_store::client::server_features as sf;
 use wire::event_store::client::streams as sp;
+
+/// The administrator (member of `$admins`), as a fresh node has it.
+pub const ADMIN: (&str, &str) = ("admin", "changeit");
+
+/// A plain user, not in `$admins`.
+pub const USER: (&str, &str) = ("ops", "secret");
+
+/// The user a request signs in as (`authorization: Basic …`), if any.
+fn signed_in<T>(request: &Request<T>) -> Result<Option<&'static str>, Status> {
+    let Some(header) = request.metadata().get("authorization") else {
+        return Ok(None);
+    };
+    let header = header.to_str().unwrap_or_default();
+    let matches = |(user, password): (&'static str, &str)| {
+        let basic = base64_basic(user, password);
+        (header == format!("Basic {basic}")).then_some(user)
+    };
+    matches(ADMIN)
+        .or_else(|| matches(USER))
+        .map(Some)
+        .ok_or_else(|| Status::unauthenticated("bad credentials"))
+}
+
+/// `user:password` in base64, as HTTP Basic sends it.
+fn base64_basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
 
 /// The server's default `MaxAppendSize` (up to 24.10 / KurrentDB 25.0).
 pub const DEFAULT_MAX_APPEND_BYTES: u64 = 1024 * 1024;
@@ -261,7 +293,12 @@ impl EsdbDouble {
 
     /// A connection string for the adapter / the service.
     pub fn url(&self) -> String {
-        format!("esdb://{}?tls=false", self.addr)
+        self.url_as(ADMIN.0, ADMIN.1)
+    }
+
+    /// A connection string that signs in as `user` (see [`ADMIN`], [`USER`]).
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("esdb://{user}:{password}@{}?tls=false", self.addr)
     }
 
     /// Kills every connection and subscription, stays down for `down_for`,
@@ -565,6 +602,7 @@ impl sp::streams_server::Streams for Double {
 
     async fn read(&self, request: Request<sp::ReadReq>) -> Result<Response<ReadStreamOut>, Status> {
         use sp::read_req::options::{CountOption, StreamOption};
+        let user = signed_in(&request)?;
         let options = request
             .into_inner()
             .options
@@ -574,6 +612,14 @@ impl sp::streams_server::Streams for Double {
             Some(sp::read_req::options::uuid_option::Content::Structured(_))
         );
         let backwards = options.read_direction == 1;
+        // `$all` is readable by `$admins` only, as the server's default ACL.
+        if matches!(options.stream_option, Some(StreamOption::All(_))) && user != Some(ADMIN.0) {
+            let mut status = Status::permission_denied("Access denied.");
+            status
+                .metadata_mut()
+                .insert("exception", "access-denied".parse().unwrap());
+            return Err(status);
+        }
         let filter = AllFilter::from_options(options.filter_option)?;
         let (sender, receiver) = mpsc::channel(256);
         match options.count_option {

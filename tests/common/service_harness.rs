@@ -80,6 +80,25 @@ impl Service {
             .unwrap()
     }
 
+    /// Waits (up to `limit`) for the service to exit by itself; returns its
+    /// status and log.
+    pub fn wait_for_exit(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The log reader thread may still be draining stderr.
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, self.log.lock().unwrap().clone());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {limit:?}: {}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
