@@ -132,6 +132,43 @@ async fn an_aborted_append_that_was_written_is_retried_and_lands_once() {
     assert_eq!(ids, [1, 2, 3]);
 }
 
+/// The hard case of EventStoreDB idempotency: an `Any` append is written,
+/// answered `Aborted`, the leader's id cache is lost meanwhile, and the
+/// stream's `$maxCount` hides the first event of the batch from a tail
+/// read. The retry must still not write the batch twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_any_append_is_not_duplicated_after_the_id_cache_is_lost() {
+    let double = EsdbDouble::start();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    store
+        .set_stream_metadata(
+            "h",
+            prjmanager::store::StreamMetadata {
+                max_count: Some(1),
+                truncate_before: None,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .append("h", ExpectedRevision::Any, vec![event(1)])
+        .await
+        .unwrap();
+    double.abort_and_evict_after_next_append(1);
+    let result = store
+        .append("h", ExpectedRevision::Any, vec![event(2), event(3)])
+        .await
+        .unwrap();
+    assert_eq!(result.next_revision, 2);
+    let ids: Vec<u128> = double
+        .log()
+        .iter()
+        .filter(|r| r.stream == "h")
+        .map(|r| r.id.as_u128())
+        .collect();
+    assert_eq!(ids, [1, 2, 3], "written once each");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_whose_first_connection_failed_is_rebuilt() {
     // A port with nothing on it yet.

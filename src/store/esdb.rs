@@ -93,6 +93,10 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest back-off between attempts (and between resubscriptions).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// How many times an `Any` append is pinned anew to the stream's head when
+/// other writers keep moving it.
+const MAX_REPINS: u32 = 64;
+
 /// How many streams' id indexes are kept before all are dropped (they are
 /// rebuilt from reads on demand).
 const MAX_INDEXED_STREAMS: usize = 65_536;
@@ -475,6 +479,10 @@ impl EventStore for EsdbStore {
             })
             .collect();
         let mut attempt = 0;
+        let mut repins = 0;
+        // The revision the server is asked to append at, fixed across the
+        // retries of one try (see `append_once`).
+        let mut pinned = None;
         loop {
             let (generation, client) = self.client()?;
             match Self::append_once(
@@ -484,11 +492,20 @@ impl EventStore for EsdbStore {
                 &events,
                 &data,
                 &mut index,
+                &mut pinned,
             )
             .await
             {
-                Ok(result) => return Ok(result),
+                Ok(Some(result)) => return Ok(result),
                 Err(Attempt::Store(err)) => return Err(err),
+                Ok(None) => {
+                    repins += 1;
+                    if repins > MAX_REPINS {
+                        return Err(StoreError::Unavailable(format!(
+                            "stream {stream:?} kept changing under {MAX_REPINS} tries to append"
+                        )));
+                    }
+                }
                 Err(Attempt::Client(err)) => {
                     self.after_failure("append", err, generation, &mut attempt)
                         .await?
@@ -772,6 +789,15 @@ impl EsdbStore {
     /// One append attempt: catch the id index up with the stream, check the
     /// batch against it (a retry of a batch already written answers from the
     /// index), then append with the caller's expected revision.
+    ///
+    /// The server checks a retried batch's ids durably only under an exact
+    /// expected revision (`Any`/`StreamExists` are checked against a cache
+    /// that a restart or a new leader empties). So the first try pins the
+    /// revision to append at (the caller's, or for `Any`/`StreamExists` the
+    /// stream's head), and every retry of it asks for the same: a batch that
+    /// landed is recognised by the server even when a tail read cannot see
+    /// it (hidden by `$maxCount`). If another writer moved the stream, the
+    /// ids are checked again and the append is pinned anew (`Ok(None)`).
     async fn append_once(
         client: &Client,
         stream: &str,
@@ -779,29 +805,52 @@ impl EsdbStore {
         events: &[NewEvent],
         data: &[EventData],
         index: &mut IdIndex,
-    ) -> Result<AppendResult, Attempt> {
+        pinned: &mut Option<ExpectedRevision>,
+    ) -> Result<Option<AppendResult>, Attempt> {
         Self::refresh(client, stream, index).await?;
-        let check = check_append_with(stream, expected_revision, &*index, events)
-            .map_err(Attempt::Store)?;
-        if let Some(start) = check {
-            let last = start + events.len() as u64 - 1;
-            if let Some(position) = index.position_at(last) {
-                return Ok(AppendResult {
-                    next_revision: last,
-                    position,
-                });
+        let server_expected = match *pinned {
+            Some(pinned) => pinned,
+            None => {
+                let check = check_append_with(stream, expected_revision, &*index, events)
+                    .map_err(Attempt::Store)?;
+                if let Some(start) = check {
+                    let last = start + events.len() as u64 - 1;
+                    if let Some(position) = index.position_at(last) {
+                        return Ok(Some(AppendResult {
+                            next_revision: last,
+                            position,
+                        }));
+                    }
+                }
+                let at = match (expected_revision, index.last) {
+                    (ExpectedRevision::Any | ExpectedRevision::StreamExists, Some(last)) => {
+                        ExpectedRevision::Exact(last)
+                    }
+                    (ExpectedRevision::Any, None) => ExpectedRevision::NoStream,
+                    (other, _) => other,
+                };
+                *pinned = Some(at);
+                at
             }
-        }
+        };
         let options = eventstore::AppendToStreamOptions::default()
-            .expected_revision(expected(expected_revision));
+            .expected_revision(expected(server_expected));
         match client
             .append_to_stream(stream, &options, data.to_vec())
             .await
         {
-            Ok(written) => Ok(AppendResult {
+            Ok(written) => Ok(Some(AppendResult {
                 next_revision: written.next_expected_version,
                 position: our_position(written.position.commit),
-            }),
+            })),
+            Err(eventstore::Error::WrongExpectedVersion { .. })
+                if server_expected != expected_revision =>
+            {
+                // Only our pin failed: another writer appended meanwhile;
+                // `None` asks for a new try (ids checked again, pinned anew).
+                *pinned = None;
+                Ok(None)
+            }
             Err(eventstore::Error::WrongExpectedVersion { current, .. }) => {
                 Err(Attempt::Store(StoreError::WrongExpectedVersion {
                     stream: stream.to_string(),

@@ -118,6 +118,11 @@ fn base64_basic(user: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
 
+/// How many recent event ids the idempotency cache keeps (the server keeps
+/// about 8 MiB worth; a test evicts it with
+/// [`EsdbDouble::evict_idempotency_cache`]).
+pub const RECENT_IDS_CAPACITY: usize = 100_000;
+
 /// The server's default `MaxAppendSize` (up to 24.10 / KurrentDB 25.0).
 pub const DEFAULT_MAX_APPEND_BYTES: u64 = 1024 * 1024;
 
@@ -216,6 +221,12 @@ struct Shared {
     drop_after_append: AtomicU32,
     fail_appends: AtomicU32,
     abort_after_append: AtomicU32,
+    /// Evict the idempotency cache when an append is aborted (a leader
+    /// change or restart at the commit timeout).
+    evict_on_abort: std::sync::atomic::AtomicBool,
+    /// The leader's in-memory cache of recent event ids, oldest first: the
+    /// only idempotency check for `Any`/`StreamExists` appends.
+    recent_ids: Mutex<std::collections::VecDeque<::uuid::Uuid>>,
     /// The largest append accepted (bytes of data and metadata).
     max_append_bytes: AtomicU64,
     append_calls: AtomicU64,
@@ -249,6 +260,8 @@ impl EsdbDouble {
             drop_after_append: AtomicU32::new(0),
             fail_appends: AtomicU32::new(0),
             abort_after_append: AtomicU32::new(0),
+            evict_on_abort: std::sync::atomic::AtomicBool::new(false),
+            recent_ids: Mutex::new(std::collections::VecDeque::new()),
             max_append_bytes: AtomicU64::new(DEFAULT_MAX_APPEND_BYTES),
             append_calls: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
@@ -327,6 +340,18 @@ impl EsdbDouble {
     /// server's commit timeout: the outcome is unknown to the client).
     pub fn abort_after_next_append(&self, n: u32) {
         self.shared.abort_after_append.store(n, Ordering::SeqCst);
+    }
+
+    /// As [`Self::abort_after_next_append`], and the idempotency cache is
+    /// emptied too (the leader changed or restarted meanwhile).
+    pub fn abort_and_evict_after_next_append(&self, n: u32) {
+        self.shared.evict_on_abort.store(true, Ordering::SeqCst);
+        self.abort_after_next_append(n);
+    }
+
+    /// Empties the idempotency cache (as a new leader or a restart does).
+    pub fn evict_idempotency_cache(&self) {
+        self.shared.recent_ids.lock().unwrap().clear();
     }
 
     /// The next `n` appends are committed, then the server restarts before
@@ -688,6 +713,9 @@ impl sp::streams_server::Streams for Double {
             .is_ok()
         {
             // Written, but the commit was not acknowledged in time.
+            if self.shared.evict_on_abort.swap(false, Ordering::SeqCst) {
+                self.shared.recent_ids.lock().unwrap().clear();
+            }
             return Err(Status::aborted("operation timed out"));
         }
         if self
@@ -943,8 +971,13 @@ impl Double {
                     .iter()
                     .zip(start..)
                     .all(|(id, r)| r <= last && log.event(stream, r).id == *id);
+                // `Exact`/`NoStream` are checked against the stream itself
+                // (durable); `Any`/`StreamExists` only against the cache.
                 let consistent = match expected {
-                    Expected::Any | Expected::StreamExists => true,
+                    Expected::Any | Expected::StreamExists => {
+                        let recent = self.shared.recent_ids.lock().unwrap();
+                        ids.iter().all(|id| recent.contains(id))
+                    }
                     Expected::NoStream => start == 0,
                     Expected::Exact(n) => start > 0 && n == start - 1,
                 };
@@ -1006,6 +1039,15 @@ impl Double {
                 .indexes
                 .push(commit as usize);
             written.push(rec);
+        }
+        {
+            let mut recent = self.shared.recent_ids.lock().unwrap();
+            for rec in &written {
+                if recent.len() == RECENT_IDS_CAPACITY {
+                    recent.pop_front();
+                }
+                recent.push_back(rec.id);
+            }
         }
         for rec in &written {
             let _ = self.shared.live.send(rec.clone());
