@@ -49,6 +49,16 @@ async fn take(subscription: &mut Subscription, count: usize) -> Vec<RecordedEven
     received
 }
 
+/// The ids of a stream's events in the double's log, in order.
+fn ids_in(double: &EsdbDouble, stream: &str) -> Vec<u128> {
+    double
+        .log()
+        .iter()
+        .filter(|r| r.stream == stream)
+        .map(|r| r.id.as_u128())
+        .collect()
+}
+
 fn assert_unique_ids(events: &[RecordedEvent]) {
     let ids: HashSet<Uuid> = events.iter().map(|e| e.id).collect();
     assert_eq!(ids.len(), events.len(), "an event id appears twice");
@@ -123,13 +133,7 @@ async fn an_aborted_append_that_was_written_is_retried_and_lands_once() {
         .await
         .unwrap();
     assert_eq!(result.next_revision, 2);
-    let ids: Vec<u128> = double
-        .log()
-        .iter()
-        .filter(|r| r.stream == "a")
-        .map(|r| r.id.as_u128())
-        .collect();
-    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(ids_in(&double, "a"), [1, 2, 3]);
 }
 
 /// The hard case of EventStoreDB idempotency: an `Any` append is written,
@@ -160,13 +164,7 @@ async fn a_retried_any_append_is_not_duplicated_after_the_id_cache_is_lost() {
         .await
         .unwrap();
     assert_eq!(result.next_revision, 2);
-    let ids: Vec<u128> = double
-        .log()
-        .iter()
-        .filter(|r| r.stream == "h")
-        .map(|r| r.id.as_u128())
-        .collect();
-    assert_eq!(ids, [1, 2, 3], "written once each");
+    assert_eq!(ids_in(&double, "h"), [1, 2, 3], "written once each");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

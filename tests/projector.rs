@@ -21,51 +21,86 @@ fn config() -> proto::ProjectConfig {
     ConfigBuilder::new("h1", 1).group("main", |g| g).build()
 }
 
-/// Runs a projector without its own scheduler and appends `markers`
-/// markers through it, one second apart; returns the store.
-async fn project_with_markers(markers: i64) -> MemoryStore {
-    let store = MemoryStore::new();
-    let notifier = Notifier::new(store.clone(), "test");
-    notifier.update_config("snap", config()).await.unwrap();
-    let (handle, requests) = projector::channel();
-    let (stop, stopped) = watch::channel(false);
-    let config = ProjectorConfig {
-        schedule_markers: false,
-        ..ProjectorConfig::default()
-    };
-    let (status, _) = watch::channel(projector::Status::Starting);
-    let task = tokio::spawn(projector::supervise(
-        store.clone(),
-        config,
-        requests,
-        stopped,
-        status,
-    ));
-    for i in 0..markers {
+/// A supervised projector without its own scheduler: markers come from
+/// [`Running::marker`].
+struct Running {
+    handle: projector::ProjectorHandle,
+    stop: watch::Sender<bool>,
+    status: watch::Receiver<projector::Status>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Running {
+    fn start<S: EventStore>(store: S) -> Self {
+        let (handle, requests) = projector::channel();
+        let (stop, stopped) = watch::channel(false);
+        let (status_sender, status) = watch::channel(projector::Status::Starting);
+        let config = ProjectorConfig {
+            schedule_markers: false,
+            ..ProjectorConfig::default()
+        };
+        let task = tokio::spawn(projector::supervise(
+            store,
+            config,
+            requests,
+            stopped,
+            status_sender,
+        ));
+        Self {
+            handle,
+            stop,
+            status,
+            task,
+        }
+    }
+
+    /// Appends the project's `i`-th marker (its clock `i` seconds after a
+    /// fixed start), once the projector has folded the previous one.
+    async fn marker(&self, project: &str, i: i64) {
         let now = Timestamp {
             seconds: 1_700_000_000 + i,
             nanos: 0,
         };
-        // The projector must have folded the previous marker first.
         loop {
-            match handle.evaluate("snap", Some(now)).await {
-                Ok(_) => break,
+            match self.handle.evaluate(project, Some(now)).await {
+                Ok(_) => return,
+                Err(projector::AskError::Quarantined { reason, .. }) => {
+                    panic!("quarantined: {reason}")
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         }
+    }
+
+    /// Waits until the project's state has folded `eversion`.
+    async fn folded(&self, project: &str, eversion: i64) {
+        while self.handle.state(project).await.unwrap().unwrap().eversion != eversion {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the projector; it must stop cleanly.
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Runs a projector and appends `markers` markers through it, one second
+/// apart (with a poke every seventh); returns the store.
+async fn project_with_markers(markers: i64) -> MemoryStore {
+    let store = MemoryStore::new();
+    let notifier = Notifier::new(store.clone(), "test");
+    notifier.update_config("snap", config()).await.unwrap();
+    let running = Running::start(store.clone());
+    for i in 0..markers {
+        running.marker("snap", i).await;
         if i % 7 == 0 {
             notifier.poke("snap").await.unwrap();
         }
     }
-    loop {
-        let state = handle.state("snap").await.unwrap().unwrap();
-        if state.eversion == markers {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stop.send(true).unwrap();
-    task.await.unwrap().unwrap();
+    running.folded("snap", markers).await;
+    running.stop().await;
     store
 }
 
@@ -323,23 +358,10 @@ async fn a_panicking_projector_is_restarted_by_its_supervisor() {
         .update_config("p", config())
         .await
         .unwrap();
-    let store = Faulty::new(inner, 2, None);
-    let (handle, requests) = projector::channel();
-    let (stop, stopped) = watch::channel(false);
-    let (status_sender, mut status) = watch::channel(projector::Status::Starting);
-    let config = ProjectorConfig {
-        schedule_markers: false,
-        // The default backoff (0.2 s, then 0.4 s) keeps each `Restarting`
-        // status long enough for this test to see it.
-        ..ProjectorConfig::default()
-    };
-    let task = tokio::spawn(projector::supervise(
-        store.clone(),
-        config,
-        requests,
-        stopped,
-        status_sender,
-    ));
+    // The default backoff (0.2 s, then 0.4 s) keeps each `Restarting`
+    // status long enough for this test to see it.
+    let mut running = Running::start(Faulty::new(inner, 2, None));
+    let status = &mut running.status;
     let mut seen = Vec::new();
     loop {
         let now = status.borrow_and_update().clone();
@@ -361,14 +383,11 @@ async fn a_panicking_projector_is_restarted_by_its_supervisor() {
         )),
         "{seen:?}"
     );
-    let now = Timestamp {
-        seconds: 1_700_000_000,
-        nanos: 0,
-    };
-    handle.evaluate("p", Some(now)).await.unwrap();
-    stop.send(true).unwrap();
-    task.await.unwrap().unwrap();
-    assert_eq!(*status.borrow(), projector::Status::Stopped);
+    running.marker("p", 0).await;
+    running.folded("p", 1).await;
+    let mut status = running.status.clone();
+    running.stop().await;
+    assert_eq!(*status.borrow_and_update(), projector::Status::Stopped);
 }
 
 /// A snapshot the store refuses (EventStoreDB's append size limit) is
@@ -381,47 +400,14 @@ async fn a_refused_snapshot_is_skipped_not_a_quarantine() {
         .update_config("big", config())
         .await
         .unwrap();
-    let store = Faulty::new(inner.clone(), 0, Some("projectsnapshot-"));
-    let (handle, requests) = projector::channel();
-    let (stop, stopped) = watch::channel(false);
-    let (status, _) = watch::channel(projector::Status::Starting);
-    let config = ProjectorConfig {
-        schedule_markers: false,
-        ..ProjectorConfig::default()
-    };
-    let task = tokio::spawn(projector::supervise(
-        store.clone(),
-        config,
-        requests,
-        stopped,
-        status,
-    ));
+    let running = Running::start(Faulty::new(inner.clone(), 0, Some("projectsnapshot-")));
     let markers = 105;
     for i in 0..markers {
-        let now = Timestamp {
-            seconds: 1_700_000_000 + i,
-            nanos: 0,
-        };
-        loop {
-            match handle.evaluate("big", Some(now)).await {
-                Ok(_) => break,
-                Err(projector::AskError::Quarantined { reason, .. }) => {
-                    panic!("quarantined: {reason}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
-            }
-        }
+        running.marker("big", i).await;
     }
-    loop {
-        let state = handle.state("big").await.unwrap().unwrap();
-        if state.eversion == markers {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(handle.quarantined().await.unwrap().is_empty());
-    stop.send(true).unwrap();
-    task.await.unwrap().unwrap();
+    running.folded("big", markers).await;
+    assert!(running.handle.quarantined().await.unwrap().is_empty());
+    running.stop().await;
     let snapshots = inner
         .read_stream(
             &snapshot_stream("big"),
