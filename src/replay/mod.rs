@@ -210,7 +210,7 @@ pub async fn read_stream<S: EventStore>(
 }
 
 /// One folded marker: the batch it closed and what it produced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Step<'a> {
     /// The input events of the batch (between the previous marker and this one).
     pub inputs: &'a [RecordedEvent],
@@ -484,6 +484,15 @@ fn marker_json(eversion: i64, digest: &[u8]) -> Result<Value, ReplayError> {
 /// `verify`: folds every eversion and compares every marker digest, stored
 /// `ProjectLog` and stored snapshot with the recomputed one.
 pub async fn verify(opened: &Opened) -> Result<VerifyReport, ReplayError> {
+    verify_with(opened, |_| Ok(())).await
+}
+
+/// [`verify`], calling `visit` with every folded marker too (in the same
+/// fold, so a caller that needs every eversion does not fold twice).
+pub async fn verify_with(
+    opened: &Opened,
+    mut visit: impl FnMut(Step<'_>) -> Result<(), ReplayError>,
+) -> Result<VerifyReport, ReplayError> {
     let events = read_stream(&opened.store, &project_stream(&opened.project)).await?;
     let mut warnings = Vec::new();
     let mut stored_logs: BTreeMap<i64, (u64, proto::ProjectLog)> = BTreeMap::new();
@@ -514,6 +523,7 @@ pub async fn verify(opened: &Opened) -> Result<VerifyReport, ReplayError> {
     let mut eversions = 0;
     let bar = events_bar(events.len() as u64, "verify");
     fold_events(opened, &events, &bar, |step| {
+        visit(step)?;
         let evaluation = &step.outcome.evaluation;
         let eversion = evaluation.eversion;
         eversions = eversion;

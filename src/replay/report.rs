@@ -12,10 +12,7 @@ use serde_json::Value;
 
 use super::diff::diff;
 use super::path::StatePath;
-use super::{
-    events_bar, json_of, project_stream, read_stream, state_document, summarize, verify, Opened,
-    ReplayError,
-};
+use super::{json_of, state_document, summarize, verify_with, Opened, ReplayError};
 use crate::proto::ProjectState;
 use crate::read::action_line;
 
@@ -162,34 +159,13 @@ fn input_json(input: super::InputSummary) -> Value {
 
 /// Builds the report of `opened` as one HTML page.
 pub async fn report(opened: &Opened, options: &ReportOptions) -> Result<String, ReplayError> {
-    let events = read_stream(&opened.store, &project_stream(&opened.project)).await?;
-    let verified = verify(opened).await?;
-    let last_eversion = verified.eversions;
     let from = options.from.unwrap_or(1).max(1);
-    let to = options.to.unwrap_or(last_eversion);
-    if from > to || to > last_eversion {
+    let to = options.to.unwrap_or(i64::MAX);
+    if from > to {
         return Err(ReplayError::BadInput(format!(
-            "the range {from}..={to} is not within the stream's eversions 1..={last_eversion}"
+            "the range {from}..={to} is empty"
         )));
     }
-    let (verify_ok, verify_text) = match &verified.divergence {
-        None => (
-            true,
-            format!("OK: all {last_eversion} eversions agree with their markers, stored logs and snapshots"),
-        ),
-        Some(d) if d.eversion < from || d.eversion > to => (
-            false,
-            format!(
-                "DIVERGENCE outside the range, at eversion {} ({}); the range itself was not reached or agrees",
-                d.eversion, d.what
-            ),
-        ),
-        Some(d) => (
-            false,
-            format!("DIVERGENCE at eversion {}: {}", d.eversion, d.what),
-        ),
-    };
-
     let mut shown = Vec::new();
     let mut rows: BTreeMap<i64, String> = BTreeMap::new();
     let mut runs: BTreeMap<String, RunBar> = BTreeMap::new();
@@ -197,8 +173,8 @@ pub async fn report(opened: &Opened, options: &ReportOptions) -> Result<String, 
     let mut previous_blamed: Option<Value> = None;
     let mut first_revision = None;
     let mut last_revision = 0;
-    let bar = events_bar(events.len() as u64, "report");
-    super::fold_events(opened, &events, &bar, |step| {
+    // One fold: verify's checks and the report's data.
+    let verified = verify_with(opened, |step| {
         let eversion = step.outcome.evaluation.eversion;
         if eversion < from - 1 || eversion > to {
             return Ok(());
@@ -302,7 +278,33 @@ pub async fn report(opened: &Opened, options: &ReportOptions) -> Result<String, 
         previous_document = Some(document);
         previous_blamed = blamed_value;
         Ok(())
-    })?;
+    })
+    .await?;
+    let last_eversion = verified.eversions;
+    if options.to.is_some_and(|to| to > last_eversion) || from > last_eversion {
+        return Err(ReplayError::BadInput(format!(
+            "the range {from}..={} is not within the stream's eversions 1..={last_eversion}",
+            options.to.unwrap_or(last_eversion)
+        )));
+    }
+    let to = to.min(last_eversion);
+    let (verify_ok, verify_text) = match &verified.divergence {
+        None => (
+            true,
+            format!("OK: all {last_eversion} eversions agree with their markers, stored logs and snapshots"),
+        ),
+        Some(d) if d.eversion < from || d.eversion > to => (
+            false,
+            format!(
+                "DIVERGENCE outside the range, at eversion {} ({}); the range itself was not reached or agrees",
+                d.eversion, d.what
+            ),
+        ),
+        Some(d) => (
+            false,
+            format!("DIVERGENCE at eversion {}: {}", d.eversion, d.what),
+        ),
+    };
     let mut runs: Vec<RunBar> = runs.into_values().collect();
     runs.sort_by(|a, b| (a.first, &a.id).cmp(&(b.first, &b.id)));
     let data = ReportData {

@@ -83,9 +83,14 @@ fn ask_status(err: AskError) -> Status {
 /// `page_token`), in the message and as a `google.rpc.BadRequest` field
 /// violation.
 fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
+    violation(tonic::Code::InvalidArgument, field, problem)
+}
+
+/// A status with `code` naming the request field, as [`invalid`] does.
+fn violation(code: tonic::Code, field: &str, problem: impl std::fmt::Display) -> Status {
     let description = problem.to_string();
     Status::with_error_details(
-        tonic::Code::InvalidArgument,
+        code,
         format!("invalid {field}: {description}"),
         ErrorDetails::with_bad_request_violation(field, description),
     )
@@ -118,14 +123,11 @@ impl EventAt {
 
 fn notify_status(err: NotifyError, at: EventAt) -> Status {
     match err {
-        NotifyError::Invalid(e) if e.over_size => {
-            let field = at.path(&e.field);
-            Status::with_error_details(
-                tonic::Code::ResourceExhausted,
-                format!("invalid {field}: {}", e.message),
-                ErrorDetails::with_bad_request_violation(field, e.message),
-            )
-        }
+        NotifyError::Invalid(e) if e.over_size => violation(
+            tonic::Code::ResourceExhausted,
+            &at.path(&e.field),
+            &e.message,
+        ),
         NotifyError::Invalid(e) => invalid(&at.path(&e.field), &e.message),
         NotifyError::UnknownProject(_) => Status::failed_precondition(err.to_string()),
         NotifyError::Store(e) => store_status(e),
