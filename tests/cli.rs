@@ -612,6 +612,7 @@ fn out_of_range_values_in_a_stored_stream_are_errors_not_panics() {
     assert!(out.status.success(), "{}", stderr(&out));
 
     let store = env.store();
+    let partial = env.dir.path().join("far.jsonl");
     let replay = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_pm-replay"))
             .args(args)
@@ -624,6 +625,10 @@ fn out_of_range_values_in_a_stored_stream_are_errors_not_panics() {
     let failing = [
         ("events", env.run(&["events", "far"])),
         ("export", env.run(&["export", "far", "-o", "-"])),
+        (
+            "export to a file",
+            env.run(&["export", "far", "-o", partial.to_str().unwrap()]),
+        ),
         (
             "pm-replay diff",
             replay(&["diff", "--from", "0", "--to", "1"]),
@@ -639,6 +644,12 @@ fn out_of_range_values_in_a_stored_stream_are_errors_not_panics() {
         assert!(text.contains("1000000000000000s"), "{what}: {text}");
         assert!(text.contains("is outside"), "{what}: {text}");
     }
+    // A failed export leaves no partial file, and `-o -` is stdout, not a file.
+    assert!(!partial.exists(), "a failed export left {partial:?}");
+    assert!(
+        !std::path::Path::new("-").exists(),
+        "`-o -` wrote a file named -"
+    );
     let working = [
         ("state", env.run(&["state", "far"])),
         (

@@ -187,7 +187,8 @@ pub enum Command {
         /// Stop after this revision.
         #[arg(long)]
         to_revision: Option<u64>,
-        /// Write to this file instead of stdout.
+        /// Write to this file instead of stdout (`-` is stdout). The file
+        /// appears only once every event is written.
         #[arg(long, short)]
         output: Option<PathBuf>,
     },

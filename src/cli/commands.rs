@@ -3,7 +3,7 @@
 //! reads go through [`crate::read`].
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
 
@@ -227,8 +227,22 @@ pub async fn export(
     let stream = project_stream(project);
     let head = store.stream_revision(&stream).await?.unwrap_or(0);
     let last = to_revision.map_or(head, |r| r.min(head));
-    let mut out: Box<dyn Write> = match &output {
-        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+    // A file is written beside its destination and renamed into place only
+    // when every event was written: a failed export leaves no partial file.
+    let file = match output.as_deref() {
+        Some(path) if path != Path::new("-") => {
+            let dir = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            };
+            let temp = tempfile::NamedTempFile::new_in(dir)
+                .map_err(|e| CliError::BadInput(format!("cannot write {}: {e}", path.display())))?;
+            Some((temp, path))
+        }
+        _ => None,
+    };
+    let mut out: Box<dyn Write> = match &file {
+        Some((temp, _)) => Box::new(std::io::BufWriter::new(temp.as_file())),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     jsonl::write_header(&mut out, project)?;
@@ -236,6 +250,12 @@ pub async fn export(
     write_events(&store, &stream, 0, last, &mut out, &bar).await?;
     bar.finish_and_clear();
     out.flush()?;
+    drop(out);
+    if let Some((temp, path)) = file {
+        temp.persist(path).map_err(|e| {
+            CliError::BadInput(format!("cannot write {}: {}", path.display(), e.error))
+        })?;
+    }
     Ok(())
 }
 
