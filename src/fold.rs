@@ -7,18 +7,15 @@
 //! encoding the state for its digest); the decisions are all in
 //! [`crate::domain`].
 
-use prost::Message;
-
 use crate::domain::{self, Evaluation, FoldError};
 use crate::events;
 use crate::proto::{input_event::Event, Evaluated, ProjectState, Timestamp};
 use crate::store::RecordedEvent;
 use crate::streams::project_stream;
 
-/// The `state_digest` of a state: BLAKE3 of prost's encoding of the `ProjectState`.
-pub fn state_digest(state: &ProjectState) -> Vec<u8> {
-    blake3::hash(&state.encode_to_vec()).as_bytes().to_vec()
-}
+mod digest;
+
+pub use digest::{digest_matches, state_digest, DigestVersion, Digester};
 
 /// The revision the fold expects next: 0 for a state that folded nothing,
 /// else the revision after the last one folded.
@@ -81,14 +78,19 @@ pub struct PreparedMarker {
 
 /// Runs the invocation of a marker at `now` on a copy of `state`, as folding
 /// that marker at the state's next revision will.
-pub fn prepare_marker(state: &ProjectState, now: Timestamp) -> PreparedMarker {
+pub fn prepare_marker(
+    state: &ProjectState,
+    now: Timestamp,
+    digester: &mut Digester,
+) -> PreparedMarker {
     let revision = next_revision(state);
     let mut next = state.clone();
     let evaluation = domain::evaluate(&mut next, revision, now);
+    digester.marker_run(revision);
     let marker = Evaluated {
         now: Some(now),
         eversion: evaluation.eversion,
-        state_digest: state_digest(&next),
+        state_digest: digester.digest(&next),
     };
     PreparedMarker {
         revision,
@@ -101,14 +103,18 @@ pub fn prepare_marker(state: &ProjectState, now: Timestamp) -> PreparedMarker {
 /// Folds one stored event of the project's stream into `state`.
 ///
 /// Returns `Ok(None)` for an input event and the outcome for a marker. A
-/// marker whose eversion and digest are unset (0 and empty) is filled in; a
-/// marker that disagrees is a divergence, reported in the outcome, not an
-/// error.
+/// marker whose eversion and digest are unset (0 and empty) is filled in
+/// (with the current digest version); a marker that disagrees is a
+/// divergence, reported in the outcome, not an error. A recorded digest is
+/// checked in the version it carries. `digester` keeps the per-entity hashes
+/// of the last state it digested: the same one should follow a state from
+/// marker to marker.
 pub fn apply_recorded(
     state: &mut ProjectState,
     event: &RecordedEvent,
+    digester: &mut Digester,
 ) -> Result<Option<FoldOutcome>, FoldError> {
-    apply_recorded_prepared(state, event, None)
+    apply_recorded_prepared(state, event, None, digester)
 }
 
 /// [`apply_recorded`], adopting a marker prepared ahead instead of evaluating
@@ -125,6 +131,7 @@ pub fn apply_recorded_prepared(
     state: &mut ProjectState,
     event: &RecordedEvent,
     prepared: Option<PreparedMarker>,
+    digester: &mut Digester,
 ) -> Result<Option<FoldOutcome>, FoldError> {
     let revision = event.revision;
     let stream = project_stream(&state.luci_project);
@@ -149,6 +156,7 @@ pub fn apply_recorded_prepared(
         })?;
     let Event::Evaluated(recorded) = decoded else {
         domain::apply_event(state, revision, &decoded)?;
+        digester.input_recorded(state, revision, &decoded);
         return Ok(None);
     };
     if let Some(prepared) = prepared.filter(|p| {
@@ -168,7 +176,12 @@ pub fn apply_recorded_prepared(
         .now
         .ok_or(FoldError::MarkerWithoutNow { revision })?;
     let evaluation = domain::evaluate(state, revision, now);
-    let digest = state_digest(state);
+    digester.marker_run(revision);
+    let version = match recorded.state_digest.as_slice() {
+        [] => digest::CURRENT,
+        recorded => DigestVersion::of(recorded).unwrap_or(digest::CURRENT),
+    };
+    let digest = digester.digest_as(state, version);
     let filled = recorded.eversion == 0 && recorded.state_digest.is_empty();
     let eversion_differs = recorded.eversion != 0 && recorded.eversion != evaluation.eversion;
     let digest_differs = !recorded.state_digest.is_empty() && recorded.state_digest != digest;

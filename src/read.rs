@@ -156,7 +156,8 @@ pub async fn newest_snapshot<S: EventStore>(
                 ));
                 continue;
             };
-            if state.luci_project != project || fold::state_digest(state) != snapshot.state_digest {
+            if state.luci_project != project || !fold::digest_matches(state, &snapshot.state_digest)
+            {
                 warnings.push(format!(
                     "{stream} revision {}: snapshot of eversion {} does not match its digest; skipped",
                     record.revision, snapshot.eversion
@@ -184,6 +185,7 @@ pub async fn load<S: EventStore>(
         .and_then(|s| s.state)
         .unwrap_or_else(|| domain::new_project(project));
     let mut last_outcome = None;
+    let mut digester = fold::Digester::default();
     let stream = project_stream(project);
     let done = |state: &ProjectState, last: Option<u64>| match target {
         Target::Latest => false,
@@ -205,9 +207,11 @@ pub async fn load<S: EventStore>(
             }
             for record in &page {
                 let outcome =
-                    fold::apply_recorded(&mut state, record).map_err(|source| LoadError::Fold {
-                        project: project.to_string(),
-                        source,
+                    fold::apply_recorded(&mut state, record, &mut digester).map_err(|source| {
+                        LoadError::Fold {
+                            project: project.to_string(),
+                            source,
+                        }
                     })?;
                 if outcome.is_some() {
                     last_outcome = outcome;

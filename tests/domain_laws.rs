@@ -38,6 +38,10 @@ fn ts(seconds: i64) -> Timestamp {
 
 const TRIAGERS: [TriageFn; 2] = [domain::TRIAGER, chaos];
 
+fn always_fails(_: &Component, _: &PmView<'_>) -> Result<TriageResult, TriageError> {
+    Err(TriageError::Bug("always".into()))
+}
+
 fn chaos(c: &Component, view: &PmView<'_>) -> Result<TriageResult, TriageError> {
     let seed = c.clids.iter().sum::<i64>() + view.now.seconds / 60;
     let mut result = TriageResult {
@@ -382,6 +386,40 @@ fn fold_from(
     (state, evaluations)
 }
 
+/// The version 2 state digest as `src/fold/digest.rs` defines it, computed
+/// the plain way: the state with its four lists emptied, then each list's
+/// length and entity hashes.
+fn digest_v2_by_definition(state: &proto::ProjectState) -> Vec<u8> {
+    let mut rest = state.clone();
+    let cls = std::mem::take(&mut rest.cls);
+    let runs = std::mem::take(&mut rest.runs);
+    let (pcls, components) = match rest.pstate.as_mut() {
+        Some(p) => (
+            std::mem::take(&mut p.pcls),
+            std::mem::take(&mut p.components),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"prjmanager state digest v2\0");
+    let rest = rest.encode_to_vec();
+    hasher.update(&(rest.len() as u64).to_le_bytes());
+    hasher.update(&rest);
+    fn list<T: Message>(hasher: &mut blake3::Hasher, entities: &[T]) {
+        hasher.update(&(entities.len() as u64).to_le_bytes());
+        for entity in entities {
+            hasher.update(blake3::hash(&entity.encode_to_vec()).as_bytes());
+        }
+    }
+    list(&mut hasher, &cls);
+    list(&mut hasher, &runs);
+    list(&mut hasher, &pcls);
+    list(&mut hasher, &components);
+    let mut digest = vec![2];
+    digest.extend_from_slice(hasher.finalize().as_bytes());
+    digest
+}
+
 fn recorded(revision: u64, event: &Event) -> RecordedEvent {
     RecordedEvent {
         stream: prjmanager::streams::project_stream(PROJECT),
@@ -425,6 +463,29 @@ proptest! {
     }
 
     #[test]
+    fn a_failed_invocation_leaves_the_pm_state_as_it_was(steps in steps()) {
+        // At every marker, the same invocation with a triager that always
+        // fails either saves (it repartitioned) or leaves the PState exactly
+        // as loaded, PCLs included (evaluate restores all but the PCLs).
+        let items = materialize(&steps);
+        let mut state = domain::new_project(PROJECT);
+        for (revision, item) in items.iter().enumerate() {
+            let revision = revision as u64;
+            match item {
+                Item::Input(e) => domain::apply_event(&mut state, revision, e).expect("input event"),
+                Item::Marker { now, triager } => {
+                    let mut failing = state.clone();
+                    let evaluation = evaluate_with(&mut failing, revision, *now, always_fails);
+                    if evaluation.trace.iter().any(|t| t.starts_with("invocation failed")) {
+                        prop_assert_eq!(&failing.pstate, &state.pstate);
+                    }
+                    evaluate_with(&mut state, revision, *now, TRIAGERS[*triager]);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn snapshot_plus_tail_equals_full_fold(steps in steps(), cut in any::<proptest::sample::Index>()) {
         let items = materialize(&steps);
         let cut = cut.index(items.len() + 1);
@@ -442,6 +503,7 @@ proptest! {
     fn recorded_markers_are_filled_then_verified(steps in steps()) {
         let items = materialize(&steps);
         let mut state = domain::new_project(PROJECT);
+        let mut digester = fold::Digester::default();
         let mut stored = Vec::new();
         for (revision, item) in items.iter().enumerate() {
             let revision = revision as u64;
@@ -450,22 +512,42 @@ proptest! {
                 Item::Input(e) => e.clone(),
                 Item::Marker { now, .. } => Event::Evaluated(Evaluated { now: Some(*now), ..Default::default() }),
             };
-            let outcome = fold::apply_recorded(&mut state, &recorded(revision, &event)).expect("folds");
+            let outcome = fold::apply_recorded(&mut state, &recorded(revision, &event), &mut digester).expect("folds");
             match outcome {
                 None => stored.push(event),
                 Some(o) => {
                     prop_assert!(o.filled && o.divergence.is_none());
-                    prop_assert_eq!(o.marker.state_digest.clone(), fold::state_digest(&state));
+                    // The digester that followed the fold gives what a
+                    // from-scratch computation and the definition give.
+                    prop_assert_eq!(fold::DigestVersion::of(&o.marker.state_digest), Some(fold::DigestVersion::V2));
+                    prop_assert_eq!(&o.marker.state_digest, &fold::state_digest(&state));
+                    prop_assert_eq!(&o.marker.state_digest, &digest_v2_by_definition(&state));
                     stored.push(Event::Evaluated(o.marker));
                 }
             }
         }
+        // Every other marker is stored with a version 1 digest, as files
+        // recorded before version 2 are: both verify.
+        let mut version_1 = false;
+        let mut replayed = domain::new_project(PROJECT);
+        for (revision, event) in stored.iter_mut().enumerate() {
+            fold::apply_recorded(&mut replayed, &recorded(revision as u64, event), &mut fold::Digester::default()).expect("folds");
+            if let Event::Evaluated(m) = event {
+                version_1 = !version_1;
+                if version_1 {
+                    m.state_digest = blake3::hash(&replayed.encode_to_vec()).as_bytes().to_vec();
+                }
+            }
+        }
         let mut again = domain::new_project(PROJECT);
+        let mut digester = fold::Digester::default();
         let mut tampered_at = None;
         for (revision, event) in stored.iter().enumerate() {
-            let outcome = fold::apply_recorded(&mut again, &recorded(revision as u64, event)).expect("folds");
+            let outcome = fold::apply_recorded(&mut again, &recorded(revision as u64, event), &mut digester).expect("folds");
             if let Some(o) = outcome {
                 prop_assert!(!o.filled && o.divergence.is_none());
+                let Event::Evaluated(m) = event else { unreachable!() };
+                prop_assert_eq!(&o.marker, m);
                 tampered_at.get_or_insert(revision);
             }
         }
@@ -480,7 +562,7 @@ proptest! {
                         m.state_digest = vec![0; 32];
                     }
                 }
-                let outcome = fold::apply_recorded(&mut replay, &recorded(revision as u64, &event)).expect("folds");
+                let outcome = fold::apply_recorded(&mut replay, &recorded(revision as u64, &event), &mut fold::Digester::default()).expect("folds");
                 if revision == at {
                     prop_assert!(outcome.unwrap().divergence.is_some());
                 }
@@ -539,8 +621,9 @@ proptest! {
 #[test]
 fn apply_recorded_rejects_out_of_order_and_foreign_events() {
     let mut state = domain::new_project(PROJECT);
+    let mut digester = fold::Digester::default();
     let poke = Event::Poked(Poked {});
-    let err = fold::apply_recorded(&mut state, &recorded(1, &poke)).unwrap_err();
+    let err = fold::apply_recorded(&mut state, &recorded(1, &poke), &mut digester).unwrap_err();
     assert!(
         matches!(
             err,
@@ -551,8 +634,8 @@ fn apply_recorded_rejects_out_of_order_and_foreign_events() {
         ),
         "{err}"
     );
-    fold::apply_recorded(&mut state, &recorded(0, &poke)).unwrap();
-    let err = fold::apply_recorded(&mut state, &recorded(0, &poke)).unwrap_err();
+    fold::apply_recorded(&mut state, &recorded(0, &poke), &mut digester).unwrap();
+    let err = fold::apply_recorded(&mut state, &recorded(0, &poke), &mut digester).unwrap_err();
     assert!(
         matches!(
             err,
@@ -566,18 +649,18 @@ fn apply_recorded_rejects_out_of_order_and_foreign_events() {
     let mut foreign = recorded(1, &poke);
     foreign.stream = "project-other".into();
     assert!(matches!(
-        fold::apply_recorded(&mut state, &foreign).unwrap_err(),
+        fold::apply_recorded(&mut state, &foreign, &mut digester).unwrap_err(),
         domain::FoldError::WrongProject { .. }
     ));
     let mut garbage = recorded(1, &poke);
     garbage.event_type = "Bogus".into();
     assert!(matches!(
-        fold::apply_recorded(&mut state, &garbage).unwrap_err(),
+        fold::apply_recorded(&mut state, &garbage, &mut digester).unwrap_err(),
         domain::FoldError::Undecodable { revision: 1, .. }
     ));
     let marker = Event::Evaluated(Evaluated::default());
     assert!(matches!(
-        fold::apply_recorded(&mut state, &recorded(1, &marker)).unwrap_err(),
+        fold::apply_recorded(&mut state, &recorded(1, &marker), &mut digester).unwrap_err(),
         domain::FoldError::MarkerWithoutNow { revision: 1 }
     ));
     assert!(matches!(

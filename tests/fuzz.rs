@@ -229,9 +229,10 @@ fn recorded(project: &str, revision: u64, event_type: &str, data: Vec<u8>) -> Re
 /// returns how many were folded. Must never panic.
 fn fold_all(project: &str, events: &[(String, Vec<u8>)]) -> usize {
     let mut state = domain::new_project(project);
+    let mut digester = fold::Digester::default();
     for (revision, (event_type, data)) in events.iter().enumerate() {
         let event = recorded(project, revision as u64, event_type, data.clone());
-        if fold::apply_recorded(&mut state, &event).is_err() {
+        if fold::apply_recorded(&mut state, &event, &mut digester).is_err() {
             return revision;
         }
     }

@@ -281,6 +281,7 @@ async fn build(steps: &[Step], interval: i64) -> MemoryStore {
     let store = MemoryStore::new();
     let stream = project_stream(PROJECT);
     let mut state = domain::new_project(PROJECT);
+    let mut digester = fold::Digester::default();
     let mut eversions = std::collections::BTreeMap::new();
     let mut clock = 1_704_067_200;
     let mut events = vec![(Event::Poked(proto::Poked {}), false)];
@@ -320,7 +321,7 @@ async fn build(steps: &[Step], interval: i64) -> MemoryStore {
             data: new.data.clone(),
             metadata: new.metadata.clone(),
         };
-        if let Some(outcome) = fold::apply_recorded(&mut state, &recorded).unwrap() {
+        if let Some(outcome) = fold::apply_recorded(&mut state, &recorded, &mut digester).unwrap() {
             new = streams::input_event(&Event::Evaluated(outcome.marker.clone()), id, "test");
             store
                 .append(&stream, ExpectedRevision::Any, vec![new])

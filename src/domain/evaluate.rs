@@ -223,6 +223,36 @@ fn prune_known(state: &mut ProjectState, now: &Timestamp) {
     });
 }
 
+/// A copy of `pstate` without its PCLs.
+fn without_pcls(pstate: &PState) -> PState {
+    let PState {
+        luci_project,
+        status,
+        config_hash,
+        config_group_names,
+        pcls: _,
+        components,
+        purging_cls,
+        triggering_cl_deps,
+        repartition_required,
+        created_pruns,
+        next_eval_time,
+    } = pstate;
+    PState {
+        luci_project: luci_project.clone(),
+        status: *status,
+        config_hash: config_hash.clone(),
+        config_group_names: config_group_names.clone(),
+        pcls: Vec::new(),
+        components: components.clone(),
+        purging_cls: purging_cls.clone(),
+        triggering_cl_deps: triggering_cl_deps.clone(),
+        repartition_required: *repartition_required,
+        created_pruns: created_pruns.clone(),
+        next_eval_time: *next_eval_time,
+    }
+}
+
 /// One invocation at `now` (see [`super::evaluate_with`]).
 pub fn evaluate(
     state: &mut ProjectState,
@@ -245,6 +275,12 @@ pub fn evaluate(
     let pending = std::mem::take(&mut state.pending);
     let batch = classify(&pending, &project, &mut trace);
 
+    // The copy to restore if the invocation fails leaves out the PCLs, the
+    // bulk of the state: an invocation fails only when `ExecDeferred` did not
+    // repartition, and any PCL that changes sets `repartition_required`,
+    // which makes it repartition. So a failed invocation has left every PCL
+    // equal to the one it loaded (a law of tests/domain_laws.rs checks it).
+    let backup = without_pcls(&loaded);
     let mut inv = Invocation {
         project: &project,
         now,
@@ -252,7 +288,7 @@ pub fn evaluate(
         runs: &state.runs,
         run_requests: &state.run_requests,
         latest_config: state.latest_config.as_ref(),
-        pstate: loaded.clone(),
+        pstate: loaded,
         pinned: state.pinned_config.clone(),
         matcher: None,
         reasons: Vec::new(),
@@ -300,7 +336,10 @@ pub fn evaluate(
             // consumed except semantic garbage; effects already performed
             // before the failure (pokes) stand. The eversion still advances.
             trace.push(format!("invocation failed, state kept as it was: {err}"));
-            state.pstate = Some(loaded);
+            state.pstate = Some(PState {
+                pcls: pstate.pcls,
+                ..backup
+            });
             (Vec::new(), immediate, batch.garbage.clone())
         }
     };

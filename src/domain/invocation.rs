@@ -188,23 +188,40 @@ impl<'a> Invocation<'a> {
         let mut wanted: Vec<i64> = clids.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
-        let old_pcls = std::mem::take(&mut self.pstate.pcls);
-        let mut merged = Vec::with_capacity(old_pcls.len() + wanted.len());
         let mut changed = BTreeSet::new();
-        let mut old_iter = old_pcls.into_iter().peekable();
+        // Known CLs are replaced in place; new ones are merged in at the end
+        // (the list stays sorted by clid).
+        let mut inserted = Vec::new();
         for clid in wanted {
-            while let Some(p) = old_iter.next_if(|p| p.clid < clid) {
-                merged.push(p);
+            match self.pcl_index(clid) {
+                Some(i) => {
+                    // Building a PCL reads no other PCL.
+                    let old = std::mem::take(&mut self.pstate.pcls[i]);
+                    let new = self.build_pcl(clid, Some(&old));
+                    if old != new {
+                        changed.insert(clid);
+                    }
+                    self.pstate.pcls[i] = new;
+                }
+                None => {
+                    inserted.push(self.build_pcl(clid, None));
+                    changed.insert(clid);
+                }
             }
-            let old = old_iter.next_if(|p| p.clid == clid);
-            let new = self.build_pcl(clid, old.as_ref());
-            if old.as_ref() != Some(&new) {
-                changed.insert(clid);
-            }
-            merged.push(new);
         }
-        merged.extend(old_iter);
-        self.pstate.pcls = merged;
+        if !inserted.is_empty() {
+            let old_pcls = std::mem::take(&mut self.pstate.pcls);
+            let mut merged = Vec::with_capacity(old_pcls.len() + inserted.len());
+            let mut old_iter = old_pcls.into_iter().peekable();
+            for new in inserted {
+                while let Some(p) = old_iter.next_if(|p| p.clid < new.clid) {
+                    merged.push(p);
+                }
+                merged.push(new);
+            }
+            merged.extend(old_iter);
+            self.pstate.pcls = merged;
+        }
         if !changed.is_empty() {
             self.pstate.repartition_required = true;
             self.mark_for_triage_on_changed(&changed);

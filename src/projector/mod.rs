@@ -247,7 +247,7 @@ pub fn prepare_marker(
     state: &proto::ProjectState,
     now: Timestamp,
 ) -> (ExpectedRevision, proto::Evaluated) {
-    let (expected, prepared) = prepare_marker_ahead(state, now);
+    let (expected, prepared) = prepare_marker_ahead(state, now, &mut fold::Digester::default());
     (expected, prepared.marker)
 }
 
@@ -258,12 +258,13 @@ pub fn prepare_marker(
 pub fn prepare_marker_ahead(
     state: &proto::ProjectState,
     now: Timestamp,
+    digester: &mut fold::Digester,
 ) -> (ExpectedRevision, PreparedMarker) {
     let now = match &state.update_time {
         Some(last) if to_nanos(last) > to_nanos(&now) => *last,
         _ => now,
     };
-    let prepared = fold::prepare_marker(state, now);
+    let prepared = fold::prepare_marker(state, now, digester);
     let expected = match prepared.revision.checked_sub(1) {
         Some(last) => ExpectedRevision::Exact(last),
         None => ExpectedRevision::NoStream,
@@ -275,6 +276,8 @@ pub fn prepare_marker_ahead(
 #[derive(Debug)]
 struct Entry {
     state: proto::ProjectState,
+    /// Digests `state` at each marker, hashing only the entities that changed.
+    digester: fold::Digester,
     /// When a marker is due (wall clock).
     due: Option<Timestamp>,
     /// A marker append is under way.
@@ -690,7 +693,12 @@ impl<S: EventStore> Projector<S> {
             let prepared = entry.prepared.take();
             let started = std::time::Instant::now();
             let folded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                fold::apply_recorded_prepared(&mut entry.state, event, prepared)
+                fold::apply_recorded_prepared(
+                    &mut entry.state,
+                    event,
+                    prepared,
+                    &mut entry.digester,
+                )
             }));
             metrics().events_folded.inc();
             match folded {
@@ -927,8 +935,9 @@ impl<S: EventStore> Projector<S> {
         }
         let now = now.unwrap_or_else(wall_clock);
         let started = std::time::Instant::now();
-        let ahead =
-            std::panic::catch_unwind(AssertUnwindSafe(|| prepare_marker_ahead(&entry.state, now)));
+        let ahead = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            prepare_marker_ahead(&entry.state, now, &mut entry.digester)
+        }));
         metrics()
             .evaluation_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -1161,6 +1170,7 @@ impl Entry {
             due: None,
             marker_in_flight: false,
             prepared: None,
+            digester: fold::Digester::default(),
             broken: None,
             snapshot_metadata_set: false,
             last_used: clock,

@@ -229,9 +229,11 @@ pub fn fold_events(
     mut visit: impl FnMut(Step<'_>) -> Result<(), ReplayError>,
 ) -> Result<ProjectState, ReplayError> {
     let mut state = domain::new_project(&opened.project);
+    let mut digester = fold::Digester::default();
     let mut batch_start = 0;
     for (index, event) in events.iter().enumerate() {
-        let outcome = fold::apply_recorded(&mut state, event).map_err(|e| opened.fold_error(e))?;
+        let outcome = fold::apply_recorded(&mut state, event, &mut digester)
+            .map_err(|e| opened.fold_error(e))?;
         if let Some(outcome) = outcome {
             visit(Step {
                 inputs: &events[batch_start..index],

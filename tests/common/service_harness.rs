@@ -191,6 +191,7 @@ pub struct Folded {
 
 pub fn fold_directly(project: &str, events: &[RecordedEvent]) -> Folded {
     let mut state = prjmanager::domain::new_project(project);
+    let mut digester = fold::Digester::default();
     let mut folded = Folded {
         state: proto::ProjectState::default(),
         logs: vec![],
@@ -198,7 +199,7 @@ pub fn fold_directly(project: &str, events: &[RecordedEvent]) -> Folded {
         offloads: vec![],
     };
     for event in events {
-        if let Some(outcome) = fold::apply_recorded(&mut state, event).unwrap() {
+        if let Some(outcome) = fold::apply_recorded(&mut state, event, &mut digester).unwrap() {
             assert!(
                 outcome.divergence.is_none(),
                 "marker at revision {} diverges",

@@ -216,6 +216,7 @@ pub fn run_fold(events: u64, clids: i64, stacks: i64, markers_every: u64) -> (u6
     let project = "bench";
     let start = 1_700_000_000;
     let (mut state, mut revision) = active_project(project, stacks, clids / stacks, start);
+    let mut digester = fold::Digester::default();
     let mut mix = Mix::new(project, clids, stacks, 2, 10);
     let mut now = start;
     let mut folded = 0;
@@ -223,7 +224,8 @@ pub fn run_fold(events: u64, clids: i64, stacks: i64, markers_every: u64) -> (u6
     let mut fold_one = |state: &mut proto::ProjectState, event: &Event, revision: u64| {
         let stored = recorded(project, revision, event);
         let began = Instant::now();
-        let outcome = fold::apply_recorded(state, &stored).expect("valid benchmark event");
+        let outcome =
+            fold::apply_recorded(state, &stored, &mut digester).expect("valid benchmark event");
         elapsed += began.elapsed();
         outcome
     };

@@ -127,6 +127,7 @@ fn stored(event: &Event, seq: u64) -> NewEvent {
 async fn build(store: &EmbeddedStore, events: u64, clids: i64, stacks: i64) -> Result<i64> {
     let stream = project_stream(PROJECT);
     let mut state = domain::new_project(PROJECT);
+    let mut digester = fold::Digester::default();
     let mut now = 1_700_000_000;
     let mut mix = Mix::new(PROJECT, clids, stacks, 1, 20);
     let mut batch = Vec::new();
@@ -158,7 +159,7 @@ async fn build(store: &EmbeddedStore, events: u64, clids: i64, stacks: i64) -> R
                 let evaluation =
                     domain::evaluate(&mut state, revision, marker.now.expect("marker time"));
                 marker.eversion = evaluation.eversion;
-                marker.state_digest = fold::state_digest(&state);
+                marker.state_digest = digester.digest(&state);
                 mix.observe(&evaluation);
                 if evaluation.eversion % SNAPSHOT_INTERVAL_EVERSIONS == 0 {
                     let snapshot = proto::ProjectSnapshot {
@@ -205,6 +206,7 @@ async fn full_replay(store: &EmbeddedStore) -> Result<(u64, Duration)> {
     let stream = project_stream(PROJECT);
     let started = Instant::now();
     let mut state = domain::new_project(PROJECT);
+    let mut digester = fold::Digester::default();
     let mut folded = 0;
     loop {
         let page = store
@@ -219,7 +221,7 @@ async fn full_replay(store: &EmbeddedStore) -> Result<(u64, Duration)> {
             break;
         }
         for event in &page {
-            fold::apply_recorded(&mut state, event)?;
+            fold::apply_recorded(&mut state, event, &mut digester)?;
             folded += 1;
         }
     }

@@ -1,0 +1,413 @@
+//! The state digest a marker carries, in its two definitions.
+//!
+//! * **Version 1** (32 bytes): BLAKE3 of prost's encoding of the whole
+//!   `ProjectState`. Its cost follows the size of the state (every known CL
+//!   and Run is encoded at every marker). Files recorded before version 2
+//!   carry it, and still verify.
+//! * **Version 2** (33 bytes: the byte `2`, then a BLAKE3 hash): BLAKE3 over
+//!   a tag, the encoding of the state with its four large lists emptied
+//!   (`cls`, `runs`, `pstate.pcls`, `pstate.components`), and, for each of
+//!   these lists in that order, its length and the BLAKE3 hash of each
+//!   entity's encoding, in list order. It is a pure function of the state,
+//!   like version 1; what makes it cheap is that a [`Digester`] keeps the
+//!   entity hashes of the last state it digested and hashes again only what
+//!   changed (see there).
+//!
+//! A digest says its own version by its length and first byte
+//! ([`DigestVersion::of`]); a marker is checked in the version it carries.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use prost::Message;
+
+use crate::proto::{input_event::Event, Component, PState, Pcl, ProjectState};
+
+/// A digest definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestVersion {
+    /// BLAKE3 of the whole state's encoding (32 bytes).
+    V1,
+    /// Per-entity hashes combined (33 bytes, first byte 2).
+    V2,
+}
+
+/// The version new markers carry.
+pub const CURRENT: DigestVersion = DigestVersion::V2;
+
+/// The tag that starts the hashed bytes of a version 2 digest.
+const V2_TAG: &[u8] = b"prjmanager state digest v2\0";
+
+type Hash = [u8; 32];
+
+impl DigestVersion {
+    /// The version a stored digest carries, or `None` for bytes that are no
+    /// digest of either version.
+    pub fn of(digest: &[u8]) -> Option<Self> {
+        match (digest.len(), digest.first()) {
+            (32, _) => Some(Self::V1),
+            (33, Some(2)) => Some(Self::V2),
+            _ => None,
+        }
+    }
+}
+
+/// The current-version digest of a state, computed from scratch.
+pub fn state_digest(state: &ProjectState) -> Vec<u8> {
+    Digester::default().digest(state)
+}
+
+/// Whether `digest` is the digest of `state` in the version `digest`
+/// carries (a digest of no known version matches nothing).
+pub fn digest_matches(state: &ProjectState, digest: &[u8]) -> bool {
+    Digester::default().matches(state, digest)
+}
+
+/// Computes digests, keeping the entity hashes of the last state it digested
+/// so that the next digest hashes only what changed:
+///
+/// * known CLs and Runs change only when an input event is recorded
+///   (`domain::apply_event`); an invocation only forgets Runs. The fold tells
+///   the digester of every event it records ([`Digester::input_recorded`])
+///   and marker it runs ([`Digester::marker_run`]), and the digester hashes
+///   again the CLs and Runs the input event names. It follows one state from
+///   revision to revision; anything else (a state it did not see from the
+///   start, a revision skipped or seen twice) makes it forget what it kept
+///   and hash everything at the next digest.
+/// * PCLs and components change in invocations: their hashes are kept
+///   beside a copy of each entity, and an entity that differs from its copy
+///   is hashed again.
+///
+/// Whatever it is given, a digest equals the from-scratch computation
+/// ([`state_digest`]); a proptest checks this at every eversion.
+#[derive(Debug, Default, Clone)]
+pub struct Digester {
+    /// The revision of the state the kept CL and Run hashes describe;
+    /// `None`: nothing kept.
+    following: Option<u64>,
+    cls: BTreeMap<i64, Hash>,
+    runs: BTreeMap<String, Hash>,
+    pcls: EntityHashes<Pcl>,
+    components: EntityHashes<Component>,
+}
+
+impl Digester {
+    /// The current-version digest of `state`.
+    pub fn digest(&mut self, state: &ProjectState) -> Vec<u8> {
+        self.digest_as(state, CURRENT)
+    }
+
+    /// The digest of `state` in `version`.
+    pub fn digest_as(&mut self, state: &ProjectState, version: DigestVersion) -> Vec<u8> {
+        match version {
+            DigestVersion::V1 => blake3::hash(&state.encode_to_vec()).as_bytes().to_vec(),
+            DigestVersion::V2 => self.v2(state),
+        }
+    }
+
+    /// Whether `digest` is the digest of `state` in the version it carries.
+    pub fn matches(&mut self, state: &ProjectState, digest: &[u8]) -> bool {
+        DigestVersion::of(digest).is_some_and(|version| self.digest_as(state, version) == digest)
+    }
+
+    /// `state` has just recorded `event` at `revision`: the CLs and Runs it
+    /// names are hashed again.
+    pub fn input_recorded(&mut self, state: &ProjectState, revision: u64, event: &Event) {
+        if !self.follow(revision) {
+            return;
+        }
+        match event {
+            Event::ClsUpdated(e) => {
+                for cl in &e.cls {
+                    if let Ok(i) = state.cls.binary_search_by_key(&cl.clid, |c| c.clid) {
+                        self.cls.insert(cl.clid, entity_hash(&state.cls[i]));
+                    }
+                }
+            }
+            Event::RunCreated(e) => {
+                if let Some(run) = &e.run {
+                    self.run_changed(state, &run.id);
+                }
+            }
+            Event::RunFinished(e) => self.run_changed(state, &e.run_id),
+            _ => {}
+        }
+    }
+
+    /// `state` has just run the invocation of the marker at `revision`.
+    pub fn marker_run(&mut self, revision: u64) {
+        self.follow(revision);
+    }
+
+    /// Moves to `revision`; whether the kept hashes still describe the state.
+    fn follow(&mut self, revision: u64) -> bool {
+        let next = self.following.and_then(|r| r.checked_add(1));
+        if next == Some(revision) {
+            self.following = Some(revision);
+            true
+        } else {
+            self.following = None;
+            false
+        }
+    }
+
+    fn run_changed(&mut self, state: &ProjectState, id: &str) {
+        if let Ok(i) = state.runs.binary_search_by(|r| r.id.as_str().cmp(id)) {
+            self.runs
+                .insert(id.to_string(), entity_hash(&state.runs[i]));
+        }
+    }
+
+    fn v2(&mut self, state: &ProjectState) -> Vec<u8> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(V2_TAG);
+        let rest = without_lists(state).encode_to_vec();
+        hasher.update(&(rest.len() as u64).to_le_bytes());
+        hasher.update(&rest);
+        let no_pcls: &[Pcl] = &[];
+        let no_components: &[Component] = &[];
+        let (pcls, components) = state.pstate.as_ref().map_or((no_pcls, no_components), |p| {
+            (p.pcls.as_slice(), p.components.as_slice())
+        });
+        if self.following != Some(state.last_revision) {
+            // Not the state followed: hash every CL and Run, and follow it.
+            self.cls.clear();
+            self.runs.clear();
+            self.following = Some(state.last_revision);
+        }
+        feed_keyed(&mut self.cls, &state.cls, |c| &c.clid, &mut hasher);
+        feed_keyed(&mut self.runs, &state.runs, |r| &r.id, &mut hasher);
+        self.pcls
+            .update(pcls, |a, b| a.clid.cmp(&b.clid), &mut hasher);
+        self.components.update(
+            components,
+            |a, b| a.clids.first().cmp(&b.clids.first()),
+            &mut hasher,
+        );
+        let mut digest = Vec::with_capacity(33);
+        digest.push(2);
+        digest.extend_from_slice(hasher.finalize().as_bytes());
+        digest
+    }
+}
+
+fn entity_hash(entity: &impl Message) -> Hash {
+    *blake3::hash(&entity.encode_to_vec()).as_bytes()
+}
+
+/// Feeds the list's length and each entity's kept hash to `hasher`. `kept`
+/// holds the hashes of the list's entities by key, up to date for every
+/// entity it has; an entity it lacks is hashed, and a key no longer listed
+/// (a forgotten Run) is dropped. A list out of key order, or with a key
+/// twice, is hashed afresh.
+fn feed_keyed<T: Message, K: Ord + Clone>(
+    kept: &mut BTreeMap<K, Hash>,
+    list: &[T],
+    key: impl Fn(&T) -> &K,
+    hasher: &mut blake3::Hasher,
+) {
+    hasher.update(&(list.len() as u64).to_le_bytes());
+    let sorted = list.windows(2).all(|w| key(&w[0]) < key(&w[1]));
+    if !sorted {
+        kept.clear();
+        for entity in list {
+            hasher.update(&entity_hash(entity));
+        }
+        return;
+    }
+    if kept.len() != list.len() || !kept.keys().zip(list).all(|(k, e)| k == key(e)) {
+        kept.retain(|k, _| list.binary_search_by(|e| key(e).cmp(k)).is_ok());
+        for entity in list {
+            if !kept.contains_key(key(entity)) {
+                kept.insert(key(entity).clone(), entity_hash(entity));
+            }
+        }
+    }
+    for hash in kept.values() {
+        hasher.update(hash);
+    }
+}
+
+/// The state with the four lists a version 2 digest hashes per entity
+/// emptied. The patterns name every field, so that a field added to the
+/// state or to `PState` does not compile until it is placed here.
+fn without_lists(state: &ProjectState) -> ProjectState {
+    let ProjectState {
+        luci_project,
+        eversion,
+        update_time,
+        pstate,
+        pinned_config,
+        latest_config,
+        cls: _,
+        runs: _,
+        pending,
+        run_requests,
+        last_revision,
+    } = state;
+    let pstate = pstate.as_ref().map(|p| {
+        let PState {
+            luci_project,
+            status,
+            config_hash,
+            config_group_names,
+            pcls: _,
+            components: _,
+            purging_cls,
+            triggering_cl_deps,
+            repartition_required,
+            created_pruns,
+            next_eval_time,
+        } = p;
+        PState {
+            luci_project: luci_project.clone(),
+            status: *status,
+            config_hash: config_hash.clone(),
+            config_group_names: config_group_names.clone(),
+            pcls: Vec::new(),
+            components: Vec::new(),
+            purging_cls: purging_cls.clone(),
+            triggering_cl_deps: triggering_cl_deps.clone(),
+            repartition_required: *repartition_required,
+            created_pruns: created_pruns.clone(),
+            next_eval_time: *next_eval_time,
+        }
+    });
+    ProjectState {
+        luci_project: luci_project.clone(),
+        eversion: *eversion,
+        update_time: *update_time,
+        pstate,
+        pinned_config: pinned_config.clone(),
+        latest_config: latest_config.clone(),
+        cls: Vec::new(),
+        runs: Vec::new(),
+        pending: pending.clone(),
+        run_requests: run_requests.clone(),
+        last_revision: *last_revision,
+    }
+}
+
+/// The hashes of one list's entities, each beside a copy of its entity, in
+/// the order of the list last digested.
+#[derive(Debug, Clone)]
+struct EntityHashes<T> {
+    kept: Vec<(T, Hash)>,
+}
+
+impl<T> Default for EntityHashes<T> {
+    fn default() -> Self {
+        Self { kept: Vec::new() }
+    }
+}
+
+impl<T: Message + Clone + PartialEq> EntityHashes<T> {
+    /// Feeds the list's length and each entity's hash to `hasher`, hashing
+    /// only entities that differ from the copy kept under the same key, and
+    /// keeps the list's entities and hashes for the next call.
+    ///
+    /// The lists of a state are sorted by their key (`by_key` orders two
+    /// entities by it), so the kept entry of an entity is found by walking
+    /// both lists together; a list out of order only makes the walk miss, and
+    /// a miss hashes the entity afresh.
+    fn update(
+        &mut self,
+        list: &[T],
+        by_key: impl Fn(&T, &T) -> Ordering,
+        hasher: &mut blake3::Hasher,
+    ) {
+        hasher.update(&(list.len() as u64).to_le_bytes());
+        let mut old = std::mem::take(&mut self.kept).into_iter().peekable();
+        let mut kept = Vec::with_capacity(list.len());
+        for entity in list {
+            // Entries of entities no longer listed are dropped.
+            while old.next_if(|(e, _)| by_key(e, entity).is_lt()).is_some() {}
+            let entry = match old.next_if(|(e, _)| by_key(e, entity).is_eq()) {
+                Some((copy, hash)) if copy == *entity => (copy, hash),
+                // The copy under this key is out of date, or there is none.
+                _ => (entity.clone(), entity_hash(entity)),
+            };
+            hasher.update(&entry.1);
+            kept.push(entry);
+        }
+        self.kept = kept;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{ChangeList, ClsUpdated, Run};
+
+    fn state(project: &str, clids: &[i64], runs: &[&str]) -> ProjectState {
+        ProjectState {
+            luci_project: project.into(),
+            last_revision: 7,
+            cls: clids
+                .iter()
+                .map(|&clid| ChangeList {
+                    clid,
+                    eversion: 1,
+                    ..Default::default()
+                })
+                .collect(),
+            runs: runs
+                .iter()
+                .map(|id| Run {
+                    id: id.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_digest_says_its_version() {
+        let s = state("p", &[1], &[]);
+        let v1 = Digester::default().digest_as(&s, DigestVersion::V1);
+        let v2 = state_digest(&s);
+        assert_eq!(DigestVersion::of(&v1), Some(DigestVersion::V1));
+        assert_eq!(DigestVersion::of(&v2), Some(DigestVersion::V2));
+        assert_eq!(DigestVersion::of(&[2; 31]), None);
+        assert_eq!(DigestVersion::of(&[3; 33]), None);
+        assert!(digest_matches(&s, &v1) && digest_matches(&s, &v2));
+        assert!(!digest_matches(&state("p", &[2], &[]), &v2));
+        assert!(!digest_matches(&s, &[3; 33]));
+    }
+
+    #[test]
+    fn one_digester_on_unrelated_states_gives_from_scratch_digests() {
+        let mut digester = Digester::default();
+        let states = [
+            state("p", &[1, 2, 3], &["p/1", "p/2"]),
+            state("q", &[2, 3], &["p/2"]),
+            state("p", &[1, 2, 3], &["p/1", "p/2"]),
+            state("p", &[], &[]),
+        ];
+        for s in &states {
+            assert_eq!(digester.digest(s), state_digest(s));
+        }
+    }
+
+    #[test]
+    fn a_change_the_digester_was_not_told_of_starts_it_over() {
+        let mut s = state("p", &[1, 2], &[]);
+        let mut digester = Digester::default();
+        digester.digest(&s);
+        // Revision 8 is skipped: the digester forgets what it kept.
+        s.cls[0].eversion = 2;
+        s.last_revision = 9;
+        let event = Event::ClsUpdated(ClsUpdated::default());
+        digester.input_recorded(&s, 9, &event);
+        assert_eq!(digester.digest(&s), state_digest(&s));
+        // Told in order, it hashes the CL again.
+        s.cls[1].eversion = 5;
+        s.last_revision = 10;
+        let event = Event::ClsUpdated(ClsUpdated {
+            cls: vec![s.cls[1].clone()],
+        });
+        digester.input_recorded(&s, 10, &event);
+        assert_eq!(digester.digest(&s), state_digest(&s));
+    }
+}
