@@ -295,6 +295,7 @@ pub fn evaluate(
         immediate: Vec::new(),
         trace,
         new_run_requests: Vec::new(),
+        changed_pcls: Some(BTreeSet::new()),
     };
     let result = run_transitions(&mut inv, &batch, triage);
     let Invocation {
@@ -304,6 +305,7 @@ pub fn evaluate(
         immediate,
         mut trace,
         new_run_requests,
+        changed_pcls,
         ..
     } = inv;
 
@@ -377,6 +379,7 @@ pub fn evaluate(
         project_log,
         offload,
         trace,
+        changed_pcls: changed_pcls.map(|c| c.into_iter().collect()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! reads (known CLs, Runs, configs), and the helpers every transition shares
 //! (loading CLs into PCLs, marking components, purges and dependency votes).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::proto::Timestamp;
 
@@ -79,6 +79,8 @@ pub struct Invocation<'a> {
     pub trace: Vec<String>,
     /// Run ids requested by this invocation.
     pub new_run_requests: Vec<String>,
+    /// The PCLs changed or added so far; `None`: any of them.
+    pub changed_pcls: Option<BTreeSet<i64>>,
 }
 
 impl<'a> Invocation<'a> {
@@ -149,19 +151,23 @@ impl<'a> Invocation<'a> {
     /// Marks for triage every component containing a changed CL or a CL that
     /// (transitively) depends on one.
     fn mark_for_triage_on_changed(&mut self, changed: &BTreeSet<i64>) {
-        let mut reverse_deps: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-        for p in &self.pstate.pcls {
-            for dep in &p.deps {
-                reverse_deps.entry(dep.clid).or_default().push(p.clid);
-            }
-        }
+        // (dep, dependent) pairs, sorted: the dependents of a CL are a run.
+        let mut reverse_deps: Vec<(i64, i64)> = self
+            .pstate
+            .pcls
+            .iter()
+            .flat_map(|p| p.deps.iter().map(|dep| (dep.clid, p.clid)))
+            .collect();
+        reverse_deps.sort_unstable();
         let mut expanded = BTreeSet::new();
         let mut stack: Vec<i64> = changed.iter().copied().collect();
         while let Some(clid) = stack.pop() {
             if expanded.insert(clid) {
-                if let Some(children) = reverse_deps.get(&clid) {
-                    stack.extend(children.iter().copied());
-                }
+                let from = reverse_deps.partition_point(|&(dep, _)| dep < clid);
+                let children = reverse_deps[from..]
+                    .iter()
+                    .take_while(|&&(dep, _)| dep == clid);
+                stack.extend(children.map(|&(_, child)| child));
             }
         }
         self.mark_for_triage_containing(&expanded);
@@ -225,6 +231,9 @@ impl<'a> Invocation<'a> {
         if !changed.is_empty() {
             self.pstate.repartition_required = true;
             self.mark_for_triage_on_changed(&changed);
+            if let Some(all) = &mut self.changed_pcls {
+                all.extend(changed.iter().copied());
+            }
         }
         changed
     }
@@ -242,6 +251,7 @@ impl<'a> Invocation<'a> {
         self.pstate.pcls = new_pcls;
         if changed {
             self.pstate.repartition_required = true;
+            self.changed_pcls = None;
         }
     }
 

@@ -58,6 +58,10 @@ pub struct Evaluation {
     pub offload: Option<proto::ProjectStateOffload>,
     /// Warnings: invalid or ignored inputs, caught triage bugs.
     pub trace: Vec<String>,
+    /// The PCLs the invocation changed or added, sorted (removed ones are
+    /// not listed); `None`: any PCL may have changed. What a digest of the
+    /// state kept from before the invocation must hash again.
+    pub changed_pcls: Option<Vec<i64>>,
 }
 
 impl Evaluation {

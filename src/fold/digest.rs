@@ -74,20 +74,22 @@ pub fn digest_matches(state: &ProjectState, digest: &[u8]) -> bool {
 ///   revision to revision; anything else (a state it did not see from the
 ///   start, a revision skipped or seen twice) makes it forget what it kept
 ///   and hash everything at the next digest.
-/// * PCLs and components change in invocations: their hashes are kept
-///   beside a copy of each entity, and an entity that differs from its copy
-///   is hashed again.
+/// * PCLs change only in invocations, which list the PCLs they changed
+///   (`Evaluation::changed_pcls`, [`Digester::marker_run`]); those are
+///   hashed again.
+/// * Components (a few per project) are kept beside a copy of each, and one
+///   that differs from its copy is hashed again.
 ///
 /// Whatever it is given, a digest equals the from-scratch computation
 /// ([`state_digest`]); a proptest checks this at every eversion.
 #[derive(Debug, Default, Clone)]
 pub struct Digester {
-    /// The revision of the state the kept CL and Run hashes describe;
+    /// The revision of the state the kept CL, Run and PCL hashes describe;
     /// `None`: nothing kept.
     following: Option<u64>,
     cls: BTreeMap<i64, Hash>,
     runs: BTreeMap<String, Hash>,
-    pcls: EntityHashes<Pcl>,
+    pcls: BTreeMap<i64, Hash>,
     components: EntityHashes<Component>,
 }
 
@@ -134,9 +136,28 @@ impl Digester {
         }
     }
 
-    /// `state` has just run the invocation of the marker at `revision`.
-    pub fn marker_run(&mut self, revision: u64) {
-        self.follow(revision);
+    /// `state` has just run the invocation of the marker at `revision`,
+    /// which changed `changed_pcls` (`None`: any PCL).
+    pub fn marker_run(
+        &mut self,
+        state: &ProjectState,
+        revision: u64,
+        changed_pcls: Option<&[i64]>,
+    ) {
+        if !self.follow(revision) {
+            return;
+        }
+        let Some(changed) = changed_pcls else {
+            self.pcls.clear();
+            return;
+        };
+        let pcls = state.pstate.as_ref().map_or(&[][..], |p| p.pcls.as_slice());
+        for clid in changed {
+            match pcls.binary_search_by_key(clid, |p| p.clid) {
+                Ok(i) => self.pcls.insert(*clid, entity_hash(&pcls[i])),
+                Err(_) => self.pcls.remove(clid),
+            };
+        }
     }
 
     /// Moves to `revision`; whether the kept hashes still describe the state.
@@ -170,15 +191,15 @@ impl Digester {
             (p.pcls.as_slice(), p.components.as_slice())
         });
         if self.following != Some(state.last_revision) {
-            // Not the state followed: hash every CL and Run, and follow it.
+            // Not the state followed: hash every CL, Run and PCL, and follow it.
             self.cls.clear();
             self.runs.clear();
+            self.pcls.clear();
             self.following = Some(state.last_revision);
         }
         feed_keyed(&mut self.cls, &state.cls, |c| &c.clid, &mut hasher);
         feed_keyed(&mut self.runs, &state.runs, |r| &r.id, &mut hasher);
-        self.pcls
-            .update(pcls, |a, b| a.clid.cmp(&b.clid), &mut hasher);
+        feed_keyed(&mut self.pcls, pcls, |p| &p.clid, &mut hasher);
         self.components.update(
             components,
             |a, b| a.clids.first().cmp(&b.clids.first()),
