@@ -90,7 +90,7 @@ pub fn prepare_marker(
     let marker = Evaluated {
         now: Some(now),
         eversion: evaluation.eversion,
-        state_digest: digester.digest(&next),
+        state_digest: digester.followed_digest_as(&next, digest::CURRENT),
     };
     PreparedMarker {
         revision,
@@ -181,7 +181,7 @@ pub fn apply_recorded_prepared(
         [] => digest::CURRENT,
         recorded => DigestVersion::of(recorded).unwrap_or(digest::CURRENT),
     };
-    let digest = digester.digest_as(state, version);
+    let digest = digester.followed_digest_as(state, version);
     let filled = recorded.eversion == 0 && recorded.state_digest.is_empty();
     let eversion_differs = recorded.eversion != 0 && recorded.eversion != evaluation.eversion;
     let digest_differs = !recorded.state_digest.is_empty() && recorded.state_digest != digest;

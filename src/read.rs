@@ -108,11 +108,13 @@ fn first_candidate(target: Target, last: u64) -> u64 {
 }
 
 /// The newest valid snapshot that fits the target, with warnings about the
-/// invalid ones skipped.
-pub async fn newest_snapshot<S: EventStore>(
+/// invalid ones skipped. `digester` checks the digests and then follows the
+/// snapshot returned.
+async fn newest_snapshot<S: EventStore>(
     store: &S,
     project: &str,
     target: Target,
+    digester: &mut fold::Digester,
 ) -> Result<(Option<ProjectSnapshot>, Vec<String>), StoreError> {
     let stream = snapshot_stream(project);
     let mut warnings = Vec::new();
@@ -156,8 +158,9 @@ pub async fn newest_snapshot<S: EventStore>(
                 ));
                 continue;
             };
-            if state.luci_project != project || !fold::digest_matches(state, &snapshot.state_digest)
-            {
+            // Each candidate is hashed afresh; the digester then follows the
+            // snapshot's state for the fold of the tail.
+            if state.luci_project != project || !digester.matches(state, &snapshot.state_digest) {
                 warnings.push(format!(
                     "{stream} revision {}: snapshot of eversion {} does not match its digest; skipped",
                     record.revision, snapshot.eversion
@@ -176,7 +179,8 @@ pub async fn load<S: EventStore>(
     project: &str,
     target: Target,
 ) -> Result<Loaded, LoadError> {
-    let (snapshot, warnings) = newest_snapshot(store, project, target).await?;
+    let mut digester = fold::Digester::default();
+    let (snapshot, warnings) = newest_snapshot(store, project, target, &mut digester).await?;
     for warning in &warnings {
         tracing::warn!(project, "{warning}");
     }
@@ -185,7 +189,6 @@ pub async fn load<S: EventStore>(
         .and_then(|s| s.state)
         .unwrap_or_else(|| domain::new_project(project));
     let mut last_outcome = None;
-    let mut digester = fold::Digester::default();
     let stream = project_stream(project);
     let done = |state: &ProjectState, last: Option<u64>| match target {
         Target::Latest => false,

@@ -63,25 +63,28 @@ pub fn digest_matches(state: &ProjectState, digest: &[u8]) -> bool {
     Digester::default().matches(state, digest)
 }
 
-/// Computes digests, keeping the entity hashes of the last state it digested
-/// so that the next digest hashes only what changed:
+/// Computes digests, keeping the entity hashes of the state it follows so
+/// that the fold's next digest of that state hashes only what changed:
 ///
 /// * known CLs and Runs change only when an input event is recorded
 ///   (`domain::apply_event`); an invocation only forgets Runs. The fold tells
 ///   the digester of every event it records ([`Digester::input_recorded`])
 ///   and marker it runs ([`Digester::marker_run`]), and the digester hashes
 ///   again the CLs and Runs the input event names. It follows one state from
-///   revision to revision; anything else (a state it did not see from the
-///   start, a revision skipped or seen twice) makes it forget what it kept
-///   and hash everything at the next digest.
+///   revision to revision; anything else (a revision skipped or seen twice)
+///   makes it forget what it kept and hash everything at the next digest.
 /// * PCLs change only in invocations, which list the PCLs they changed
 ///   (`Evaluation::changed_pcls`, [`Digester::marker_run`]); those are
 ///   hashed again.
 /// * Components (a few per project) are kept beside a copy of each, and one
 ///   that differs from its copy is hashed again.
 ///
-/// Whatever it is given, a digest equals the from-scratch computation
-/// ([`state_digest`]); a proptest checks this at every eversion.
+/// Only the fold digests incrementally (it knows the state it digests is
+/// the one it reported); [`Digester::digest`] and [`Digester::matches`]
+/// hash the state they are given afresh and then follow it, so that a fold
+/// can go on from it (a snapshot checked, then its tail folded). Each
+/// digest equals the from-scratch computation ([`state_digest`]); a proptest
+/// checks this at every eversion.
 #[derive(Debug, Default, Clone)]
 pub struct Digester {
     /// The revision of the state the kept CL, Run and PCL hashes describe;
@@ -94,13 +97,26 @@ pub struct Digester {
 }
 
 impl Digester {
-    /// The current-version digest of `state`.
+    /// The current-version digest of `state`, hashed afresh; the digester
+    /// then follows `state`.
     pub fn digest(&mut self, state: &ProjectState) -> Vec<u8> {
         self.digest_as(state, CURRENT)
     }
 
-    /// The digest of `state` in `version`.
+    /// The digest of `state` in `version`, hashed afresh; the digester then
+    /// follows `state`.
     pub fn digest_as(&mut self, state: &ProjectState, version: DigestVersion) -> Vec<u8> {
+        self.following = None;
+        self.followed_digest_as(state, version)
+    }
+
+    /// The digest in `version` of the state the fold has reported to this
+    /// digester, event by event: only what changed is hashed again.
+    pub(super) fn followed_digest_as(
+        &mut self,
+        state: &ProjectState,
+        version: DigestVersion,
+    ) -> Vec<u8> {
         match version {
             DigestVersion::V1 => blake3::hash(&state.encode_to_vec()).as_bytes().to_vec(),
             DigestVersion::V2 => self.v2(state),
@@ -400,8 +416,13 @@ mod tests {
     #[test]
     fn one_digester_on_unrelated_states_gives_from_scratch_digests() {
         let mut digester = Digester::default();
+        // The same revision and keys, other contents.
+        let mut changed = state("p", &[1, 2, 3], &["p/1", "p/2"]);
+        changed.cls[1].eversion = 2;
+        changed.runs[0].status = 5;
         let states = [
             state("p", &[1, 2, 3], &["p/1", "p/2"]),
+            changed,
             state("q", &[2, 3], &["p/2"]),
             state("p", &[1, 2, 3], &["p/1", "p/2"]),
             state("p", &[], &[]),
@@ -409,6 +430,7 @@ mod tests {
         for s in &states {
             assert_eq!(digester.digest(s), state_digest(s));
         }
+        assert_ne!(state_digest(&states[0]), state_digest(&states[1]));
     }
 
     #[test]

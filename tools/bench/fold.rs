@@ -195,7 +195,7 @@ impl Mix {
 
 /// The stored form of an event at `revision` of `project`'s stream, as the
 /// store returns it.
-fn recorded(project: &str, revision: u64, event: &Event) -> RecordedEvent {
+pub fn recorded(project: &str, revision: u64, event: &Event) -> RecordedEvent {
     RecordedEvent {
         stream: streams::project_stream(project),
         revision,

@@ -17,7 +17,7 @@ use prjmanager::streams::{self, project_stream, SNAPSHOT_INTERVAL_EVERSIONS};
 use prjmanager::{domain, fold};
 use serde::Serialize;
 
-use crate::fold::{config, Mix, SplitMix};
+use crate::fold::{config, recorded, Mix, SplitMix};
 use crate::{millis, percentiles};
 
 /// Events appended per batch while building the stream.
@@ -154,12 +154,15 @@ async fn build(store: &EmbeddedStore, events: u64, clids: i64, stacks: i64) -> R
             mix.next_event(now)
         };
         inputs += 1;
-        let event = match event {
-            Event::Evaluated(mut marker) => {
-                let evaluation =
-                    domain::evaluate(&mut state, revision, marker.now.expect("marker time"));
-                marker.eversion = evaluation.eversion;
-                marker.state_digest = digester.digest(&state);
+        // Folded as the service folds it: a marker is filled in.
+        let outcome = fold::apply_recorded(
+            &mut state,
+            &recorded(PROJECT, revision, &event),
+            &mut digester,
+        )?;
+        let event = match outcome {
+            Some(outcome) => {
+                let (marker, evaluation) = (outcome.marker, outcome.evaluation);
                 mix.observe(&evaluation);
                 if evaluation.eversion % SNAPSHOT_INTERVAL_EVERSIONS == 0 {
                     let snapshot = proto::ProjectSnapshot {
@@ -182,10 +185,7 @@ async fn build(store: &EmbeddedStore, events: u64, clids: i64, stacks: i64) -> R
                 }
                 Event::Evaluated(marker)
             }
-            other => {
-                domain::apply_event(&mut state, revision, &other)?;
-                other
-            }
+            None => event,
         };
         batch.push(stored(&event, revision));
         revision += 1;
