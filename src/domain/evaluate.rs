@@ -223,8 +223,10 @@ fn prune_known(state: &mut ProjectState, now: &Timestamp) {
     });
 }
 
-/// A copy of `pstate` without its PCLs.
-fn without_pcls(pstate: &PState) -> PState {
+/// A copy of `pstate` without its PCLs (the bulk of it). The pattern names
+/// every field, so that a field added to `PState` does not compile until it
+/// is placed here.
+pub fn without_pcls(pstate: &PState) -> PState {
     let PState {
         luci_project,
         status,

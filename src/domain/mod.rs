@@ -29,7 +29,7 @@ use crate::proto::Timestamp;
 use crate::proto;
 use triage_api::{PmView, TriageError, TriageResult};
 
-pub use evaluate::project_log;
+pub use evaluate::{project_log, without_pcls};
 pub use exec_deferred::panic_message;
 pub use invocation::{cancel_reason, run_status_ended};
 

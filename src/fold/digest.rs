@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
+use crate::domain;
 use crate::proto::{input_event::Event, Component, PState, Pcl, ProjectState};
 
 /// A digest definition.
@@ -244,7 +245,27 @@ fn feed_keyed<T: Message, K: Ord + Clone>(
     hasher: &mut blake3::Hasher,
 ) {
     hasher.update(&(list.len() as u64).to_le_bytes());
-    let sorted = list.windows(2).all(|w| key(&w[0]) < key(&w[1]));
+    // One walk of both (sorted) key sequences: what is kept but no longer
+    // listed, what is listed but not kept, and whether the list is sorted.
+    let mut stale: Vec<K> = Vec::new();
+    let mut missing: Vec<&T> = Vec::new();
+    let mut kept_keys = kept.keys().peekable();
+    let mut previous: Option<&K> = None;
+    let mut sorted = true;
+    for entity in list {
+        let k = key(entity);
+        if previous.is_some_and(|p| p >= k) {
+            sorted = false;
+            break;
+        }
+        previous = Some(k);
+        while let Some(old) = kept_keys.next_if(|old| *old < k) {
+            stale.push(old.clone());
+        }
+        if kept_keys.next_if(|old| *old == k).is_none() {
+            missing.push(entity);
+        }
+    }
     if !sorted {
         kept.clear();
         for entity in list {
@@ -252,13 +273,12 @@ fn feed_keyed<T: Message, K: Ord + Clone>(
         }
         return;
     }
-    if kept.len() != list.len() || !kept.keys().zip(list).all(|(k, e)| k == key(e)) {
-        kept.retain(|k, _| list.binary_search_by(|e| key(e).cmp(k)).is_ok());
-        for entity in list {
-            if !kept.contains_key(key(entity)) {
-                kept.insert(key(entity).clone(), entity_hash(entity));
-            }
-        }
+    stale.extend(kept_keys.cloned());
+    for k in &stale {
+        kept.remove(k);
+    }
+    for entity in missing {
+        kept.insert(key(entity).clone(), entity_hash(entity));
     }
     for hash in kept.values() {
         hasher.update(hash);
@@ -266,8 +286,9 @@ fn feed_keyed<T: Message, K: Ord + Clone>(
 }
 
 /// The state with the four lists a version 2 digest hashes per entity
-/// emptied. The patterns name every field, so that a field added to the
-/// state or to `PState` does not compile until it is placed here.
+/// emptied. The pattern names every field (as `domain::without_pcls` does
+/// for `PState`), so that a field added to the state does not compile until
+/// it is placed here.
 fn without_lists(state: &ProjectState) -> ProjectState {
     let ProjectState {
         luci_project,
@@ -282,33 +303,9 @@ fn without_lists(state: &ProjectState) -> ProjectState {
         run_requests,
         last_revision,
     } = state;
-    let pstate = pstate.as_ref().map(|p| {
-        let PState {
-            luci_project,
-            status,
-            config_hash,
-            config_group_names,
-            pcls: _,
-            components: _,
-            purging_cls,
-            triggering_cl_deps,
-            repartition_required,
-            created_pruns,
-            next_eval_time,
-        } = p;
-        PState {
-            luci_project: luci_project.clone(),
-            status: *status,
-            config_hash: config_hash.clone(),
-            config_group_names: config_group_names.clone(),
-            pcls: Vec::new(),
-            components: Vec::new(),
-            purging_cls: purging_cls.clone(),
-            triggering_cl_deps: triggering_cl_deps.clone(),
-            repartition_required: *repartition_required,
-            created_pruns: created_pruns.clone(),
-            next_eval_time: *next_eval_time,
-        }
+    let pstate = pstate.as_ref().map(|p| PState {
+        components: Vec::new(),
+        ..domain::without_pcls(p)
     });
     ProjectState {
         luci_project: luci_project.clone(),
