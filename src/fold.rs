@@ -86,7 +86,7 @@ pub fn prepare_marker(
     let revision = next_revision(state);
     let mut next = state.clone();
     let evaluation = domain::evaluate(&mut next, revision, now);
-    digester.marker_run(&next, revision, evaluation.changed_pcls.as_deref());
+    digester.marker_run(&next, revision, &evaluation);
     let marker = Evaluated {
         now: Some(now),
         eversion: evaluation.eversion,
@@ -176,7 +176,7 @@ pub fn apply_recorded_prepared(
         .now
         .ok_or(FoldError::MarkerWithoutNow { revision })?;
     let evaluation = domain::evaluate(state, revision, now);
-    digester.marker_run(state, revision, evaluation.changed_pcls.as_deref());
+    digester.marker_run(state, revision, &evaluation);
     let version = match recorded.state_digest.as_slice() {
         [] => digest::CURRENT,
         recorded => DigestVersion::of(recorded).unwrap_or(digest::CURRENT),

@@ -206,14 +206,20 @@ fn run_transitions(
 }
 
 /// Forgets Runs ended more than 7 days ago (or ended without an end time)
-/// and Run requests that are a minute old or whose Run is known.
-fn prune_known(state: &mut ProjectState, now: &Timestamp) {
+/// and Run requests that are a minute old or whose Run is known. Returns the
+/// ids of the Runs forgotten, in order.
+fn prune_known(state: &mut ProjectState, now: &Timestamp) -> Vec<String> {
     let run_cutoff = time::add_days(now, -KNOWN_RUN_RETENTION_DAYS);
-    state.runs.retain(|r| {
-        !run_status_ended(r.status)
+    let mut forgotten = Vec::new();
+    state.runs.retain_mut(|r| {
+        let keep = !run_status_ended(r.status)
             || r.end_time
                 .as_ref()
-                .is_some_and(|t| time::cmp(t, &run_cutoff).is_ge())
+                .is_some_and(|t| time::cmp(t, &run_cutoff).is_ge());
+        if !keep {
+            forgotten.push(std::mem::take(&mut r.id));
+        }
+        keep
     });
     let request_cutoff = time::add_minutes(now, -RUN_REQUEST_RETENTION_MINUTES);
     let runs = &state.runs;
@@ -221,6 +227,7 @@ fn prune_known(state: &mut ProjectState, now: &Timestamp) {
         let young = time::cmp_opt(r.requested_at.as_ref(), Some(&request_cutoff)).is_gt();
         young && runs.binary_search_by(|k| k.id.cmp(&r.run_id)).is_err()
     });
+    forgotten
 }
 
 /// A copy of `pstate` without its PCLs (the bulk of it). The pattern names
@@ -271,7 +278,7 @@ pub fn evaluate(
     });
     let (loaded_status, loaded_hash) = (loaded.status, loaded.config_hash.clone());
     let eversion = state.eversion + 1;
-    prune_known(state, &now);
+    let forgotten_runs = prune_known(state, &now);
 
     let mut trace = Vec::new();
     let pending = std::mem::take(&mut state.pending);
@@ -382,6 +389,7 @@ pub fn evaluate(
         offload,
         trace,
         changed_pcls: changed_pcls.map(|c| c.into_iter().collect()),
+        forgotten_runs,
     }
 }
 

@@ -62,6 +62,9 @@ pub struct Evaluation {
     /// not listed); `None`: any PCL may have changed. What a digest of the
     /// state kept from before the invocation must hash again.
     pub changed_pcls: Option<Vec<i64>>,
+    /// The known Runs the invocation forgot (ended more than 7 days ago), in
+    /// id order.
+    pub forgotten_runs: Vec<String>,
 }
 
 impl Evaluation {

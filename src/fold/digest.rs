@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
-use crate::domain;
+use crate::domain::{self, Evaluation};
 use crate::proto::{input_event::Event, Component, PState, Pcl, ProjectState};
 
 /// A digest definition.
@@ -154,17 +154,16 @@ impl Digester {
     }
 
     /// `state` has just run the invocation of the marker at `revision`,
-    /// which changed `changed_pcls` (`None`: any PCL).
-    pub fn marker_run(
-        &mut self,
-        state: &ProjectState,
-        revision: u64,
-        changed_pcls: Option<&[i64]>,
-    ) {
+    /// which decided `evaluation`: the Runs it forgot are dropped and the
+    /// PCLs it changed are hashed again.
+    pub fn marker_run(&mut self, state: &ProjectState, revision: u64, evaluation: &Evaluation) {
         if !self.follow(revision) {
             return;
         }
-        let Some(changed) = changed_pcls else {
+        for id in &evaluation.forgotten_runs {
+            self.runs.remove(id);
+        }
+        let Some(changed) = &evaluation.changed_pcls else {
             self.pcls.clear();
             return;
         };
@@ -207,16 +206,29 @@ impl Digester {
         let (pcls, components) = state.pstate.as_ref().map_or((no_pcls, no_components), |p| {
             (p.pcls.as_slice(), p.components.as_slice())
         });
-        if self.following != Some(state.last_revision) {
+        let followed = self.following == Some(state.last_revision);
+        if !followed {
             // Not the state followed: hash every CL, Run and PCL, and follow it.
             self.cls.clear();
             self.runs.clear();
             self.pcls.clear();
             self.following = Some(state.last_revision);
         }
-        feed_keyed(&mut self.cls, &state.cls, |c| &c.clid, &mut hasher);
-        feed_keyed(&mut self.runs, &state.runs, |r| &r.id, &mut hasher);
-        feed_keyed(&mut self.pcls, pcls, |p| &p.clid, &mut hasher);
+        feed_keyed(
+            &mut self.cls,
+            &state.cls,
+            |c| &c.clid,
+            followed,
+            &mut hasher,
+        );
+        feed_keyed(
+            &mut self.runs,
+            &state.runs,
+            |r| &r.id,
+            followed,
+            &mut hasher,
+        );
+        feed_keyed(&mut self.pcls, pcls, |p| &p.clid, followed, &mut hasher);
         self.components.update(
             components,
             |a, b| a.clids.first().cmp(&b.clids.first()),
@@ -236,15 +248,23 @@ fn entity_hash(entity: &impl Message) -> Hash {
 /// Feeds the list's length and each entity's kept hash to `hasher`. `kept`
 /// holds the hashes of the list's entities by key, up to date for every
 /// entity it has; an entity it lacks is hashed, and a key no longer listed
-/// (a forgotten Run) is dropped. A list out of key order, or with a key
-/// twice, is hashed afresh.
+/// is dropped. A list out of key order, or with a key twice, is hashed
+/// afresh. When the fold has reported every addition and removal to the
+/// digester (`followed`) and the sizes agree, the keys are not compared.
 fn feed_keyed<T: Message, K: Ord + Clone>(
     kept: &mut BTreeMap<K, Hash>,
     list: &[T],
     key: impl Fn(&T) -> &K,
+    followed: bool,
     hasher: &mut blake3::Hasher,
 ) {
     hasher.update(&(list.len() as u64).to_le_bytes());
+    if followed && !kept.is_empty() && kept.len() == list.len() {
+        for hash in kept.values() {
+            hasher.update(hash);
+        }
+        return;
+    }
     // One walk of both (sorted) key sequences: what is kept but no longer
     // listed, what is listed but not kept, and whether the list is sorted.
     let mut stale: Vec<K> = Vec::new();
