@@ -106,9 +106,9 @@ pub fn prepare_marker(
 /// marker whose eversion and digest are unset (0 and empty) is filled in
 /// (with the current digest version); a marker that disagrees is a
 /// divergence, reported in the outcome, not an error. A recorded digest is
-/// checked in the version it carries. `digester` keeps the per-entity hashes
-/// of the last state it digested: the same one should follow a state from
-/// marker to marker.
+/// checked in the version it carries. `digester` follows `state`: pass the
+/// same one for every event folded into it (one that missed an event hashes
+/// everything again at the next marker).
 pub fn apply_recorded(
     state: &mut ProjectState,
     event: &RecordedEvent,
