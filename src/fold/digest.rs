@@ -260,9 +260,7 @@ fn feed_keyed<T: Message, K: Ord + Clone>(
 ) {
     hasher.update(&(list.len() as u64).to_le_bytes());
     if followed && !kept.is_empty() && kept.len() == list.len() {
-        for hash in kept.values() {
-            hasher.update(hash);
-        }
+        feed_hashes(hasher, kept.values());
         return;
     }
     // One walk of both (sorted) key sequences: what is kept but no longer
@@ -300,9 +298,17 @@ fn feed_keyed<T: Message, K: Ord + Clone>(
     for entity in missing {
         kept.insert(key(entity).clone(), entity_hash(entity));
     }
-    for hash in kept.values() {
-        hasher.update(hash);
+    feed_hashes(hasher, kept.values());
+}
+
+/// Feeds hashes to `hasher` in one piece: BLAKE3 compresses a long input
+/// several blocks at a time, 32-byte pieces one block at a time.
+fn feed_hashes<'h>(hasher: &mut blake3::Hasher, hashes: impl ExactSizeIterator<Item = &'h Hash>) {
+    let mut bytes = Vec::with_capacity(hashes.len() * 32);
+    for hash in hashes {
+        bytes.extend_from_slice(hash);
     }
+    hasher.update(&bytes);
 }
 
 /// The state with the four lists a version 2 digest hashes per entity
