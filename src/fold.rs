@@ -15,7 +15,7 @@ use crate::streams::project_stream;
 
 mod digest;
 
-pub use digest::{digest_matches, state_digest, DigestVersion, Digester};
+pub use digest::{state_digest, DigestVersion, Digester};
 
 /// The revision the fold expects next: 0 for a state that folded nothing,
 /// else the revision after the last one folded.

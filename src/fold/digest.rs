@@ -58,12 +58,6 @@ pub fn state_digest(state: &ProjectState) -> Vec<u8> {
     Digester::default().digest(state)
 }
 
-/// Whether `digest` is the digest of `state` in the version `digest`
-/// carries (a digest of no known version matches nothing).
-pub fn digest_matches(state: &ProjectState, digest: &[u8]) -> bool {
-    Digester::default().matches(state, digest)
-}
-
 /// Computes digests, keeping the entity hashes of the state it follows so
 /// that the fold's next digest of that state hashes only what changed:
 ///
@@ -124,7 +118,8 @@ impl Digester {
         }
     }
 
-    /// Whether `digest` is the digest of `state` in the version it carries.
+    /// Whether `digest` is the digest of `state` in the version it carries
+    /// (a digest of no known version matches nothing), hashed afresh.
     pub fn matches(&mut self, state: &ProjectState, digest: &[u8]) -> bool {
         DigestVersion::of(digest).is_some_and(|version| self.digest_as(state, version) == digest)
     }
@@ -431,9 +426,10 @@ mod tests {
         assert_eq!(DigestVersion::of(&v2), Some(DigestVersion::V2));
         assert_eq!(DigestVersion::of(&[2; 31]), None);
         assert_eq!(DigestVersion::of(&[3; 33]), None);
-        assert!(digest_matches(&s, &v1) && digest_matches(&s, &v2));
-        assert!(!digest_matches(&state("p", &[2], &[]), &v2));
-        assert!(!digest_matches(&s, &[3; 33]));
+        let mut digester = Digester::default();
+        assert!(digester.matches(&s, &v1) && digester.matches(&s, &v2));
+        assert!(!digester.matches(&state("p", &[2], &[]), &v2));
+        assert!(!digester.matches(&s, &[3; 33]));
     }
 
     #[test]
