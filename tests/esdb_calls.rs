@@ -342,3 +342,357 @@ async fn an_append_over_the_servers_size_limit_is_refused_clearly() {
     );
     assert!(double.log().iter().all(|r| r.stream != "big"));
 }
+
+fn raw_client(double: &EsdbDouble) -> eventstore::Client {
+    eventstore::Client::new(double.url().parse().unwrap()).unwrap()
+}
+
+fn poke(n: u128, bytes: usize) -> NewEvent {
+    NewEvent {
+        id: uuid::Uuid::from_u128(n),
+        event_type: "Poked".into(),
+        data: vec![7; bytes],
+        metadata: b"{}".to_vec(),
+    }
+}
+
+/// The next message of a raw subscription, failing on a stall.
+async fn next_message(
+    subscription: &mut eventstore::Subscription,
+) -> Result<eventstore::SubscriptionEvent, eventstore::Error> {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        subscription.next_subscription_event(),
+    )
+    .await
+    .expect("the subscription stalled")
+}
+
+/// Server behaviour: `$all` positions are byte offsets of the log (with
+/// gaps), and a read or subscription starting at a position that is not a
+/// record boundary is refused with `InvalidArgument`. The adapter re-seeks to
+/// the nearest event it has seen before (or to the start of `$all`) and
+/// drops what comes before the position asked for, so `read_all` and
+/// `subscribe_all` from any position give exactly the events at or after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_between_records_is_refused_by_the_server_and_re_seeked_by_the_adapter() {
+    use eventstore::{Position, ReadAllOptions, StreamPosition, SubscribeToAllOptions};
+    use prjmanager::store::StreamFilter;
+    let double = EsdbDouble::start();
+    let writer = EsdbStore::connect(&double.url()).unwrap();
+    for n in 1..=6 {
+        writer
+            .append("s", ExpectedRevision::Any, vec![poke(n, 10)])
+            .await
+            .unwrap();
+    }
+    let commits: Vec<u64> = double.log().iter().map(|r| r.commit).collect();
+    assert!(commits.windows(2).all(|w| w[1] > w[0] + 2), "{commits:?}");
+    let client = raw_client(&double);
+    let at = |commit: u64| {
+        ReadAllOptions::default()
+            .position(StreamPosition::Position(Position {
+                commit,
+                prepare: commit,
+            }))
+            .forwards()
+            .max_count(10)
+    };
+    let first_from = |commit: u64| {
+        let client = client.clone();
+        async move {
+            let mut read = client.read_all(&at(commit)).await?;
+            Ok::<_, eventstore::Error>(
+                read.next()
+                    .await?
+                    .map(|e| e.get_original_event().position.commit),
+            )
+        }
+    };
+    assert_eq!(first_from(commits[2]).await.unwrap(), Some(commits[2]));
+    let refused = first_from(commits[2] + 1).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            eventstore::Error::Grpc {
+                code: tonic::Code::InvalidArgument,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    let mut subscription = client
+        .subscribe_to_all(
+            &SubscribeToAllOptions::default().position(StreamPosition::Position(Position {
+                commit: commits[2] + 1,
+                prepare: commits[2] + 1,
+            })),
+        )
+        .await;
+    let refused = next_message(&mut subscription).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            eventstore::Error::Grpc {
+                code: tonic::Code::InvalidArgument,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+
+    // A fresh adapter knows no boundary: it re-seeks to the start of `$all`.
+    // Our position of an event is its commit position + 1, so asking for
+    // event 3's own position starts one byte before its record.
+    let fresh = EsdbStore::connect(&double.url()).unwrap();
+    let all = StreamFilter::default();
+    let from_third = fresh.read_all(commits[2] + 1, 10, &all).await.unwrap();
+    let ids = |events: &[prjmanager::store::RecordedEvent]| -> Vec<u128> {
+        events.iter().map(|e| e.id.as_u128()).collect()
+    };
+    assert_eq!(ids(&from_third), [3, 4, 5, 6]);
+    let mid_record = fresh.read_all(commits[2] + 3, 10, &all).await.unwrap();
+    assert_eq!(ids(&mid_record), [4, 5, 6]);
+    let fresh = EsdbStore::connect(&double.url()).unwrap();
+    let mut subscription = fresh.subscribe_all(commits[2] + 1, all);
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let event = tokio::time::timeout(Duration::from_secs(20), subscription.next())
+            .await
+            .expect("an event")
+            .expect("the subscription goes on")
+            .expect("no error");
+        seen.push(event.id.as_u128());
+    }
+    assert_eq!(seen, [3, 4, 5, 6]);
+}
+
+/// Server behaviour: a filtered `$all` subscription sends a checkpoint
+/// every `window × multiplier` scanned records, whether they matched or not.
+/// The adapter moves its resume point to each checkpoint, so after a drop it
+/// resubscribes past the records it already had scanned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_subscriptions_get_checkpoints_and_the_adapter_resumes_from_them() {
+    use eventstore::{SubscribeToAllOptions, SubscriptionEvent, SubscriptionFilter};
+    use prjmanager::store::StreamFilter;
+    let double = EsdbDouble::start();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    for n in 1..=25 {
+        store
+            .append("other", ExpectedRevision::Any, vec![poke(n, 10)])
+            .await
+            .unwrap();
+    }
+    store
+        .append("want-1", ExpectedRevision::Any, vec![poke(100, 10)])
+        .await
+        .unwrap();
+    let commits: Vec<u64> = double.log().iter().map(|r| r.commit).collect();
+    let client = raw_client(&double);
+    let filter = SubscriptionFilter::on_stream_name()
+        .add_prefix("want-")
+        .max(10);
+    let mut subscription = client
+        .subscribe_to_all(&SubscribeToAllOptions::default().filter(filter))
+        .await;
+    let mut messages = Vec::new();
+    loop {
+        match next_message(&mut subscription).await.unwrap() {
+            SubscriptionEvent::Checkpoint(p) => messages.push(format!("checkpoint {}", p.commit)),
+            SubscriptionEvent::EventAppeared(e) => {
+                messages.push(format!("event {}", e.get_original_event().position.commit));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        messages,
+        [
+            format!("checkpoint {}", commits[9]),
+            format!("checkpoint {}", commits[19]),
+            format!("event {}", commits[25]),
+        ]
+    );
+
+    // Through the adapter (window 32, what the client asks for by default).
+    let mut wanted = store.subscribe_all(1, StreamFilter::prefix("want-"));
+    let first = tokio::time::timeout(Duration::from_secs(20), wanted.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.id.as_u128(), 100);
+    for n in 200..300 {
+        store
+            .append("other", ExpectedRevision::Any, vec![poke(n, 10)])
+            .await
+            .unwrap();
+    }
+    let log = double.log();
+    // The adapter's subscription has scanned 126 records: checkpoints at
+    // the 32nd, 64th, 96th; let it read them, then drop every connection.
+    let last_checkpoint = log[95].commit;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    double.restart(Duration::from_millis(100));
+    store
+        .append("want-2", ExpectedRevision::Any, vec![poke(300, 10)])
+        .await
+        .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(20), wanted.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.id.as_u128(), 300);
+    let starts = double.all_subscription_starts();
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    assert_eq!(starts[2], Some(last_checkpoint), "{starts:?}");
+}
+
+/// Server behaviour (KurrentDB): a subscriber too slow for the live buffer
+/// is sent `fell_behind`, caught up again from the log and sent `caught_up`
+/// again, not dropped. The adapter's subscription goes on through it and
+/// delivers every event once, in order, without resubscribing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_moved_back_to_catch_up_not_dropped() {
+    use eventstore::{SubscribeToAllOptions, SubscriptionEvent};
+    use prjmanager::store::StreamFilter;
+    const EVENTS: u128 = 3_000;
+    let double = EsdbDouble::start_with_live_buffer(8);
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    let client = raw_client(&double);
+    let mut raw = client
+        .subscribe_to_all(&SubscribeToAllOptions::default())
+        .await;
+    let mut through_adapter = store.subscribe_all(1, StreamFilter::default());
+    // Both are live (the raw one confirmed and caught up) before the burst.
+    loop {
+        if let SubscriptionEvent::CaughtUp = next_message(&mut raw).await.unwrap() {
+            break;
+        }
+    }
+    while double.subscriptions_opened() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for chunk in 0..EVENTS / 100 {
+        let batch = (0..100).map(|i| poke(1 + chunk * 100 + i, 1024)).collect();
+        store
+            .append("burst", ExpectedRevision::Any, batch)
+            .await
+            .unwrap();
+    }
+    let mut fell_behind = 0;
+    let mut seen = Vec::new();
+    while seen.len() < EVENTS as usize {
+        match next_message(&mut raw).await.unwrap() {
+            SubscriptionEvent::FellBehind => fell_behind += 1,
+            SubscriptionEvent::EventAppeared(e) => seen.push(e.get_original_event().id.as_u128()),
+            _ => {}
+        }
+    }
+    assert!(fell_behind >= 1, "the raw subscriber never fell behind");
+    assert_eq!(seen, (1..=EVENTS).collect::<Vec<_>>());
+    let mut delivered = Vec::new();
+    while delivered.len() < EVENTS as usize {
+        let event = tokio::time::timeout(Duration::from_secs(20), through_adapter.next())
+            .await
+            .expect("an event")
+            .expect("the subscription goes on")
+            .expect("no error");
+        delivered.push(event.id.as_u128());
+    }
+    assert_eq!(delivered, (1..=EVENTS).collect::<Vec<_>>());
+    assert_eq!(double.subscriptions_opened(), 2, "nobody resubscribed");
+}
+
+/// Server behaviour: a `$$` (metadata) stream keeps only its newest event;
+/// a soft delete writes `{"$tb": 2^63 - 1}` into the stream's metadata,
+/// keeping its other keys, and reads then find no stream; appending again
+/// recreates it with `$tb` at the first new revision. The adapter's
+/// `set_stream_metadata` keeps a soft delete (it never writes the stream
+/// back into existence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_streams_keep_one_event_and_a_soft_delete_survives_set_stream_metadata() {
+    use eventstore::{AppendToStreamOptions, DeleteStreamOptions, EventData, ReadStreamOptions};
+    use prjmanager::store::StreamMetadata;
+    let double = EsdbDouble::start();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    let client = raw_client(&double);
+    store
+        .append(
+            "sd",
+            ExpectedRevision::NoStream,
+            vec![poke(1, 4), poke(2, 4)],
+        )
+        .await
+        .unwrap();
+    for n in 5..8 {
+        let metadata = StreamMetadata {
+            max_count: Some(n),
+            truncate_before: None,
+        };
+        store.set_stream_metadata("sd", metadata).await.unwrap();
+    }
+    let mut read = client
+        .read_stream("$$sd", &ReadStreamOptions::default().forwards())
+        .await
+        .unwrap();
+    let mut documents = Vec::new();
+    while let Some(event) = read.next().await.unwrap() {
+        documents.push(
+            serde_json::from_slice::<serde_json::Value>(&event.get_original_event().data).unwrap(),
+        );
+    }
+    assert_eq!(documents, [serde_json::json!({"$maxCount": 7})]);
+
+    client
+        .delete_stream("sd", &DeleteStreamOptions::default())
+        .await
+        .unwrap();
+    let newest = |double: &EsdbDouble| {
+        let rec = double
+            .log()
+            .into_iter()
+            .rfind(|r| r.stream == "$$sd")
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&rec.data).unwrap()
+    };
+    let deleted = serde_json::json!({"$maxCount": 7, "$tb": i64::MAX});
+    assert_eq!(newest(&double), deleted);
+    let stream = |store: EsdbStore| async move {
+        store
+            .read_stream("sd", ReadFrom::Start, Direction::Forwards, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id.as_u128())
+            .collect::<Vec<_>>()
+    };
+    assert!(stream(store.clone()).await.is_empty());
+    let metadata = StreamMetadata {
+        max_count: Some(9),
+        truncate_before: None,
+    };
+    store.set_stream_metadata("sd", metadata).await.unwrap();
+    assert_eq!(
+        newest(&double),
+        serde_json::json!({"$maxCount": 9, "$tb": i64::MAX}),
+        "still soft-deleted"
+    );
+    assert!(stream(store.clone()).await.is_empty());
+    // Appending recreates the stream after the deleted revisions.
+    client
+        .append_to_stream(
+            "sd",
+            &AppendToStreamOptions::default(),
+            EventData::binary("Poked", vec![1].into()).id(uuid::Uuid::from_u128(3)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        newest(&double),
+        serde_json::json!({"$maxCount": 9, "$tb": 2})
+    );
+    assert_eq!(stream(store.clone()).await, [3]);
+}

@@ -12,7 +12,11 @@
 //!   and drops what comes before `p`; `subscribe_all(p)` subscribes from
 //!   commit `p − 2` (EventStoreDB's subscription start is exclusive). For the
 //!   usual `p = last.position + 1` both start at the last event's commit
-//!   position, which is a record boundary in the server's log. Streams whose name
+//!   position, which is a record boundary in the server's log. Any other `p`
+//!   may fall inside a record, which the server refuses (`InvalidArgument`);
+//!   the adapter then re-seeks once to the nearest event it has seen before
+//!   (it remembers the last [`MAX_KNOWN_BOUNDARIES`] commit positions), or to
+//!   the start of `$all`, and drops what comes before `p`. Streams whose name
 //!   starts with `$` (system and metadata streams) are never returned.
 //! * **Revisions** are EventStoreDB's stream revisions unchanged; `End`
 //!   forwards and `Start` backwards (which EventStoreDB answers with nothing
@@ -20,7 +24,9 @@
 //!   visible event", as the contract says.
 //! * **Metadata.** [`StreamMetadata`] is written as our own `$metadata` JSON
 //!   event (`$maxCount`, `$tb`) to `$$<stream>`, and read back as the *newest*
-//!   event of that stream. The client's `set_stream_metadata` (which writes
+//!   event of that stream. It is read-modify-written: other keys (`$acl`,
+//!   `$maxAge`) stay, a max count of 0 is written as 1 (0 voids the whole
+//!   document), and a soft delete (`$tb` at 2^63 - 1) is kept. The client's `set_stream_metadata` (which writes
 //!   `$maxAge`/`$cacheControl` in milliseconds where the server reads
 //!   seconds) and `get_stream_metadata` (which returns the *oldest* metadata
 //!   event) are not used.
@@ -60,12 +66,15 @@
 //!
 //! Catch-up subscriptions use the server's subscriptions (`$all` with a
 //! stream-name prefix filter, or one stream), without the client's own retry.
-//! The adapter keeps the last delivered event as the checkpoint; when the
-//! subscription drops for a transient reason it resubscribes from it, so
-//! nothing is missed or delivered twice. They end with an error only on a
-//! final error.
+//! The adapter keeps the last delivered event as the checkpoint, moved on by
+//! the server's checkpoint messages of a filtered `$all` subscription (every
+//! record up to one was scanned); when the subscription drops for a
+//! transient reason it resubscribes from it, so nothing is missed or
+//! delivered twice. A subscriber that falls behind is caught up again by the
+//! server (`fell_behind` … `caught_up`), which the adapter rides through.
+//! They end with an error only on a final error.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,6 +110,13 @@ const MAX_REPINS: u32 = 64;
 /// rebuilt from reads on demand).
 const MAX_INDEXED_STREAMS: usize = 65_536;
 
+/// `$tb` of a soft-deleted stream (EventStoreDB's `EventNumber.DeletedStream`).
+const SOFT_DELETED: u64 = i64::MAX as u64;
+
+/// How many record boundaries (commit positions of events seen) are kept to
+/// re-seek from; the oldest are forgotten first.
+const MAX_KNOWN_BOUNDARIES: usize = 65_536;
+
 /// An EventStoreDB-backed store; clones share one supervised client.
 #[derive(Clone)]
 pub struct EsdbStore {
@@ -115,6 +131,9 @@ struct Inner {
     generation: Mutex<u64>,
     /// Per stream, the ids of its events (see the module documentation).
     ids: Mutex<HashMap<String, Arc<tokio::sync::Mutex<IdIndex>>>>,
+    /// Commit positions of events seen: record boundaries of the server's
+    /// log, to re-seek to when a position is refused.
+    boundaries: Mutex<BTreeSet<u64>>,
 }
 
 impl std::fmt::Debug for EsdbStore {
@@ -285,6 +304,18 @@ impl StreamIds for IdIndex {
     }
 }
 
+/// Whether the server refused a read or subscription because its start is
+/// not a record boundary of the log (positions are byte offsets).
+fn is_invalid_position(err: &eventstore::Error) -> bool {
+    matches!(
+        err,
+        eventstore::Error::Grpc {
+            code: tonic::Code::InvalidArgument,
+            ..
+        }
+    )
+}
+
 impl EsdbStore {
     /// A store for an `esdb://` or `esdb+discover://` connection string; no
     /// connection is made until the first call.
@@ -298,6 +329,7 @@ impl EsdbStore {
                 client: Mutex::new(None),
                 generation: Mutex::new(0),
                 ids: Mutex::new(HashMap::new()),
+                boundaries: Mutex::new(BTreeSet::new()),
             }),
         })
     }
@@ -382,6 +414,38 @@ impl EsdbStore {
         );
         tokio::time::sleep(backoff(*attempt - 1)).await;
         Ok(())
+    }
+
+    /// Remembers that an event is at commit position `commit`.
+    fn saw(&self, commit: u64) {
+        let mut known = self
+            .inner
+            .boundaries
+            .lock()
+            .expect("esdb boundaries mutex poisoned");
+        if known.insert(commit) && known.len() > MAX_KNOWN_BOUNDARIES {
+            known.pop_first();
+        }
+    }
+
+    /// Where to read or subscribe from instead of `commit`, which the server
+    /// refused as not a record boundary: the nearest event seen before it,
+    /// or the start of `$all`. Callers skip what comes before what they
+    /// asked for, so starting earlier loses nothing.
+    fn reseek(&self, commit: u64) -> Option<u64> {
+        let known = self
+            .inner
+            .boundaries
+            .lock()
+            .expect("esdb boundaries mutex poisoned");
+        let before = known.range(..commit).next_back().copied();
+        tracing::warn!(
+            commit,
+            ?before,
+            "EventStoreDB refused a start position that is not a record boundary; \
+             re-seeking to the nearest event seen before it (or the start of $all)"
+        );
+        before
     }
 
     fn id_index(&self, stream: &str) -> Arc<tokio::sync::Mutex<IdIndex>> {
@@ -566,18 +630,39 @@ impl EventStore for EsdbStore {
             };
             // The event a page starts at when it continues the previous one.
             let mut skip: Option<u64> = None;
+            let mut reseeked = false;
             loop {
                 let options = ReadAllOptions::default()
                     .position(start)
                     .forwards()
                     .max_count(SUBSCRIPTION_PAGE_EVENTS);
-                let mut read = client.read_all(&options).await?;
-                let mut seen = 0;
+                let page = async {
+                    let mut read = client.read_all(&options).await?;
+                    let mut page = Vec::new();
+                    while let Some(event) = read.next().await? {
+                        page.push(event);
+                    }
+                    Ok::<_, eventstore::Error>(page)
+                }
+                .await;
+                let page = match (page, start) {
+                    (Err(err), StreamPosition::Position(at))
+                        if skip.is_none() && !reseeked && is_invalid_position(&err) =>
+                    {
+                        reseeked = true;
+                        start = self.reseek(at.commit).map_or(StreamPosition::Start, |c| {
+                            StreamPosition::Position(esdb_position(c))
+                        });
+                        continue;
+                    }
+                    (page, _) => page?,
+                };
+                let seen = page.len();
                 let mut last = None;
-                while let Some(event) = read.next().await? {
-                    seen += 1;
+                for event in &page {
                     let event = event.get_original_event();
                     let commit = event.position.commit;
+                    self.saw(commit);
                     last = Some(commit);
                     if skip == Some(commit)
                         || our_position(commit) < from_position
@@ -647,7 +732,12 @@ impl EventStore for EsdbStore {
             Some(n) => json.insert("$maxCount".into(), n.max(1).into()),
             None => json.remove("$maxCount"),
         };
+        // A soft delete is `$tb` at 2^63 - 1 (the server's deleted marker):
+        // it stays, or writing metadata would bring the stream back.
+        let soft_deleted =
+            json.get("$tb").and_then(serde_json::Value::as_u64) == Some(SOFT_DELETED);
         match metadata.truncate_before {
+            _ if soft_deleted => None,
             Some(n) => json.insert("$tb".into(), n.into()),
             None => json.remove("$tb"),
         };
@@ -697,6 +787,7 @@ impl EventStore for EsdbStore {
             store
                 .run_subscription(
                     &sender,
+                    true,
                     from_position.checked_sub(2),
                     |client, checkpoint| {
                         let position = checkpoint.map_or(StreamPosition::Start, |c| {
@@ -733,6 +824,7 @@ impl EventStore for EsdbStore {
             store
                 .run_subscription(
                     &sender,
+                    false,
                     from_revision.checked_sub(1),
                     |client, checkpoint| {
                         let options = SubscribeToStreamOptions::default().start_from(
@@ -869,9 +961,15 @@ impl EsdbStore {
     /// `subscribe` (re)subscribes after the checkpoint; `accept` skips an
     /// event already delivered (`None`) or gives the new checkpoint and what
     /// to deliver.
+    ///
+    /// For `$all` (`all`), checkpoints are commit positions: the server's
+    /// checkpoint messages (every record up to one was scanned) move the
+    /// checkpoint on, and a start the server refuses as not a record
+    /// boundary is re-seeked once (see [`Self::reseek`]).
     async fn run_subscription<S, Fut, A>(
         &self,
         sender: &mpsc::Sender<Result<RecordedEvent, StoreError>>,
+        all: bool,
         mut checkpoint: Option<u64>,
         mut subscribe: S,
         mut accept: A,
@@ -881,6 +979,7 @@ impl EsdbStore {
         A: FnMut(&eventstore::RecordedEvent, Option<u64>) -> Option<(u64, Option<RecordedEvent>)>,
     {
         let mut failures = 0u32;
+        let mut reseeked = false;
         loop {
             let (generation, client) = match self.client() {
                 Ok(client) => client,
@@ -901,8 +1000,12 @@ impl EsdbStore {
                 match next {
                     Ok(SubscriptionEvent::EventAppeared(event)) => {
                         failures = 0;
-                        let Some((next, deliver)) = accept(event.get_original_event(), checkpoint)
-                        else {
+                        reseeked = false;
+                        let event = event.get_original_event();
+                        if all {
+                            self.saw(event.position.commit);
+                        }
+                        let Some((next, deliver)) = accept(event, checkpoint) else {
                             continue;
                         };
                         checkpoint = Some(next);
@@ -912,10 +1015,22 @@ impl EsdbStore {
                             }
                         }
                     }
+                    Ok(SubscriptionEvent::Checkpoint(position)) if all => {
+                        self.saw(position.commit);
+                        checkpoint =
+                            Some(checkpoint.map_or(position.commit, |c| c.max(position.commit)));
+                    }
                     Ok(_) => {}
                     Err(err) => break err,
                 }
             };
+            if let (true, false, Some(at)) = (all, reseeked, checkpoint) {
+                if is_invalid_position(&err) {
+                    reseeked = true;
+                    checkpoint = self.reseek(at);
+                    continue;
+                }
+            }
             match classify(&err) {
                 Class::Final => {
                     let _ = sender.send(Err(store_error(err))).await;

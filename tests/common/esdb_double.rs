@@ -10,17 +10,26 @@
 //! message, idempotent re-appends by event id at the expected position,
 //! `$maxCount`/`$tb` from the newest `$$stream` event applied on reads (the
 //! whole document ignored if either is out of range, as the server does),
+//! `$$` streams that keep only their newest event, a soft delete written as
+//! `{"$tb": 2^63 - 1}` into the stream's metadata (other keys kept; an
+//! append recreates the stream with `$tb` at its first new revision),
 //! `last_stream_position` after stream reads, subscriptions that start after
 //! the given revision/position (exclusive), confirm, catch up, send
 //! `caught_up`, go live and **never end with status OK** (the client
-//! busy-spins on OK), and a ServerFeatures service that advertises
-//! BatchAppend as a 24.10 node does; BatchAppend commits each request as an
-//! Append would (a conflict is a `google.rpc.Status` error for that request);
-//! a tombstone leaves a `$streamDeleted` record at revision 2^63 - 1 of the
-//! stream in `$all`, as the server does.
+//! busy-spins on OK), checkpoints every `window × multiplier` scanned
+//! records on filtered `$all` subscriptions, a reader too slow for the live
+//! buffer moved back to catch-up (`fell_behind`, history, `caught_up`) rather
+//! than dropped, and a ServerFeatures service that advertises BatchAppend as
+//! a 24.10 node does; BatchAppend commits each request as an Append would (a
+//! conflict is a `google.rpc.Status` error for that request); a tombstone
+//! leaves a `$streamDeleted` record at revision 2^63 - 1 of the stream in
+//! `$all`, as the server does.
 //!
-//! The global log position is the log index: commit = prepare = index
-//! (0-based), so the adapter's positions (commit + 1) are 1, 2, 3, ….
+//! Positions are byte offsets in the log, as the server's: a record's commit
+//! (= prepare) position is where it starts, and the next record starts
+//! [`RECORD_OVERHEAD`] plus its sizes later, so positions have gaps. Reading
+//! or subscribing to `$all` from a position that is neither a record's start
+//! nor the log's end is `InvalidArgument` (`exception: invalid-position`).
 //!
 //! Faults: [`EsdbDouble::restart`] shuts the server's runtime down (every
 //! connection and subscription drops, as when a node dies) and serves again
@@ -123,6 +132,14 @@ fn base64_basic(user: &str, password: &str) -> String {
 /// [`EsdbDouble::evict_idempotency_cache`]).
 pub const RECENT_IDS_CAPACITY: usize = 100_000;
 
+/// The checkpoint window of a filtered subscription that asks for `count`
+/// (what the `eventstore` client sends unless `.max(n)` is set).
+pub const DEFAULT_CHECKPOINT_WINDOW: u64 = 32;
+
+/// How many live records a subscription may lag behind before it falls
+/// behind (see [`EsdbDouble::start_with_live_buffer`]).
+pub const DEFAULT_LIVE_BUFFER: usize = 1 << 16;
+
 /// The server's default `MaxAppendSize` (up to 24.10 / KurrentDB 25.0).
 pub const DEFAULT_MAX_APPEND_BYTES: u64 = 1024 * 1024;
 
@@ -148,14 +165,25 @@ pub struct Rec {
 #[derive(Debug, Default)]
 struct StreamState {
     indexes: Vec<usize>,
-    /// Soft delete: revisions below this are gone.
-    deleted_before: Option<u64>,
     tombstoned: bool,
 }
+
+/// What a record takes in the log besides its stream name, payloads and
+/// system metadata (the server's prepare and commit records): positions are
+/// byte offsets, so consecutive records are never at consecutive positions.
+const RECORD_OVERHEAD: u64 = 96;
+
+/// `$tb` of a soft-deleted stream (the server's `EventNumber.DeletedStream`).
+pub const SOFT_DELETED_TB: u64 = i64::MAX as u64;
+
+/// The revision of the `$streamDeleted` record a tombstone leaves in `$all`.
+pub const TOMBSTONE_REVISION: u64 = i64::MAX as u64;
 
 #[derive(Debug, Default)]
 struct Log {
     log: Vec<Arc<Rec>>,
+    /// The position the next record is written at: the log's end.
+    end: u64,
     streams: HashMap<String, StreamState>,
 }
 
@@ -167,38 +195,90 @@ impl Log {
             .map(|r| r as u64)
     }
 
-    /// The first visible revision, from `$$stream`'s newest event and deletes.
-    fn first_visible(&self, stream: &str, last: u64) -> u64 {
-        let mut first = self
-            .streams
-            .get(stream)
-            .and_then(|s| s.deleted_before)
-            .unwrap_or(0);
+    /// Writes one record at the end of the log (its commit position is set
+    /// here) and, unless it is a tombstone, into its stream.
+    fn push(&mut self, mut rec: Rec) -> Arc<Rec> {
+        rec.commit = self.end;
+        let metadata: usize = rec.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.end += RECORD_OVERHEAD
+            + (rec.stream.len() + metadata + rec.custom.len() + rec.data.len()) as u64;
+        let rec = Arc::new(rec);
+        if rec.revision != TOMBSTONE_REVISION {
+            let index = self.log.len();
+            self.streams
+                .entry(rec.stream.clone())
+                .or_default()
+                .indexes
+                .push(index);
+        }
+        self.log.push(rec.clone());
+        rec
+    }
+
+    /// The index of the record at `position`, or the log's length for its
+    /// end; any other position is not a record boundary, which the server
+    /// refuses.
+    fn index_at(&self, position: u64) -> Result<usize, Status> {
+        if position == self.end {
+            return Ok(self.log.len());
+        }
+        self.log
+            .binary_search_by_key(&position, |r| r.commit)
+            .map_err(|_| {
+                let mut status = Status::invalid_argument(format!(
+                    "Invalid position {position}: not a record boundary of the log."
+                ));
+                status
+                    .metadata_mut()
+                    .insert("exception", "invalid-position".parse().unwrap());
+                status
+            })
+    }
+
+    /// The newest metadata document of `stream` (from `$$stream`), if any
+    /// and if it parses as a JSON object.
+    fn metadata(&self, stream: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
         let meta = format!("$${stream}");
-        if let Some(newest) = self
-            .streams
-            .get(&meta)
-            .and_then(|s| s.indexes.last())
-            .map(|&i| &self.log[i])
-        {
-            // As the server parses it: all or nothing. A `$maxCount` that is
-            // not a positive 32-bit integer, or a `$tb` that is not a
-            // non-negative integer, makes the whole document ignored.
-            if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&newest.data) {
-                let max_count = json
-                    .get("$maxCount")
-                    .map(|v| v.as_u64().filter(|n| (1..=i32::MAX as u64).contains(n)));
-                let tb = json.get("$tb").map(serde_json::Value::as_u64);
-                let valid = !matches!(max_count, Some(None)) && !matches!(tb, Some(None));
-                if valid {
-                    if let Some(Some(tb)) = tb {
-                        first = first.max(tb);
-                    }
-                    if let Some(Some(n)) = max_count {
-                        first = first.max((last + 1).saturating_sub(n));
-                    }
-                }
-            }
+        let newest = self.streams.get(&meta)?.indexes.last()?;
+        match serde_json::from_slice(&self.log[*newest].data) {
+            Ok(serde_json::Value::Object(map)) => Some(map),
+            _ => None,
+        }
+    }
+
+    /// `$maxCount` and `$tb` as the server applies them: all or nothing. A
+    /// `$maxCount` that is not a positive 32-bit integer, or a `$tb` that is
+    /// not a non-negative integer, makes the whole document ignored.
+    fn limits(&self, stream: &str) -> (Option<u64>, Option<u64>) {
+        let Some(json) = self.metadata(stream) else {
+            return (None, None);
+        };
+        let max_count = json
+            .get("$maxCount")
+            .map(|v| v.as_u64().filter(|n| (1..=i32::MAX as u64).contains(n)));
+        let tb = json.get("$tb").map(serde_json::Value::as_u64);
+        if matches!(max_count, Some(None)) || matches!(tb, Some(None)) {
+            return (None, None);
+        }
+        (max_count.flatten(), tb.flatten())
+    }
+
+    /// Whether `stream` is soft-deleted (`$tb` at [`SOFT_DELETED_TB`]).
+    fn soft_deleted(&self, stream: &str) -> bool {
+        self.limits(stream).1 == Some(SOFT_DELETED_TB)
+    }
+
+    /// The first visible revision, from `$$stream`'s newest event; a `$$`
+    /// stream keeps only its newest event (the server's fixed `$maxCount`
+    /// of metadata streams).
+    fn first_visible(&self, stream: &str, last: u64) -> u64 {
+        if stream.starts_with("$$") {
+            return last;
+        }
+        let (max_count, tb) = self.limits(stream);
+        let mut first = tb.unwrap_or(0);
+        if let Some(n) = max_count {
+            first = first.max((last + 1).saturating_sub(n));
         }
         first
     }
@@ -206,6 +286,56 @@ impl Log {
     fn event(&self, stream: &str, revision: u64) -> &Arc<Rec> {
         &self.log[self.streams[stream].indexes[revision as usize]]
     }
+
+    /// Writes a record the server writes itself (a `$metadata` document, a
+    /// `$streamDeleted` tombstone record).
+    fn push_system(
+        &mut self,
+        stream: &str,
+        revision: u64,
+        event_type: &str,
+        data: Vec<u8>,
+    ) -> Arc<Rec> {
+        let content_type = if data.is_empty() {
+            "application/octet-stream"
+        } else {
+            "application/json"
+        };
+        self.push(Rec {
+            stream: stream.to_string(),
+            revision,
+            commit: 0,
+            id: ::uuid::Uuid::new_v4(),
+            metadata: HashMap::from([
+                ("type".to_string(), event_type.to_string()),
+                ("content-type".to_string(), content_type.to_string()),
+                ("created".to_string(), created_ticks().to_string()),
+            ]),
+            custom: Vec::new(),
+            data,
+        })
+    }
+
+    /// Writes `doc` as the newest metadata document of `stream`.
+    fn push_metadata(
+        &mut self,
+        stream: &str,
+        doc: serde_json::Map<String, serde_json::Value>,
+    ) -> Arc<Rec> {
+        let meta = format!("$${stream}");
+        let revision = self.last(&meta).map_or(0, |l| l + 1);
+        let data = serde_json::to_vec(&serde_json::Value::Object(doc)).unwrap();
+        self.push_system(&meta, revision, "$metadata", data)
+    }
+}
+
+/// Now in .NET ticks (100 ns) since the Unix epoch, as `created` carries it.
+fn created_ticks() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        / 100
 }
 
 #[derive(Debug)]
@@ -231,6 +361,8 @@ struct Shared {
     max_append_bytes: AtomicU64,
     append_calls: AtomicU64,
     subscriptions: AtomicU64,
+    /// Where each `$all` subscription started (`None`: the start).
+    all_subscription_starts: Mutex<Vec<Option<u64>>>,
     restarts: AtomicU64,
 }
 
@@ -248,14 +380,24 @@ impl EsdbDouble {
         Self::start_on("127.0.0.1:0".parse().unwrap())
     }
 
+    /// Starts a double whose subscriptions fall behind (and catch up again)
+    /// once they lag `records` live records.
+    pub fn start_with_live_buffer(records: usize) -> Self {
+        Self::start_with("127.0.0.1:0".parse().unwrap(), records)
+    }
+
     /// Starts a double on this address (port 0: a free one).
     pub fn start_on(addr: SocketAddr) -> Self {
+        Self::start_with(addr, DEFAULT_LIVE_BUFFER)
+    }
+
+    fn start_with(addr: SocketAddr, live_buffer: usize) -> Self {
         let listener = std::net::TcpListener::bind(addr).expect("bind the double");
         let addr = listener.local_addr().unwrap();
         let (control, commands) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
             log: Mutex::new(Log::default()),
-            live: broadcast::channel(1 << 16).0,
+            live: broadcast::channel(live_buffer).0,
             control: Mutex::new(control.clone()),
             drop_after_append: AtomicU32::new(0),
             fail_appends: AtomicU32::new(0),
@@ -265,6 +407,7 @@ impl EsdbDouble {
             max_append_bytes: AtomicU64::new(DEFAULT_MAX_APPEND_BYTES),
             append_calls: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
+            all_subscription_starts: Mutex::new(Vec::new()),
             restarts: AtomicU64::new(0),
         });
         let runtime = serve(listener, shared.clone());
@@ -373,6 +516,12 @@ impl EsdbDouble {
     /// How many subscriptions were opened.
     pub fn subscriptions_opened(&self) -> u64 {
         self.shared.subscriptions.load(Ordering::SeqCst)
+    }
+
+    /// Where each `$all` subscription started: the exclusive start position,
+    /// or `None` for the start of the log.
+    pub fn all_subscription_starts(&self) -> Vec<Option<u64>> {
+        self.shared.all_subscription_starts.lock().unwrap().clone()
     }
 
     /// A snapshot of the whole log.
@@ -572,6 +721,10 @@ struct AllFilter {
     on_stream: bool,
     prefixes: Vec<String>,
     regex: Option<regex::Regex>,
+    /// A subscription's checkpoint interval in scanned records: the
+    /// window (`max`, or [`DEFAULT_CHECKPOINT_WINDOW`] for `count`) times
+    /// the multiplier.
+    checkpoint_every: u64,
 }
 
 impl AllFilter {
@@ -596,10 +749,17 @@ impl AllFilter {
                     .map_err(|e| Status::invalid_argument(e.to_string()))?,
             )
         };
+        use sp::read_req::options::filter_options::Window;
+        let window = match filter.window {
+            Some(Window::Max(n)) if n > 0 => u64::from(n),
+            _ => DEFAULT_CHECKPOINT_WINDOW,
+        };
+        let multiplier = u64::from(filter.checkpoint_interval_multiplier.max(1));
         Ok(Some(Self {
             on_stream,
             prefixes: expression.prefix,
             regex,
+            checkpoint_every: window * multiplier,
         }))
     }
 
@@ -654,7 +814,7 @@ impl sp::streams_server::Streams for Double {
                         self.read_stream(s, backwards, count, structured)?
                     }
                     Some(StreamOption::All(a)) => {
-                        self.read_all(a, backwards, count, filter.as_ref(), structured)
+                        self.read_all(a, backwards, count, filter.as_ref(), structured)?
                     }
                     None => return Err(Status::invalid_argument("no stream option")),
                 };
@@ -839,8 +999,13 @@ impl sp::streams_server::Streams for Double {
         if !expected.holds(last) {
             return Err(wrong_expected_status(&stream));
         }
-        if let Some(last) = last {
-            log.streams.get_mut(&stream).unwrap().deleted_before = Some(last + 1);
+        // A soft delete is a metadata document with `$tb` at the deleted
+        // marker; the document's other keys stay.
+        if last.is_some() {
+            let mut doc = log.metadata(&stream).unwrap_or_default();
+            doc.insert("$tb".into(), SOFT_DELETED_TB.into());
+            let rec = log.push_metadata(&stream, doc);
+            let _ = self.shared.live.send(rec);
         }
         Ok(Response::new(sp::DeleteResp {
             position_option: Some(sp::delete_resp::PositionOption::NoPosition(empty())),
@@ -874,24 +1039,7 @@ impl sp::streams_server::Streams for Double {
         log.streams.entry(stream.clone()).or_default().tombstoned = true;
         // As the server does: a `$streamDeleted` record in the deleted
         // stream, at revision 2^63 - 1, visible in `$all`.
-        let commit = log.log.len() as u64;
-        let rec = Arc::new(Rec {
-            stream,
-            revision: i64::MAX as u64,
-            commit,
-            id: ::uuid::Uuid::new_v4(),
-            metadata: HashMap::from([
-                ("type".to_string(), "$streamDeleted".to_string()),
-                (
-                    "content-type".to_string(),
-                    "application/octet-stream".to_string(),
-                ),
-                ("created".to_string(), "0".to_string()),
-            ]),
-            custom: Vec::new(),
-            data: Vec::new(),
-        });
-        log.log.push(rec.clone());
+        let rec = log.push_system(&stream, TOMBSTONE_REVISION, "$streamDeleted", Vec::new());
         let _ = self.shared.live.send(rec);
         Ok(Response::new(sp::TombstoneResp {
             position_option: Some(sp::tombstone_resp::PositionOption::NoPosition(empty())),
@@ -988,7 +1136,11 @@ impl Double {
                 }
             }
         }
-        if !expected.holds(last) {
+        // A soft-deleted stream takes an append as a missing one would
+        // (it is recreated, numbering going on).
+        let holds = expected.holds(last)
+            || (log.soft_deleted(stream) && matches!(expected, Expected::NoStream));
+        if !holds {
             return Ok(sp::AppendResp {
                 result: Some(R::WrongExpectedVersion(
                     sp::append_resp::WrongExpectedVersion {
@@ -1012,34 +1164,30 @@ impl Double {
                 )),
             });
         }
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-            / 100;
+        let created = created_ticks();
+        let undelete = log.soft_deleted(stream);
         let first_revision = last.map_or(0, |l| l + 1);
         let mut written = Vec::new();
         for (revision, (message, id)) in (first_revision..).zip(proposed.into_iter().zip(ids)) {
-            let commit = log.log.len() as u64;
             let mut metadata = message.metadata;
             metadata.insert("created".into(), created.to_string());
-            let rec = Arc::new(Rec {
+            written.push(log.push(Rec {
                 stream: stream.to_string(),
                 revision,
-                commit,
+                commit: 0,
                 id,
                 metadata,
                 custom: message.custom_metadata,
                 data: message.data,
-            });
-            log.log.push(rec.clone());
-            log.streams
-                .entry(stream.to_string())
-                .or_default()
-                .indexes
-                .push(commit as usize);
-            written.push(rec);
+            }));
         }
+        // Appending to a soft-deleted stream recreates it: the server
+        // rewrites its metadata with `$tb` at the first new revision.
+        let undeleted = undelete.then(|| {
+            let mut doc = log.metadata(stream).unwrap_or_default();
+            doc.insert("$tb".into(), first_revision.into());
+            log.push_metadata(stream, doc)
+        });
         {
             let mut recent = self.shared.recent_ids.lock().unwrap();
             for rec in &written {
@@ -1049,7 +1197,7 @@ impl Double {
                 recent.push_back(rec.id);
             }
         }
-        for rec in &written {
+        for rec in written.iter().chain(&undeleted) {
             let _ = self.shared.live.send(rec.clone());
         }
         let rec = written.last().expect("an append has events");
@@ -1082,13 +1230,10 @@ impl Double {
         let Some(last) = log.last(&stream) else {
             return not_found();
         };
-        let first = log.first_visible(&stream, last);
-        if state
-            .and_then(|s| s.deleted_before)
-            .is_some_and(|d| d > last)
-        {
+        if log.soft_deleted(&stream) {
             return not_found();
         }
+        let first = log.first_visible(&stream, last);
         let count = usize::try_from(count).unwrap_or(usize::MAX);
         let revisions: Vec<u64> = if backwards {
             let start = match options.revision_option {
@@ -1126,19 +1271,20 @@ impl Double {
         count: u64,
         filter: Option<&AllFilter>,
         structured: bool,
-    ) -> Vec<Result<sp::ReadResp, Status>> {
+    ) -> Result<Vec<Result<sp::ReadResp, Status>>, Status> {
         use sp::read_req::options::all_options::AllOption as AO;
         let log = self.shared.log.lock().unwrap();
-        let len = log.log.len() as u64;
+        let len = log.log.len();
         let count = usize::try_from(count).unwrap_or(usize::MAX);
         let keep = |rec: &&Arc<Rec>| filter.map_or(true, |f| f.matches(rec));
         let events: Vec<_> = if backwards {
+            // Backwards from a position: the records before it.
             let end = match options.all_option {
-                Some(AO::Position(p)) => p.commit_position.min(len),
+                Some(AO::Position(p)) => log.index_at(p.commit_position)?,
                 Some(AO::Start(_)) => 0,
                 Some(AO::End(_)) | None => len,
             };
-            log.log[..end as usize]
+            log.log[..end]
                 .iter()
                 .rev()
                 .filter(keep)
@@ -1147,23 +1293,27 @@ impl Double {
                 .collect()
         } else {
             let start = match options.all_option {
-                Some(AO::Position(p)) => p.commit_position.min(len),
+                Some(AO::Position(p)) => log.index_at(p.commit_position)?,
                 Some(AO::Start(_)) | None => 0,
                 Some(AO::End(_)) => len,
             };
-            log.log[start as usize..]
+            log.log[start..]
                 .iter()
                 .filter(keep)
                 .take(count)
                 .map(|r| Ok(event_msg(r, structured)))
                 .collect()
         };
-        events
+        Ok(events)
     }
 
     /// Starts a catch-up subscription task: confirmation, history after the
     /// start (exclusive), caught-up, then live events; ends only with an
-    /// error status or when the client goes away.
+    /// error status or when the client goes away. A filtered `$all`
+    /// subscription also gets a checkpoint every `window × multiplier`
+    /// scanned records. A reader too slow for the live buffer is sent
+    /// `fell_behind`, caught up again from the log and sent `caught_up`
+    /// again (as KurrentDB does), not dropped.
     fn subscribe(
         &self,
         option: Option<sp::read_req::options::StreamOption>,
@@ -1174,10 +1324,11 @@ impl Double {
         use sp::read_req::options::all_options::AllOption as AO;
         use sp::read_req::options::stream_options::RevisionOption as RO;
         use sp::read_req::options::StreamOption;
-        let (stream, history, mut live, mut after) = {
+        let (stream, history, live, after) = {
             let log = self.shared.log.lock().unwrap();
             let live = self.shared.live.subscribe();
-            let len = log.log.len() as u64;
+            // Live events must be newer than everything in the log now.
+            let after = log.log.last().map(|r| r.commit);
             match option {
                 Some(StreamOption::Stream(s)) => {
                     let stream = stream_name(s.stream_identifier)?;
@@ -1199,81 +1350,153 @@ impl Double {
                         }
                         None => Vec::new(),
                     };
-                    // Live events must be newer than everything in the log now.
-                    (Some(stream), history, live, len.checked_sub(1))
+                    (Some(stream), history, live, after)
                 }
                 Some(StreamOption::All(a)) => {
+                    self.shared
+                        .all_subscription_starts
+                        .lock()
+                        .unwrap()
+                        .push(match &a.all_option {
+                            Some(AO::Position(p)) => Some(p.commit_position),
+                            _ => None,
+                        });
+                    let len = log.log.len();
                     let from = match a.all_option {
                         Some(AO::Start(_)) | None => 0,
-                        Some(AO::Position(p)) => p.commit_position.saturating_add(1),
+                        Some(AO::Position(p)) => (log.index_at(p.commit_position)? + 1).min(len),
                         Some(AO::End(_)) => len,
                     };
-                    let history: Vec<Arc<Rec>> = log.log[from.min(len) as usize..]
-                        .iter()
-                        .filter(|r| filter.as_ref().map_or(true, |f| f.matches(r)))
-                        .cloned()
-                        .collect();
-                    (None, history, live, len.checked_sub(1))
+                    (None, log.log[from..].to_vec(), live, after)
                 }
                 None => return Err(Status::invalid_argument("no stream option")),
             }
         };
-        let matches = move |rec: &Rec| match &stream {
-            Some(stream) => rec.stream == *stream,
-            None => filter.as_ref().map_or(true, |f| f.matches(rec)),
+        let mut feed = Feed {
+            sender,
+            structured,
+            checkpoint_every: filter
+                .as_ref()
+                .filter(|_| stream.is_none())
+                .map(|f| f.checkpoint_every),
+            scanned: 0,
+            stream,
+            filter,
         };
+        let shared = self.shared.clone();
         tokio::spawn(async move {
-            let send = |message| {
-                let sender = sender.clone();
-                async move { sender.send(message).await.is_ok() }
-            };
-            let confirmation = sp::ReadResp {
-                content: Some(sp::read_resp::Content::Confirmation(
-                    sp::read_resp::SubscriptionConfirmation {
-                        subscription_id: ::uuid::Uuid::new_v4().to_string(),
-                    },
-                )),
-            };
-            if !send(Ok(confirmation)).await {
+            let confirmation =
+                sp::read_resp::Content::Confirmation(sp::read_resp::SubscriptionConfirmation {
+                    subscription_id: ::uuid::Uuid::new_v4().to_string(),
+                });
+            if !feed.send(confirmation).await {
                 return;
             }
-            for rec in history {
-                if !send(Ok(event_msg(&rec, structured))).await {
+            let (mut history, mut live, mut after) = (history, live, after);
+            loop {
+                for rec in &history {
+                    if !feed.record(rec).await {
+                        return;
+                    }
+                }
+                let caught_up = sp::read_resp::Content::CaughtUp(sp::read_resp::CaughtUp {});
+                if !feed.send(caught_up).await {
                     return;
                 }
-            }
-            let caught_up = sp::ReadResp {
-                content: Some(sp::read_resp::Content::CaughtUp(sp::read_resp::CaughtUp {})),
-            };
-            if !send(Ok(caught_up)).await {
-                return;
-            }
-            loop {
-                let next = tokio::select! {
-                    _ = sender.closed() => return,
-                    next = live.recv() => next,
-                };
-                match next {
-                    Ok(rec) => {
-                        if after.is_some_and(|a| rec.commit <= a) {
-                            continue;
+                loop {
+                    let next = tokio::select! {
+                        _ = feed.sender.closed() => return,
+                        next = live.recv() => next,
+                    };
+                    match next {
+                        Ok(rec) => {
+                            if after.is_some_and(|a| rec.commit <= a) {
+                                continue;
+                            }
+                            after = Some(rec.commit);
+                            if !feed.record(&rec).await {
+                                return;
+                            }
                         }
-                        after = Some(rec.commit);
-                        if matches(&rec) && !send(Ok(event_msg(&rec, structured))).await {
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let fell_behind =
+                                sp::read_resp::Content::FellBehind(sp::read_resp::FellBehind {});
+                            if !feed.send(fell_behind).await {
+                                return;
+                            }
+                            // Back to catch-up: what the log has after the
+                            // last record seen, then live again.
+                            let log = shared.log.lock().unwrap();
+                            live = shared.live.subscribe();
+                            let from =
+                                after.map_or(0, |a| log.log.partition_point(|r| r.commit <= a));
+                            history = log.log[from..].to_vec();
+                            after = log.log.last().map(|r| r.commit);
+                            break;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {
+                            let _ = feed
+                                .sender
+                                .send(Err(Status::unavailable("server shutting down")))
+                                .await;
                             return;
                         }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let _ = send(Err(Status::unavailable("subscription fell behind"))).await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        let _ = send(Err(Status::unavailable("server shutting down"))).await;
-                        return;
                     }
                 }
             }
         });
         Ok(())
+    }
+}
+
+/// The sending side of one subscription.
+struct Feed {
+    sender: mpsc::Sender<Result<sp::ReadResp, Status>>,
+    structured: bool,
+    /// For a filtered `$all` subscription: a checkpoint every this many
+    /// scanned records.
+    checkpoint_every: Option<u64>,
+    scanned: u64,
+    /// The stream of a stream subscription (`None`: `$all`).
+    stream: Option<String>,
+    filter: Option<AllFilter>,
+}
+
+impl Feed {
+    async fn send(&self, content: sp::read_resp::Content) -> bool {
+        let message = sp::ReadResp {
+            content: Some(content),
+        };
+        self.sender.send(Ok(message)).await.is_ok()
+    }
+
+    /// Sends `rec` if the subscription wants it, and a checkpoint when one
+    /// is due; false once the client has gone.
+    async fn record(&mut self, rec: &Rec) -> bool {
+        let wanted = match &self.stream {
+            Some(stream) => rec.stream == *stream,
+            None => self.filter.as_ref().map_or(true, |f| f.matches(rec)),
+        };
+        if wanted
+            && self
+                .sender
+                .send(Ok(event_msg(rec, self.structured)))
+                .await
+                .is_err()
+        {
+            return false;
+        }
+        let Some(every) = self.checkpoint_every else {
+            return true;
+        };
+        self.scanned += 1;
+        if self.scanned % every != 0 {
+            return true;
+        }
+        let checkpoint = sp::read_resp::Content::Checkpoint(sp::read_resp::Checkpoint {
+            commit_position: rec.commit,
+            prepare_position: rec.commit,
+        });
+        self.send(checkpoint).await
     }
 }
