@@ -696,3 +696,60 @@ async fn metadata_streams_keep_one_event_and_a_soft_delete_survives_set_stream_m
     );
     assert_eq!(stream(store.clone()).await, [3]);
 }
+
+/// `import` into a store with an append size limit (EventStoreDB's
+/// `MaxAppendSize`, `--max-append-bytes`): the file goes in several appends
+/// that together write every event once, in order; running the import again
+/// writes nothing more; an event over the limit is refused before anything
+/// is written, naming its line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_splits_a_file_under_the_append_limit() {
+    use prjmanager::cli::commands::import;
+    use prjmanager::cli::CliError;
+    use prjmanager::store::any::StoreUrl;
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/replays/lifecycle.jsonl");
+    let parsed = prjmanager::jsonl::parse_path(file).unwrap();
+    let stream = format!("project-{}", parsed.header.project);
+    let double = EsdbDouble::start();
+    let url: StoreUrl = double.url().parse().unwrap();
+    let calls = double.append_calls();
+    import(&url.clone().with_max_append_bytes(2048), file, true)
+        .await
+        .unwrap();
+    let imported = || -> Vec<uuid::Uuid> {
+        double
+            .log()
+            .iter()
+            .filter(|r| r.stream == stream)
+            .map(|r| r.id)
+            .collect()
+    };
+    let ids: Vec<uuid::Uuid> = parsed.events.iter().map(|e| e.id).collect();
+    assert_eq!(imported(), ids);
+    assert!(
+        double.append_calls() - calls > 1,
+        "{} events in one append",
+        ids.len()
+    );
+    import(&url.clone().with_max_append_bytes(2048), file, true)
+        .await
+        .unwrap();
+    assert_eq!(imported(), ids, "a second import writes nothing");
+
+    let fresh = EsdbDouble::start();
+    let url: StoreUrl = fresh.url().parse().unwrap();
+    let err = import(&url.with_max_append_bytes(8), file, true)
+        .await
+        .unwrap_err();
+    let CliError::BadInput(message) = err else {
+        panic!("{err:?}");
+    };
+    let line = parsed.events[0].line;
+    assert!(
+        message.contains(&format!("lifecycle.jsonl:{line}:"))
+            && message.contains("over the store's append limit of 8 bytes")
+            && message.contains("nothing was imported"),
+        "{message}"
+    );
+    assert!(fresh.log().is_empty());
+}

@@ -65,7 +65,10 @@ fn shape(folded: &Folded) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_on_esdb_matches_the_direct_fold_and_the_embedded_store() {
     let double = EsdbDouble::start();
-    let service = Service::start(&double.url(), None);
+    // Told the server takes appends of at most 1 byte, the service writes
+    // each derived event in its own append (one over the limit is sent
+    // alone); the derived streams are the same.
+    let service = Service::start_with(&double.url(), None, &["--max-append-bytes", "1"]);
     let served = run_scenario(&service, "e2e").await;
     assert_eq!(served.status, proto::p_state::Status::Started as i32);
     service.stop();
@@ -76,6 +79,14 @@ async fn end_to_end_on_esdb_matches_the_direct_fold_and_the_embedded_store() {
         .actions
         .iter()
         .any(|a| matches!(a.action, Some(proto::action::Action::UpdateRunsConfig(_)))));
+    let action_appends: Vec<usize> = double
+        .appends_written()
+        .into_iter()
+        .filter(|(stream, _)| stream == "pmaction-e2e")
+        .map(|(_, events)| events)
+        .collect();
+    assert_eq!(action_appends.len(), on_esdb.actions.len());
+    assert!(action_appends.iter().all(|&n| n == 1), "{action_appends:?}");
 
     // The same scenario on the embedded store gives the same ProjectLogs and
     // actions (up to wall-clock times).

@@ -16,9 +16,16 @@ use crate::store::any::{StoreUrl, DEFAULT_STORE_URL};
     about = "Event-sourced LUCI CV Project Manager"
 )]
 pub struct Cli {
-    /// Store URL: sqlite://PATH (embedded, the default) or memory://.
+    /// Store URL: sqlite://PATH (embedded, the default), memory:// or an
+    /// EventStoreDB connection string (esdb://HOST:PORT?tls=false).
     #[arg(long, global = true, env = "PRJMANAGER_STORE", default_value = DEFAULT_STORE_URL)]
     pub store: StoreUrl,
+    /// EventStoreDB stores: the largest append the server accepts, in
+    /// bytes (its MaxAppendSize: 1 MiB by default up to 24.10 / KurrentDB
+    /// 25.0, 256 MiB from 25.1); `import` and derived writes split larger
+    /// batches into several appends.
+    #[arg(long, global = true, env = "PRJMANAGER_MAX_APPEND_BYTES", default_value_t = crate::store::esdb::DEFAULT_MAX_APPEND_BYTES)]
+    pub max_append_bytes: u64,
     /// The token and the client's timeouts.
     #[command(flatten)]
     pub client: ClientArgs,

@@ -16,7 +16,9 @@ use crate::projector;
 use crate::proto::{self, input_event::Event};
 use crate::read::{self, action_line, At, LoadError, Target};
 use crate::store::any::{AnyStore, StoreUrl};
-use crate::store::{EventStore, ExpectedRevision, StoreError};
+use crate::store::{
+    append_bytes, split_by_bytes, EventStore, ExpectedRevision, NewEvent, StoreError,
+};
 use crate::streams::{self, action_stream, check_project, log_stream, project_stream};
 
 use super::args::NotifyKind;
@@ -142,7 +144,14 @@ fn event_project(event: &Event, project: Option<String>) -> Result<String, CliEr
 /// `import`: validate the whole file, then append its events in one atomic
 /// append (one store transaction): a file the store refuses (an id already
 /// in the stream elsewhere, a stream that does not continue as the file's
-/// revisions say, a batch over the store's size limit) writes nothing.
+/// revisions say) writes nothing.
+///
+/// A store with an append size limit (EventStoreDB's `MaxAppendSize`,
+/// `--max-append-bytes`) takes a larger file in several appends, each at
+/// the revision the previous one ended at: an event over the limit is
+/// refused before anything is written, and an import that fails midway
+/// says how far it got; running it again finishes it (the appends already
+/// made are recognised by their ids and not written twice).
 pub async fn import(url: &StoreUrl, file: &str, allow_any_now: bool) -> Result<(), CliError> {
     let parsed = jsonl::parse_path(file).map_err(|e| CliError::BadInput(e.to_string()))?;
     check_marker_clocks(file, &parsed, allow_any_now)?;
@@ -152,41 +161,84 @@ pub async fn import(url: &StoreUrl, file: &str, allow_any_now: bool) -> Result<(
         eprintln!("imported 0 events into {stream}");
         return Ok(());
     };
-    let expected = match first.revision {
-        Some(0) => ExpectedRevision::NoStream,
-        Some(r) => ExpectedRevision::Exact(r - 1),
-        None => ExpectedRevision::Any,
-    };
-    let batch = parsed
+    let limit = store.max_append_bytes();
+    let batch: Vec<NewEvent> = parsed
         .events
         .iter()
         .map(jsonl::FileEvent::to_new_event)
         .collect();
-    let bar = ProgressBar::new_spinner();
-    bar.set_message(format!("importing {} events", parsed.events.len()));
-    let result = store.append(&stream, expected, batch).await.map_err(|e| {
-        // The line to blame: the one whose id clashes, else the first.
-        let line = match &e {
-            StoreError::DuplicateEventId { id, .. } => parsed.events.iter().find(|f| f.id == *id),
-            _ => None,
+    if let Some(limit) = limit {
+        if let Some((line, size)) = parsed
+            .events
+            .iter()
+            .zip(&batch)
+            .map(|(f, e)| (f.line, append_bytes(e)))
+            .find(|(_, size)| *size > limit)
+        {
+            return Err(CliError::BadInput(format!(
+                "{file}:{line}: the event is {size} bytes, over the store's append limit of \
+                 {limit} bytes (--max-append-bytes, the server's MaxAppendSize); nothing was imported"
+            )));
         }
-        .unwrap_or(first)
-        .line;
-        match e {
-            StoreError::WrongExpectedVersion { .. } | StoreError::DuplicateEventId { .. } => {
-                CliError::BadInput(format!(
-                    "{file}:{line}: the stream {stream} does not continue as the file \
-                         expects; nothing was imported: {e}"
-                ))
+    }
+    let appends = split_by_bytes(batch, limit);
+    let total = parsed.events.len();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_message(format!("importing {total} events"));
+    if appends.len() > 1 {
+        eprintln!(
+            "importing {total} events in {} appends of at most {} bytes (the store's append limit)",
+            appends.len(),
+            limit.unwrap_or_default()
+        );
+    }
+    let mut expected = match first.revision {
+        Some(0) => ExpectedRevision::NoStream,
+        Some(r) => ExpectedRevision::Exact(r - 1),
+        None => ExpectedRevision::Any,
+    };
+    let mut done = 0;
+    let mut result = None;
+    for append in appends {
+        let count = append.len();
+        let first_id = append.first().map(|e| e.id);
+        let written = store.append(&stream, expected, append).await.map_err(|e| {
+            bar.finish_and_clear();
+            // The line to blame: the one whose id clashes, else the first
+            // of this append.
+            let line = match &e {
+                StoreError::DuplicateEventId { id, .. } => {
+                    parsed.events.iter().find(|f| f.id == *id)
+                }
+                _ => None,
             }
-            other => other.into(),
-        }
-    })?;
+            .or_else(|| parsed.events.iter().find(|f| Some(f.id) == first_id))
+            .unwrap_or(first)
+            .line;
+            let so_far = if done == 0 {
+                "nothing was imported".to_string()
+            } else {
+                format!("{done} of {total} events were imported; run the import again to finish it")
+            };
+            match e {
+                StoreError::WrongExpectedVersion { .. } | StoreError::DuplicateEventId { .. } => {
+                    CliError::BadInput(format!(
+                        "{file}:{line}: the stream {stream} does not continue as the file \
+                         expects; {so_far}: {e}"
+                    ))
+                }
+                other => CliError::Failed(format!("{file}:{line}: {other}; {so_far}")),
+            }
+        })?;
+        done += count;
+        bar.set_position(done as u64);
+        expected = ExpectedRevision::Exact(written.next_revision);
+        result = Some(written);
+    }
     bar.finish_and_clear();
     eprintln!(
-        "imported {} events into {stream} (last revision {})",
-        parsed.events.len(),
-        result.next_revision
+        "imported {total} events into {stream} (last revision {})",
+        result.map_or(0, |r| r.next_revision)
     );
     Ok(())
 }

@@ -35,8 +35,8 @@ use crate::metrics::metrics;
 use crate::proto::{self, input_event::Event};
 use crate::read::{load, LoadError, Target};
 use crate::store::{
-    Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom, RecordedEvent, StoreError,
-    StreamFilter, StreamMetadata,
+    split_by_bytes, Direction, EventStore, ExpectedRevision, NewEvent, ReadFrom, RecordedEvent,
+    StoreError, StreamFilter, StreamMetadata,
 };
 
 use crate::streams::{
@@ -824,9 +824,18 @@ impl<S: EventStore> Projector<S> {
                 tracing::warn!(project, error = %err, "cannot set the snapshot stream's max count");
             }
         }
-        for (stream, events) in
-            derived_writes(project, &outcome.evaluation, snapshot.as_ref(), event.id)
-        {
+        // A store with an append size limit (EventStoreDB) takes a large
+        // batch (many actions) in several appends; their ids are fixed, so a
+        // re-write after a crash splits the same way and is recognised.
+        let max_append_bytes = self.store.max_append_bytes();
+        let appends = derived_writes(project, &outcome.evaluation, snapshot.as_ref(), event.id)
+            .into_iter()
+            .flat_map(|(stream, events)| {
+                split_by_bytes(events, max_append_bytes)
+                    .into_iter()
+                    .map(move |events| (stream.clone(), events))
+            });
+        for (stream, events) in appends {
             let written = retry(
                 "write a derived stream",
                 self.config.retry_deadline,

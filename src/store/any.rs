@@ -30,15 +30,32 @@ pub enum StoreUrl {
     Esdb(EsdbUrl),
 }
 
-/// An EventStoreDB connection string, checked by the client's parser; its
-/// `Debug` hides any password.
+/// An EventStoreDB connection string, checked by the client's parser, and
+/// the server's append size limit (`--max-append-bytes`); its `Debug` hides
+/// any password.
 #[derive(Clone, PartialEq, Eq)]
-pub struct EsdbUrl(String);
+pub struct EsdbUrl(String, u64);
 
 impl EsdbUrl {
     /// The connection string as given.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The largest append the server accepts.
+    pub fn max_append_bytes(&self) -> u64 {
+        self.1
+    }
+}
+
+impl StoreUrl {
+    /// The same URL with this append size limit (EventStoreDB only; the
+    /// other stores have none).
+    pub fn with_max_append_bytes(self, bytes: u64) -> Self {
+        match self {
+            Self::Esdb(EsdbUrl(url, _)) => Self::Esdb(EsdbUrl(url, bytes)),
+            other => other,
+        }
     }
 }
 
@@ -86,7 +103,10 @@ impl std::str::FromStr for StoreUrl {
         }
         if url.starts_with("esdb://") || url.starts_with("esdb+discover://") {
             return match url.parse::<eventstore::ClientSettings>() {
-                Ok(_) => Ok(Self::Esdb(EsdbUrl(url.to_string()))),
+                Ok(_) => Ok(Self::Esdb(EsdbUrl(
+                    url.to_string(),
+                    super::esdb::DEFAULT_MAX_APPEND_BYTES,
+                ))),
                 Err(e) => Err(format!("bad EventStoreDB store URL: {e}")),
             };
         }
@@ -113,7 +133,9 @@ impl AnyStore {
         Ok(match url {
             StoreUrl::Sqlite(path) => Self::Embedded(EmbeddedStore::open(path)?),
             StoreUrl::Memory => Self::Memory(MemoryStore::new()),
-            StoreUrl::Esdb(url) => Self::Esdb(EsdbStore::connect(url.as_str())?),
+            StoreUrl::Esdb(url) => Self::Esdb(
+                EsdbStore::connect(url.as_str())?.with_max_append_bytes(url.max_append_bytes()),
+            ),
         })
     }
 }
@@ -175,6 +197,10 @@ impl EventStore for AnyStore {
 
     fn subscribe_all(&self, from_position: u64, filter: StreamFilter) -> Subscription {
         dispatch!(self, s => s.subscribe_all(from_position, filter))
+    }
+
+    fn max_append_bytes(&self) -> Option<u64> {
+        dispatch!(self, s => s.max_append_bytes())
     }
 
     fn head_position(&self) -> Option<u64> {

@@ -110,6 +110,11 @@ const MAX_REPINS: u32 = 64;
 /// rebuilt from reads on demand).
 const MAX_INDEXED_STREAMS: usize = 65_536;
 
+/// The largest append assumed unless told otherwise: the server's default
+/// `MaxAppendSize` up to EventStoreDB 24.10 / KurrentDB 25.0 (256 MiB from
+/// KurrentDB 25.1).
+pub const DEFAULT_MAX_APPEND_BYTES: u64 = 1024 * 1024;
+
 /// `$tb` of a soft-deleted stream (EventStoreDB's `EventNumber.DeletedStream`).
 const SOFT_DELETED: u64 = i64::MAX as u64;
 
@@ -134,6 +139,8 @@ struct Inner {
     /// Commit positions of events seen: record boundaries of the server's
     /// log, to re-seek to when a position is refused.
     boundaries: Mutex<BTreeSet<u64>>,
+    /// The largest append the server accepts (its `MaxAppendSize`).
+    max_append_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for EsdbStore {
@@ -199,7 +206,8 @@ fn store_error(err: eventstore::Error) -> StoreError {
             ref message,
         } if message.contains("Maximum Append Size") => StoreError::InvalidArgument(format!(
             "EventStoreDB refused the append as too large ({message}); \
-             the server's MaxAppendSize setting sets the limit (1 MiB by default up to 24.10)"
+             the server's MaxAppendSize setting sets the limit (1 MiB by default up to 24.10); \
+             tell prjmanager the server's limit with --max-append-bytes"
         )),
         other => StoreError::InvalidArgument(format!("EventStoreDB refused the call: {other}")),
     }
@@ -330,8 +338,19 @@ impl EsdbStore {
                 generation: Mutex::new(0),
                 ids: Mutex::new(HashMap::new()),
                 boundaries: Mutex::new(BTreeSet::new()),
+                max_append_bytes: DEFAULT_MAX_APPEND_BYTES.into(),
             }),
         })
+    }
+
+    /// The same store, told that the server accepts appends of up to
+    /// `bytes` (its `MaxAppendSize`; [`DEFAULT_MAX_APPEND_BYTES`] unless
+    /// told).
+    pub fn with_max_append_bytes(self, bytes: u64) -> Self {
+        self.inner
+            .max_append_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// The current client (built on first use or after the last one died),
@@ -767,6 +786,14 @@ impl EventStore for EsdbStore {
             max_count: json.get("$maxCount").and_then(serde_json::Value::as_u64),
             truncate_before: json.get("$tb").and_then(serde_json::Value::as_u64),
         })
+    }
+
+    fn max_append_bytes(&self) -> Option<u64> {
+        Some(
+            self.inner
+                .max_append_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     fn subscribe_all(&self, from_position: u64, filter: StreamFilter) -> Subscription {

@@ -312,4 +312,89 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     fn head_position(&self) -> Option<u64> {
         None
     }
+
+    /// The largest append (bytes of data and metadata of its events) the
+    /// store accepts, if it has a limit: EventStoreDB's `MaxAppendSize`.
+    /// Writers that may exceed it (import, derived writes) split their
+    /// batches with [`split_by_bytes`].
+    fn max_append_bytes(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// What an event weighs against a store's append size limit.
+pub fn append_bytes(event: &NewEvent) -> u64 {
+    (event.data.len() + event.metadata.len()) as u64
+}
+
+/// Splits `events` into consecutive batches of at most `max_bytes` each
+/// (see [`append_bytes`]), in order; an event larger than that is alone in
+/// its batch (the store will refuse it). No limit: one batch.
+pub fn split_by_bytes(events: Vec<NewEvent>, max_bytes: Option<u64>) -> Vec<Vec<NewEvent>> {
+    let Some(max_bytes) = max_bytes else {
+        return vec![events];
+    };
+    let mut batches: Vec<Vec<NewEvent>> = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for event in events {
+        let size = append_bytes(&event);
+        if !current.is_empty() && bytes + size > max_bytes {
+            batches.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(event);
+    }
+    if !current.is_empty() || batches.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sized(n: u8, bytes: usize) -> NewEvent {
+        NewEvent {
+            id: uuid::Uuid::from_u128(u128::from(n)),
+            event_type: "T".into(),
+            data: vec![n; bytes],
+            metadata: b"{}".to_vec(),
+        }
+    }
+
+    fn shape(batches: &[Vec<NewEvent>]) -> Vec<Vec<u8>> {
+        batches
+            .iter()
+            .map(|b| b.iter().map(|e| e.id.as_u128() as u8).collect())
+            .collect()
+    }
+
+    #[test]
+    fn split_by_bytes_fills_each_append_up_to_the_limit_in_order() {
+        // Each event weighs its data plus its 2 bytes of metadata.
+        let events = vec![
+            sized(1, 3),
+            sized(2, 3),
+            sized(3, 8),
+            sized(4, 20),
+            sized(5, 1),
+        ];
+        assert_eq!(
+            shape(&split_by_bytes(events.clone(), Some(10))),
+            [vec![1, 2], vec![3], vec![4], vec![5]]
+        );
+        assert_eq!(
+            shape(&split_by_bytes(events.clone(), Some(15))),
+            [vec![1, 2], vec![3], vec![4], vec![5]]
+        );
+        assert_eq!(
+            shape(&split_by_bytes(events.clone(), Some(1000))),
+            [vec![1, 2, 3, 4, 5]]
+        );
+        assert_eq!(shape(&split_by_bytes(events, None)), [vec![1, 2, 3, 4, 5]]);
+        assert_eq!(split_by_bytes(Vec::new(), Some(10)).len(), 1);
+    }
 }

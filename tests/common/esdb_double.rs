@@ -363,6 +363,8 @@ struct Shared {
     subscriptions: AtomicU64,
     /// Where each `$all` subscription started (`None`: the start).
     all_subscription_starts: Mutex<Vec<Option<u64>>>,
+    /// Each append written: its stream and how many events it had.
+    appends_written: Mutex<Vec<(String, usize)>>,
     restarts: AtomicU64,
 }
 
@@ -408,6 +410,7 @@ impl EsdbDouble {
             append_calls: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
             all_subscription_starts: Mutex::new(Vec::new()),
+            appends_written: Mutex::new(Vec::new()),
             restarts: AtomicU64::new(0),
         });
         let runtime = serve(listener, shared.clone());
@@ -522,6 +525,12 @@ impl EsdbDouble {
     /// or `None` for the start of the log.
     pub fn all_subscription_starts(&self) -> Vec<Option<u64>> {
         self.shared.all_subscription_starts.lock().unwrap().clone()
+    }
+
+    /// Each append written (not retries answered from the ids): its
+    /// stream and how many events it had.
+    pub fn appends_written(&self) -> Vec<(String, usize)> {
+        self.shared.appends_written.lock().unwrap().clone()
     }
 
     /// A snapshot of the whole log.
@@ -1181,6 +1190,11 @@ impl Double {
                 data: message.data,
             }));
         }
+        self.shared
+            .appends_written
+            .lock()
+            .unwrap()
+            .push((stream.to_string(), written.len()));
         // Appending to a soft-deleted stream recreates it: the server
         // rewrites its metadata with `$tb` at the first new revision.
         let undeleted = undelete.then(|| {
