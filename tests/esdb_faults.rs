@@ -1,8 +1,9 @@
 //! Faults injected through the EventStoreDB double
 //! (`tests/common/esdb_double.rs`): a connection dropped mid-append, a server
 //! that is down at the first connection, a server restart during
-//! subscriptions, and a wrong-expected-version storm between two service
-//! processes sharing one node.
+//! subscriptions, a wrong-expected-version storm between two service
+//! processes sharing one node, and random drops, aborted commits and
+//! idempotency-cache evictions under continuous notifies.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -323,4 +324,125 @@ async fn two_services_on_one_node_never_write_two_markers_for_one_eversion() {
         assert_unique_ids(&read_all(&store, &format!("project-{project}")).await);
         assert_derived_match(&store, project).await;
     }
+}
+
+/// A small deterministic generator for the fault schedule (xorshift64).
+struct Schedule(u64);
+
+impl Schedule {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Under continuous notifies, the node at random drops its connections
+/// mid-append (written, never answered), answers an append `Aborted` after
+/// writing it with its idempotency cache emptied (a new leader), empties the
+/// cache while retries are in flight, or restarts. Afterwards every
+/// acknowledged notify is in the project stream exactly once (at the
+/// revision it was acknowledged with), an unacknowledged one at most once,
+/// no event id appears twice in any stream, and the derived streams equal a
+/// direct fold of the project stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifies_under_random_drops_aborts_and_cache_evictions_land_exactly_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const NOTIFIES: i64 = 40;
+    let double = Arc::new(EsdbDouble::start());
+    let service = Service::start(&double.url(), None);
+    let mut client = service.client().await;
+    client
+        .update_config(proto::UpdateConfigRequest {
+            project: "chaos".into(),
+            config: Some(config("h1")),
+        })
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let chaos = std::thread::spawn({
+        let double = double.clone();
+        let stop = stop.clone();
+        move || {
+            let mut schedule = Schedule(0x5eed_cafe_f00d);
+            let mut faults = [0u32; 4];
+            while !stop.load(Ordering::SeqCst) {
+                let pick = schedule.next();
+                std::thread::sleep(Duration::from_millis(150 + pick % 250));
+                let kind = (pick >> 8) % 4;
+                match kind {
+                    0 => double.drop_after_next_append(1),
+                    1 => double.abort_and_evict_after_next_append(1),
+                    2 => double.evict_idempotency_cache(),
+                    _ => double.restart(Duration::from_millis(30)),
+                }
+                faults[kind as usize] += 1;
+            }
+            faults
+        }
+    });
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    for n in 0..NOTIFIES {
+        let clid = 1000 + n;
+        let sent = client
+            .notify_cls_updated(proto::NotifyClsUpdatedRequest {
+                project: "chaos".into(),
+                event: Some(proto::ClsUpdated {
+                    cls: vec![cl("chaos", clid, 1, 1, &[])],
+                }),
+            })
+            .await;
+        match sent {
+            Ok(response) => acknowledged.push((clid, response.into_inner().revision)),
+            Err(status) => refused.push((clid, status.code())),
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let faults = tokio::task::block_in_place(|| chaos.join().unwrap());
+    eprintln!("faults [drop, abort+evict, evict, restart]: {faults:?}; refused: {refused:?}");
+    assert!(
+        faults.iter().all(|&n| n > 0),
+        "every fault happened: {faults:?}"
+    );
+    assert!(
+        acknowledged.len() as i64 >= NOTIFIES / 2,
+        "most notifies get through: refused {refused:?}"
+    );
+    let last = acknowledged.last().expect("some notify acknowledged").0;
+    wait_for(&service, &mut client, "chaos", "the last CL", |log| {
+        pcl_clids(log).contains(&last)
+    })
+    .await;
+    service.stop();
+
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    let events = read_all(&store, "project-chaos").await;
+    assert_unique_ids(&events);
+    let mut landed: std::collections::HashMap<i64, Vec<u64>> = Default::default();
+    for event in &events {
+        if let Ok(proto::input_event::Event::ClsUpdated(update)) =
+            prjmanager::events::decode(&event.event_type, &event.data)
+        {
+            for changed in update.cls {
+                landed.entry(changed.clid).or_default().push(event.revision);
+            }
+        }
+    }
+    for (clid, revision) in &acknowledged {
+        assert_eq!(landed.get(clid), Some(&vec![*revision]), "CL {clid}");
+    }
+    for (clid, _) in &refused {
+        assert!(landed.get(clid).map_or(0, Vec::len) <= 1, "CL {clid}");
+    }
+    for stream in [
+        "pmaction-chaos",
+        "projectlog-chaos",
+        "projectsnapshot-chaos",
+    ] {
+        assert_unique_ids(&read_all(&store, stream).await);
+    }
+    assert_derived_match(&store, "chaos").await;
 }
