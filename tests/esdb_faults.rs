@@ -169,6 +169,40 @@ async fn a_retried_any_append_is_not_duplicated_after_the_id_cache_is_lost() {
     assert_eq!(ids_in(&double, "h"), [1, 2, 3], "written once each");
 }
 
+/// Right after a write, before it has replicated, the server drops a retry
+/// of it (the caller hears `Aborted` at the commit timeout). The adapter
+/// keeps retrying at the same pinned revision until the write has
+/// replicated and the server recognises the retry: the batch lands once,
+/// even with its first event hidden from a tail read by `$maxCount`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_dropped_until_its_write_replicated_lands_once() {
+    let double = EsdbDouble::start();
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    store
+        .set_stream_metadata(
+            "r",
+            prjmanager::store::StreamMetadata {
+                max_count: Some(1),
+                truncate_before: None,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .append("r", ExpectedRevision::Any, vec![event(1)])
+        .await
+        .unwrap();
+    double.set_replication_lag(Duration::from_millis(600));
+    double.abort_and_evict_after_next_append(1);
+    let result = store
+        .append("r", ExpectedRevision::Any, vec![event(2), event(3)])
+        .await
+        .unwrap();
+    assert_eq!(result.next_revision, 2);
+    assert!(double.retries_dropped() >= 1, "a retry was dropped");
+    assert_eq!(ids_in(&double, "r"), [1, 2, 3], "written once each");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_whose_first_connection_failed_is_rebuilt() {
     // A port with nothing on it yet.
@@ -341,7 +375,8 @@ impl Schedule {
 /// Under continuous notifies, the node at random drops its connections
 /// mid-append (written, never answered), answers an append `Aborted` after
 /// writing it with its idempotency cache emptied (a new leader), empties the
-/// cache while retries are in flight, or restarts. Afterwards every
+/// cache while retries are in flight, or restarts; writes replicate 100 ms
+/// late, so a quick retry is dropped. Afterwards every
 /// acknowledged notify is in the project stream exactly once (at the
 /// revision it was acknowledged with), an unacknowledged one at most once,
 /// no event id appears twice in any stream, and the derived streams equal a
@@ -361,6 +396,8 @@ async fn notifies_under_random_drops_aborts_and_cache_evictions_land_exactly_onc
         })
         .await
         .unwrap();
+    // Writes replicate late, so some retries are dropped too.
+    double.set_replication_lag(Duration::from_millis(100));
     let stop = Arc::new(AtomicBool::new(false));
     let chaos = std::thread::spawn({
         let double = double.clone();

@@ -38,7 +38,10 @@
 //! sees a dropped connection and does not know whether it landed);
 //! [`EsdbDouble::fail_next_appends`] answers appends with `Unavailable`
 //! without writing; [`EsdbDouble::abort_after_next_append`] writes, then
-//! answers `Aborted` (the server's commit timeout). An append larger than
+//! answers `Aborted` (the server's commit timeout);
+//! [`EsdbDouble::set_replication_lag`] makes writes replicate late, and a
+//! retry of a write not replicated yet is dropped (answered `Aborted` after
+//! [`COMMIT_TIMEOUT`]) as the server drops it. An append larger than
 //! `MaxAppendSize` (1 MiB unless [`EsdbDouble::set_max_append_bytes`]) is
 //! `InvalidArgument` with `exception: maximum-append-size-exceeded`.
 //!
@@ -131,6 +134,10 @@ fn base64_basic(user: &str, password: &str) -> String {
 /// about 8 MiB worth; a test evicts it with
 /// [`EsdbDouble::evict_idempotency_cache`]).
 pub const RECENT_IDS_CAPACITY: usize = 100_000;
+
+/// How long the double takes to answer `Aborted` for an append it dropped
+/// (the server's commit timeout is 2 s; shorter here to keep tests quick).
+pub const COMMIT_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// The checkpoint window of a filtered subscription that asks for `count`
 /// (what the `eventstore` client sends unless `.max(n)` is set).
@@ -365,6 +372,12 @@ struct Shared {
     all_subscription_starts: Mutex<Vec<Option<u64>>>,
     /// Each append written: its stream and how many events it had.
     appends_written: Mutex<Vec<(String, usize)>>,
+    /// How long a write takes to replicate (`None`: at once).
+    replication_lag: Mutex<Option<Duration>>,
+    /// Writes not replicated yet: their ids and when they will be.
+    unreplicated: Mutex<Vec<(Vec<::uuid::Uuid>, std::time::Instant)>>,
+    /// Retries dropped because the write they repeat had not replicated.
+    retries_dropped: AtomicU64,
     restarts: AtomicU64,
 }
 
@@ -411,6 +424,9 @@ impl EsdbDouble {
             subscriptions: AtomicU64::new(0),
             all_subscription_starts: Mutex::new(Vec::new()),
             appends_written: Mutex::new(Vec::new()),
+            replication_lag: Mutex::new(None),
+            unreplicated: Mutex::new(Vec::new()),
+            retries_dropped: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
         });
         let runtime = serve(listener, shared.clone());
@@ -525,6 +541,18 @@ impl EsdbDouble {
     /// or `None` for the start of the log.
     pub fn all_subscription_starts(&self) -> Vec<Option<u64>> {
         self.shared.all_subscription_starts.lock().unwrap().clone()
+    }
+
+    /// Every write takes `lag` to replicate; meanwhile an append repeating
+    /// any of its event ids (a retry) is dropped, and its caller answered
+    /// `Aborted` after [`COMMIT_TIMEOUT`], as the server does.
+    pub fn set_replication_lag(&self, lag: Duration) {
+        *self.shared.replication_lag.lock().unwrap() = Some(lag);
+    }
+
+    /// How many retries were dropped because their write had not replicated.
+    pub fn retries_dropped(&self) -> u64 {
+        self.shared.retries_dropped.load(Ordering::SeqCst)
     }
 
     /// Each append written (not retries answered from the ids): its
@@ -874,6 +902,13 @@ impl sp::streams_server::Streams for Double {
         {
             return Err(Status::unavailable("injected fault: server not ready"));
         }
+        if self.repeats_an_unreplicated_write(&proposed) {
+            // The server drops it; the client hears of it at the commit
+            // timeout, not knowing whether it was written.
+            self.shared.retries_dropped.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(COMMIT_TIMEOUT).await;
+            return Err(Status::aborted("operation timed out: commit timeout"));
+        }
         let response = self.commit(&stream, expected, proposed)?;
         if self
             .shared
@@ -1066,6 +1101,18 @@ fn wrong_expected_status(stream: &str) -> Status {
 }
 
 impl Double {
+    /// Whether an append repeats an event id of a write that has not
+    /// replicated yet.
+    fn repeats_an_unreplicated_write(&self, proposed: &[sp::append_req::ProposedMessage]) -> bool {
+        let now = std::time::Instant::now();
+        let mut pending = self.shared.unreplicated.lock().unwrap();
+        pending.retain(|(_, ready)| *ready > now);
+        proposed.iter().any(|m| {
+            parse_uuid(m.id.clone())
+                .is_ok_and(|id| pending.iter().any(|(ids, _)| ids.contains(&id)))
+        })
+    }
+
     /// Checks and writes one append under the log lock.
     fn commit(
         &self,
@@ -1195,6 +1242,14 @@ impl Double {
             .lock()
             .unwrap()
             .push((stream.to_string(), written.len()));
+        if let Some(lag) = *self.shared.replication_lag.lock().unwrap() {
+            let ids = written.iter().map(|r| r.id).collect();
+            self.shared
+                .unreplicated
+                .lock()
+                .unwrap()
+                .push((ids, std::time::Instant::now() + lag));
+        }
         // Appending to a soft-deleted stream recreates it: the server
         // rewrites its metadata with `$tb` at the first new revision.
         let undeleted = undelete.then(|| {
