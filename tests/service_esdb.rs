@@ -123,6 +123,22 @@ async fn bad_esdb_urls_are_refused_at_startup() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("EventStoreDB"), "{stderr}");
+    // A follower preference would let a follower answer the reads that
+    // recognise a retried append: refused, naming the setting.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_prjmanager"))
+        .args([
+            "--store",
+            "esdb://127.0.0.1:1?tls=false&nodePreference=follower",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("PRJMANAGER_STORE")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nodePreference=leader"), "{stderr}");
 }
 
 #[test]

@@ -331,6 +331,18 @@ impl EsdbStore {
         let settings = url.parse::<ClientSettings>().map_err(|e| {
             StoreError::InvalidArgument(format!("bad EventStoreDB connection string: {e}"))
         })?;
+        // Only with the leader preference does the client mark every call
+        // "requires leader" (the 4.0.0 client has no per-call switch): reads
+        // that decide whether a retried append landed must not be served by
+        // a follower that has not caught up.
+        if settings.node_preference() != eventstore::NodePreference::Leader {
+            return Err(StoreError::InvalidArgument(format!(
+                "EventStoreDB connection string has nodePreference={:?}: prjmanager needs \
+                 nodePreference=leader (the default), so that the reads which recognise a \
+                 retried append are served by the leader",
+                settings.node_preference()
+            )));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 settings,
