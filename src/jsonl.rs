@@ -174,76 +174,141 @@ pub fn parse(reader: impl BufRead, file: &str) -> Result<StreamFile, FileError> 
     }
     notifier::validate_project(&header.project).map_err(|e| error(1, e.to_string()))?;
 
-    let mut events = Vec::new();
+    let mut events: Vec<FileEvent> = Vec::new();
     // Every id seen so far, so that a duplicate is found in constant time.
     let mut seen_ids = HashSet::new();
-    for (index, text) in lines {
-        let line = index + 1;
-        let text = text.map_err(|e| error(line, format!("cannot read: {e}")))?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let raw: LineIn = serde_json::from_str(&text)
-            .map_err(|e| error(line, format!("malformed event line: {e}")))?;
-        let event = events::from_json(
-            &raw.event_type,
-            raw.data.unwrap_or_else(|| serde_json::json!({})),
-        )
-        .map_err(|e| error(line, e.to_string()))?;
-        notifier::validate_event(&header.project, &event)
-            .map_err(|e| error(line, format!("{} event: {e}", raw.event_type)))?;
-        let id = match raw.id {
-            Some(id) => {
-                Uuid::parse_str(&id).map_err(|e| error(line, format!("invalid id {id:?}: {e}")))?
-            }
-            None => Uuid::new_v5(
-                &IMPORT_ID_NAMESPACE,
-                format!("{}\n{line}\n{text}", header.project).as_bytes(),
-            ),
-        };
-        let metadata = match raw.metadata {
-            Some(value @ serde_json::Value::Object(_)) => {
-                serde_json::to_vec(&value).expect("JSON value re-serialises")
-            }
-            Some(other) => {
-                return Err(error(
-                    line,
-                    format!("metadata must be a JSON object, got {other}"),
-                ))
-            }
-            None => streams::metadata(id, IMPORT_PRODUCER, None),
-        };
-        if let (Some(previous), Some(revision)) = (
-            events.last().and_then(|e: &FileEvent| e.revision),
-            raw.revision,
-        ) {
-            if previous.checked_add(1) != Some(revision) {
-                return Err(error(
-                    line,
-                    format!("revision {revision} does not follow revision {previous}"),
-                ));
+    // Lines are read in chunks; each chunk's lines are parsed on every core
+    // (each line on its own), then checked against each other in order, so
+    // the first bad line is reported whichever thread parsed it.
+    let mut chunk: Vec<(usize, String)> = Vec::with_capacity(PARSE_CHUNK_LINES);
+    let mut lines = lines.peekable();
+    while lines.peek().is_some() {
+        chunk.clear();
+        for (index, text) in lines.by_ref().take(PARSE_CHUNK_LINES) {
+            let line = index + 1;
+            let text = text.map_err(|e| error(line, format!("cannot read: {e}")))?;
+            if !text.trim().is_empty() {
+                chunk.push((line, text));
             }
         }
-        if let Some(previous) = events.last() {
-            if previous.revision.is_some() != raw.revision.is_some() {
-                return Err(error(
-                    line,
-                    "either every event line has a revision or none has".into(),
-                ));
+        for (parsed, (line, _)) in parse_lines(&header.project, &chunk, &error)
+            .into_iter()
+            .zip(&chunk)
+        {
+            let line = *line;
+            let (raw_revision, id, event, metadata) = parsed?;
+            if let (Some(previous), Some(revision)) = (
+                events.last().and_then(|e: &FileEvent| e.revision),
+                raw_revision,
+            ) {
+                if previous.checked_add(1) != Some(revision) {
+                    return Err(error(
+                        line,
+                        format!("revision {revision} does not follow revision {previous}"),
+                    ));
+                }
             }
+            if let Some(previous) = events.last() {
+                if previous.revision.is_some() != raw_revision.is_some() {
+                    return Err(error(
+                        line,
+                        "either every event line has a revision or none has".into(),
+                    ));
+                }
+            }
+            if !seen_ids.insert(id) {
+                return Err(error(line, format!("event id {id} appears twice")));
+            }
+            events.push(FileEvent {
+                line,
+                revision: raw_revision,
+                id,
+                event,
+                metadata,
+            });
         }
-        if !seen_ids.insert(id) {
-            return Err(error(line, format!("event id {id} appears twice")));
-        }
-        events.push(FileEvent {
-            line,
-            revision: raw.revision,
-            id,
-            event,
-            metadata,
-        });
     }
     Ok(StreamFile { header, events })
+}
+
+/// How many lines are read before they are parsed (on every core).
+const PARSE_CHUNK_LINES: usize = 16_384;
+
+/// One line, parsed on its own: its revision, id, event and metadata.
+type ParsedLine = Result<(Option<u64>, Uuid, Event, Vec<u8>), FileError>;
+
+/// Parses `lines` (line number, text) on every available core, each line on
+/// its own; the results are in the order of `lines`.
+fn parse_lines(
+    project: &str,
+    lines: &[(usize, String)],
+    error: &(impl Fn(usize, String) -> FileError + Sync),
+) -> Vec<ParsedLine> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let per_thread = lines.len().div_ceil(threads).max(1024);
+    if lines.len() <= per_thread {
+        return lines
+            .iter()
+            .map(|(line, text)| parse_line(project, *line, text, error))
+            .collect();
+    }
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = lines
+            .chunks(per_thread)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(line, text)| parse_line(project, *line, text, error))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().expect("a parse thread panicked"))
+            .collect()
+    })
+}
+
+/// Parses and validates one event line on its own (what does not depend on
+/// the lines around it).
+fn parse_line(
+    project: &str,
+    line: usize,
+    text: &str,
+    error: &impl Fn(usize, String) -> FileError,
+) -> ParsedLine {
+    let raw: LineIn = serde_json::from_str(text)
+        .map_err(|e| error(line, format!("malformed event line: {e}")))?;
+    let event = events::from_json(
+        &raw.event_type,
+        raw.data.unwrap_or_else(|| serde_json::json!({})),
+    )
+    .map_err(|e| error(line, e.to_string()))?;
+    notifier::validate_event(project, &event)
+        .map_err(|e| error(line, format!("{} event: {e}", raw.event_type)))?;
+    let id = match raw.id {
+        Some(id) => {
+            Uuid::parse_str(&id).map_err(|e| error(line, format!("invalid id {id:?}: {e}")))?
+        }
+        None => Uuid::new_v5(
+            &IMPORT_ID_NAMESPACE,
+            format!("{project}\n{line}\n{text}").as_bytes(),
+        ),
+    };
+    let metadata = match raw.metadata {
+        Some(value @ serde_json::Value::Object(_)) => {
+            serde_json::to_vec(&value).expect("JSON value re-serialises")
+        }
+        Some(other) => {
+            return Err(error(
+                line,
+                format!("metadata must be a JSON object, got {other}"),
+            ))
+        }
+        None => streams::metadata(id, IMPORT_PRODUCER, None),
+    };
+    Ok((raw.revision, id, event, metadata))
 }
 
 /// Writes the header line.

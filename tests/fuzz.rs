@@ -444,3 +444,50 @@ fn an_eversion_at_the_bottom_of_i64_is_an_error_not_an_overflow() {
         assert!(loaded.is_err(), "{loaded:?}");
     });
 }
+
+/// A file large enough to be parsed on several threads reports the same
+/// first bad line as a line-by-line parse would: the earliest, whichever
+/// chunk or thread it fell in, and a duplicate id found across chunks.
+#[test]
+fn a_large_file_reports_its_first_bad_line_whichever_thread_parsed_it() {
+    const EVENTS: usize = 40_000;
+    let mut corpus = CORPUS[3].lines();
+    let header = corpus.next().unwrap().to_string();
+    let bodies: Vec<String> = corpus
+        .map(|line| {
+            let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+            let object = value.as_object_mut().unwrap();
+            object.remove("revision");
+            object.remove("id");
+            value.to_string()
+        })
+        .collect();
+    let lines: Vec<String> = std::iter::once(header)
+        .chain((0..EVENTS).map(|i| bodies[i % bodies.len()].clone()))
+        .collect();
+    let parse = |lines: &[String]| jsonl::parse(Cursor::new(lines.join("\n")), "big.jsonl");
+    let file = parse(&lines).unwrap();
+    assert_eq!(file.events.len(), EVENTS);
+    assert!(file.events.iter().enumerate().all(|(i, e)| e.line == i + 2));
+
+    let with_id = |line: &str, id: &str| {
+        let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+        value["id"] = id.into();
+        value.to_string()
+    };
+    let id = "6b1d2a6e-0000-4000-8000-000000000001";
+    let mut bad = lines.clone();
+    bad[30_000] = "{not json".to_string();
+    bad[19_000] = with_id(&bad[19_000], id);
+    bad[25_000] = with_id(&bad[25_000], id);
+    let err = parse(&bad).unwrap_err();
+    assert_eq!(err.line, 25_001, "{err}");
+    assert!(err.message.contains("appears twice"), "{err}");
+    bad[25_000] = lines[25_000].clone();
+    let err = parse(&bad).unwrap_err();
+    assert_eq!(err.line, 30_001, "{err}");
+    assert!(err.message.contains("malformed"), "{err}");
+    bad[4] = "[]".to_string();
+    let err = parse(&bad).unwrap_err();
+    assert_eq!(err.line, 5, "{err}");
+}
