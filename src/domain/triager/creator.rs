@@ -92,9 +92,12 @@ pub(crate) struct RunPlan<'v> {
     entities: Vec<&'v ChangeList>,
     /// The config group's name.
     cg_name: &'v str,
-    owner: String,
-    created_by: String,
-    billed_to: String,
+    /// The last-triggered CL's owner (checked as a `user` identity).
+    owner_email: &'v str,
+    /// Who triggered it (checked as a `user` identity).
+    triggerer_email: &'v str,
+    /// Whether the owner pays for the Run (else the triggerer).
+    owner_pays: bool,
     create_time: Timestamp,
 }
 
@@ -127,7 +130,7 @@ pub(crate) fn plan_run<'v>(
     let latest_entity = view.cl(latest).ok_or_else(|| {
         TriageError::OutdatedPmState(format!("failed to load CLs: CL {latest} not found"))
     })?;
-    let owner = owner_identity(latest, latest_entity.snapshot.as_ref())?;
+    let owner_email = owner_email(latest, latest_entity.snapshot.as_ref())?;
 
     // The members' PCLs and chosen triggers (the future `input_cls`).
     let mut members: Vec<(&'v Pcl, Option<&'v Trigger>)> = Vec::with_capacity(combo.all.len());
@@ -152,19 +155,15 @@ pub(crate) fn plan_run<'v>(
     let t = kind
         .choose(latest_pcl.triggers.as_ref())
         .ok_or_else(|| TriageError::Bug(format!("CL {latest} lost its trigger")))?;
-    let created_by = user_identity(&t.email).map_err(|e| {
+    check_user_email(&t.email).map_err(|e| {
         TriageError::Bug(format!(
             "failed to construct triggerer identity of {:?}: {e}",
             t.email
         ))
     })?;
-    let billed_to = quota_payer(
-        latest,
-        &owner,
-        &created_by,
-        t,
-        latest_entity.snapshot.as_ref(),
-    )?;
+    // The owner identity is `user:<email>`, never empty or anonymous, so
+    // `quota_payer` can only choose here.
+    let owner_pays = owner_pays(t, latest_entity.snapshot.as_ref());
     let create_ns = nanos_if_set(t.time.as_ref())
         .ok_or_else(|| TriageError::Bug(format!("CL {latest}: trigger without time")))?;
     let create_time = to_timestamp(round_nanos_to_micros(create_ns))?;
@@ -182,9 +181,9 @@ pub(crate) fn plan_run<'v>(
         trigger: t,
         entities,
         cg_name: &cg.name,
-        owner,
-        created_by,
-        billed_to,
+        owner_email,
+        triggerer_email: &t.email,
+        owner_pays,
         create_time,
     })
 }
@@ -223,14 +222,21 @@ pub(crate) fn build_run<'v>(
     let t = plan.trigger;
     let luci_project = view.luci_project.to_string();
     let operation_id = run_id::operation_id(&luci_project, &plan.run_id);
+    let owner = format!("user:{}", plan.owner_email);
+    let created_by = format!("user:{}", plan.triggerer_email);
+    let billed_to = if plan.owner_pays {
+        owner.clone()
+    } else {
+        created_by.clone()
+    };
     CreateRun {
         run_id: plan.run_id,
         config_group_id: format!("{}/{}", view.pstate.config_hash, plan.cg_name),
         mode: t.mode.clone(),
         create_time: Some(plan.create_time),
-        owner: plan.owner,
-        created_by: plan.created_by,
-        billed_to: plan.billed_to,
+        owner,
+        created_by,
+        billed_to,
         input_cls,
         dep_runs: Vec::new(),
         expected_incomplete_run_ids: incomplete_runs,
@@ -294,8 +300,18 @@ fn expected_run_id(
     run_id::run_id(luci_project, create_time, &digest_cls).map_err(TriageError::Bug)
 }
 
-/// `user:<email>` after the original's identity validation.
+/// `user:<email>` after the original's identity validation. Planning
+/// checks the email ([`check_user_email`]) and `build_run` formats the
+/// identity only for the Runs created; this whole function is what the unit
+/// tests of the rule call.
+#[cfg(test)]
 pub(crate) fn user_identity(email: &str) -> Result<String, String> {
+    check_user_email(email)?;
+    Ok(format!("user:{email}"))
+}
+
+/// The original's validation of a `user` identity's email.
+fn check_user_email(email: &str) -> Result<(), String> {
     let Some((local, domain)) = email.split_once('@') else {
         return Err(format!("bad value {email:?} for identity kind \"user\""));
     };
@@ -308,14 +324,14 @@ pub(crate) fn user_identity(email: &str) -> Result<String, String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if local_ok && domain_ok {
-        Ok(format!("user:{email}"))
+        Ok(())
     } else {
         Err(format!("bad value {email:?} for identity kind \"user\""))
     }
 }
 
-/// The owner identity of a CL from its snapshot.
-fn owner_identity(clid: i64, snapshot: Option<&Snapshot>) -> Result<String, TriageError> {
+/// The email of a CL's owner identity, from its snapshot.
+fn owner_email(clid: i64, snapshot: Option<&Snapshot>) -> Result<&str, TriageError> {
     let email = snapshot
         .and_then(|s| s.gerrit.as_ref())
         .map(|g| g.owner_email.as_str())
@@ -325,8 +341,9 @@ fn owner_identity(clid: i64, snapshot: Option<&Snapshot>) -> Result<String, Tria
             "failed to get OwnerIdentity of {clid}: CL owner has no email"
         )));
     }
-    user_identity(email)
-        .map_err(|e| TriageError::Bug(format!("failed to get OwnerIdentity of {clid}: {e}")))
+    check_user_email(email)
+        .map_err(|e| TriageError::Bug(format!("failed to get OwnerIdentity of {clid}: {e}")))?;
+    Ok(email)
 }
 
 /// Whether the CL has a positive Auto-Submit vote.
@@ -338,11 +355,15 @@ pub(crate) fn has_auto_submit(snapshot: Option<&Snapshot>) -> bool {
     })
 }
 
-/// Who is charged for the Run (the original's `quotaPayer`).
+/// Who is charged for the Run (the original's `quotaPayer`). Planning only
+/// needs [`owner_pays`] (its owner is a checked `user:` identity, never empty
+/// or anonymous); this whole function is what the unit tests of the rule
+/// call.
 ///
 /// Full runs (FULL_RUN, or a custom mode with CQ value 2) of a CL with an
 /// Auto-Submit vote are charged to the owner; everything else to the
 /// triggerer. An empty or anonymous owner is a bug.
+#[cfg(test)]
 pub(crate) fn quota_payer(
     clid: i64,
     owner: &str,
@@ -363,18 +384,21 @@ pub(crate) fn quota_payer(
         }
         _ => {}
     }
-    let cq_value = trigger
-        .mode_definition
-        .as_ref()
-        .map_or(0, |m| m.cq_label_value);
-    if trigger.mode != FULL_RUN && cq_value != FULL_RUN_CQ_VOTE {
-        return Ok(triggerer.to_string());
-    }
-    if has_auto_submit(snapshot) {
+    if owner_pays(trigger, snapshot) {
         Ok(owner.to_string())
     } else {
         Ok(triggerer.to_string())
     }
+}
+
+/// Whether the owner pays for the Run: a full Run (FULL_RUN, or a custom
+/// mode with CQ value 2) of a CL with an Auto-Submit vote.
+fn owner_pays(trigger: &Trigger, snapshot: Option<&Snapshot>) -> bool {
+    let cq_value = trigger
+        .mode_definition
+        .as_ref()
+        .map_or(0, |m| m.cq_label_value);
+    (trigger.mode == FULL_RUN || cq_value == FULL_RUN_CQ_VOTE) && has_auto_submit(snapshot)
 }
 
 /// Merges the Run options of one CL's footers into `options`.
