@@ -37,27 +37,37 @@ pub struct RunIdCl<'a> {
 
 /// Lowercase hexadecimal of bytes.
 pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+/// Appends the lowercase hexadecimal of bytes.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
-    out
 }
 
 /// The 8-byte digest (version 1) of the Run's CLs.
 pub fn cls_digest(cls: &[RunIdCl<'_>]) -> [u8; 8] {
+    let by_host_and_change =
+        |a: &&RunIdCl<'_>, b: &&RunIdCl<'_>| a.host.cmp(b.host).then(a.change.cmp(&b.change));
     let mut sorted: Vec<&RunIdCl<'_>> = cls.iter().collect();
-    sorted.sort_by(|a, b| a.host.cmp(b.host).then(a.change.cmp(&b.change)));
+    if !sorted.is_sorted_by(|a, b| by_host_and_change(a, b).is_le()) {
+        sorted.sort_by(by_host_and_change);
+    }
     let mut h = Sha256::new();
+    let mut digits = itoa::Buffer::new();
     for (i, cl) in sorted.iter().enumerate() {
         if i > 0 {
             h.update([0u8]);
         }
         h.update(cl.host.as_bytes());
         h.update([0u8]);
-        h.update(cl.change.to_string().as_bytes());
+        h.update(digits.format(cl.change).as_bytes());
         h.update([0u8]);
         h.update(cl.current_revision.as_bytes());
         if let Some(t) = cl.trigger {
@@ -68,11 +78,11 @@ pub fn cls_digest(cls: &[RunIdCl<'_>]) -> [u8; 8] {
                 .wrapping_mul(1_000_000)
                 .wrapping_add(i64::from(nanos / 1000));
             h.update([0u8]);
-            h.update(micros.to_string().as_bytes());
+            h.update(digits.format(micros).as_bytes());
             h.update([0u8]);
             h.update(t.mode.as_bytes());
             h.update([0u8]);
-            h.update(t.gerrit_account_id.to_string().as_bytes());
+            h.update(digits.format(t.gerrit_account_id).as_bytes());
         }
     }
     let full = h.finalize();
@@ -108,11 +118,13 @@ pub fn run_id(
     create_time: &Timestamp,
     cls: &[RunIdCl<'_>],
 ) -> Result<String, String> {
+    use std::fmt::Write;
     let ms = inverse_ts_ms(create_time)?;
-    Ok(format!(
-        "{luci_project}/{ms:013}-{DIGEST_VERSION}-{}",
-        to_hex(&cls_digest(cls))
-    ))
+    let mut id = String::with_capacity(luci_project.len() + 1 + 13 + 3 + 16);
+    id.push_str(luci_project);
+    write!(id, "/{ms:013}-{DIGEST_VERSION}-").expect("writing to a String");
+    push_hex(&mut id, &cls_digest(cls));
+    Ok(id)
 }
 
 /// The Run creation operation id: `"PM-"` followed by the first 16 hex
