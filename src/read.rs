@@ -87,6 +87,30 @@ fn fits(snapshot: &ProjectSnapshot, target: Target) -> bool {
     }
 }
 
+/// How many events to read first when folding from `state` to `target`:
+/// for an eversion, about what the stream has held per eversion so far
+/// times the eversions to go (with a margin), so that a rebuild from a
+/// snapshot reads its tail in one page instead of a whole
+/// [`LOAD_PAGE_EVENTS`] page; otherwise a whole page. Only the page sizes
+/// depend on it, never what is folded.
+fn first_page_events(state: &ProjectState, target: Target) -> usize {
+    let Target::Eversion(n) = target else {
+        return LOAD_PAGE_EVENTS;
+    };
+    let (Ok(done), Ok(to_go)) = (
+        u64::try_from(state.eversion),
+        u64::try_from(n.saturating_sub(state.eversion)),
+    ) else {
+        return LOAD_PAGE_EVENTS;
+    };
+    if done == 0 {
+        return LOAD_PAGE_EVENTS;
+    }
+    let per_eversion = (state.last_revision + 1).div_ceil(done);
+    let estimate = to_go.saturating_mul(per_eversion).saturating_mul(5) / 4 + 64;
+    usize::try_from(estimate).map_or(LOAD_PAGE_EVENTS, |e| e.min(LOAD_PAGE_EVENTS))
+}
+
 /// How many snapshots one read of the snapshot stream returns.
 const SNAPSHOT_PAGE: usize = 8;
 
@@ -196,15 +220,17 @@ pub async fn load<S: EventStore>(
         Target::Eversion(n) => state.eversion >= n,
     };
     if !done(&state, None) {
+        let mut page_events = first_page_events(&state, target);
         'pages: loop {
             let page = store
                 .read_stream(
                     &stream,
                     ReadFrom::Revision(fold::next_revision(&state)),
                     Direction::Forwards,
-                    LOAD_PAGE_EVENTS,
+                    page_events,
                 )
                 .await?;
+            page_events = LOAD_PAGE_EVENTS;
             if page.is_empty() {
                 break;
             }
@@ -416,4 +442,40 @@ pub fn action_line(action: &proto::Action) -> Result<ActionLine, serde_json::Err
         action_type: action_type(kind),
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_page_of_a_rebuild_is_sized_by_the_eversions_to_go() {
+        let mut state = crate::domain::new_project("p");
+        // No history to go by: a whole page.
+        assert_eq!(
+            first_page_events(&state, Target::Eversion(50)),
+            LOAD_PAGE_EVENTS
+        );
+        // 100 eversions in 2,000 events (revisions 0..=1999): 20 per
+        // eversion; 50 to go with a quarter more, and a little extra.
+        state.eversion = 100;
+        state.last_revision = 1_999;
+        assert_eq!(first_page_events(&state, Target::Eversion(150)), 1_314);
+        assert_eq!(first_page_events(&state, Target::Eversion(101)), 89);
+        // Never more than a page, and a whole page for other targets.
+        assert_eq!(
+            first_page_events(&state, Target::Eversion(100_000)),
+            LOAD_PAGE_EVENTS
+        );
+        assert_eq!(first_page_events(&state, Target::Latest), LOAD_PAGE_EVENTS);
+        assert_eq!(
+            first_page_events(&state, Target::Revision(5)),
+            LOAD_PAGE_EVENTS
+        );
+        // An eversion behind the state (an error later): a whole page.
+        assert_eq!(
+            first_page_events(&state, Target::Eversion(90)),
+            LOAD_PAGE_EVENTS
+        );
+    }
 }
