@@ -56,7 +56,10 @@ pub fn cls_digest(cls: &[RunIdCl<'_>]) -> [u8; 8] {
     let by_host_and_change =
         |a: &&RunIdCl<'_>, b: &&RunIdCl<'_>| a.host.cmp(b.host).then(a.change.cmp(&b.change));
     let mut sorted: Vec<&RunIdCl<'_>> = cls.iter().collect();
-    if !sorted.is_sorted_by(|a, b| by_host_and_change(a, b).is_le()) {
+    if sorted
+        .windows(2)
+        .any(|pair| by_host_and_change(&pair[0], &pair[1]).is_gt())
+    {
         sorted.sort_by(by_host_and_change);
     }
     let mut h = Sha256::new();
