@@ -26,10 +26,10 @@
 //!   event (`$maxCount`, `$tb`) to `$$<stream>`, and read back as the *newest*
 //!   event of that stream. It is read-modify-written: other keys (`$acl`,
 //!   `$maxAge`) stay, a max count of 0 is written as 1 (0 voids the whole
-//!   document), and a soft delete (`$tb` at 2^63 - 1) is kept. The client's `set_stream_metadata` (which writes
-//!   `$maxAge`/`$cacheControl` in milliseconds where the server reads
-//!   seconds) and `get_stream_metadata` (which returns the *oldest* metadata
-//!   event) are not used.
+//!   document), and a soft delete (`$tb` at 2^63 - 1) is kept. The client's
+//!   `set_stream_metadata` (which writes `$maxAge`/`$cacheControl` in
+//!   milliseconds where the server reads seconds) and `get_stream_metadata`
+//!   (which returns the *oldest* metadata event) are not used.
 //! * **Events.** Data goes as a binary event with the explicit [`NewEvent`]
 //!   id (`EventData::id`), so a retried append carries the same ids; our
 //!   metadata JSON (`$correlationId`, `$causationId`) is the custom metadata.
