@@ -60,6 +60,27 @@ fn ids_in(double: &EsdbDouble, stream: &str) -> Vec<u128> {
         .collect()
 }
 
+/// A store on `double` whose `stream` shows only its last event (`$maxCount`
+/// 1) and holds event 1.
+async fn showing_only_its_last_event(double: &EsdbDouble, stream: &str) -> EsdbStore {
+    let store = EsdbStore::connect(&double.url()).unwrap();
+    store
+        .set_stream_metadata(
+            stream,
+            prjmanager::store::StreamMetadata {
+                max_count: Some(1),
+                truncate_before: None,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .append(stream, ExpectedRevision::Any, vec![event(1)])
+        .await
+        .unwrap();
+    store
+}
+
 fn assert_unique_ids(events: &[RecordedEvent]) {
     let ids: HashSet<Uuid> = events.iter().map(|e| e.id).collect();
     assert_eq!(ids.len(), events.len(), "an event id appears twice");
@@ -145,21 +166,7 @@ async fn an_aborted_append_that_was_written_is_retried_and_lands_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_any_append_is_not_duplicated_after_the_id_cache_is_lost() {
     let double = EsdbDouble::start();
-    let store = EsdbStore::connect(&double.url()).unwrap();
-    store
-        .set_stream_metadata(
-            "h",
-            prjmanager::store::StreamMetadata {
-                max_count: Some(1),
-                truncate_before: None,
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .append("h", ExpectedRevision::Any, vec![event(1)])
-        .await
-        .unwrap();
+    let store = showing_only_its_last_event(&double, "h").await;
     double.abort_and_evict_after_next_append(1);
     let result = store
         .append("h", ExpectedRevision::Any, vec![event(2), event(3)])
@@ -177,21 +184,7 @@ async fn a_retried_any_append_is_not_duplicated_after_the_id_cache_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_dropped_until_its_write_replicated_lands_once() {
     let double = EsdbDouble::start();
-    let store = EsdbStore::connect(&double.url()).unwrap();
-    store
-        .set_stream_metadata(
-            "r",
-            prjmanager::store::StreamMetadata {
-                max_count: Some(1),
-                truncate_before: None,
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .append("r", ExpectedRevision::Any, vec![event(1)])
-        .await
-        .unwrap();
+    let store = showing_only_its_last_event(&double, "r").await;
     double.set_replication_lag(Duration::from_millis(600));
     double.abort_and_evict_after_next_append(1);
     let result = store

@@ -107,35 +107,24 @@ async fn end_to_end_on_esdb_matches_the_direct_fold_and_the_embedded_store() {
     service.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_esdb_urls_are_refused_at_startup() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_prjmanager"))
-        .args([
-            "--store",
-            "esdb://host:notaport",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+/// `prjmanager --store URL serve` on a free port, run to its end.
+fn serve_on(url: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_prjmanager"))
+        .args(["--store", url, "serve", "--listen", "127.0.0.1:0"])
         .env_remove("PRJMANAGER_STORE")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_esdb_urls_are_refused_at_startup() {
+    let output = serve_on("esdb://host:notaport");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("EventStoreDB"), "{stderr}");
     // A follower preference would let a follower answer the reads that
     // recognise a retried append: refused, naming the setting.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_prjmanager"))
-        .args([
-            "--store",
-            "esdb://127.0.0.1:1?tls=false&nodePreference=follower",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env_remove("PRJMANAGER_STORE")
-        .output()
-        .unwrap();
+    let output = serve_on("esdb://127.0.0.1:1?tls=false&nodePreference=follower");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("nodePreference=leader"), "{stderr}");
