@@ -356,6 +356,20 @@ fn poke(n: u128, bytes: usize) -> NewEvent {
     }
 }
 
+/// Appends `poke(n, 10)` for each `n` to `stream`, one append each.
+async fn append_one_by_one(
+    store: &EsdbStore,
+    stream: &str,
+    numbers: impl IntoIterator<Item = u128>,
+) {
+    for n in numbers {
+        store
+            .append(stream, ExpectedRevision::Any, vec![poke(n, 10)])
+            .await
+            .unwrap();
+    }
+}
+
 /// The next message of a raw subscription, failing on a stall.
 async fn next_message(
     subscription: &mut eventstore::Subscription,
@@ -380,12 +394,7 @@ async fn a_position_between_records_is_refused_by_the_server_and_re_seeked_by_th
     use prjmanager::store::StreamFilter;
     let double = EsdbDouble::start();
     let writer = EsdbStore::connect(&double.url()).unwrap();
-    for n in 1..=6 {
-        writer
-            .append("s", ExpectedRevision::Any, vec![poke(n, 10)])
-            .await
-            .unwrap();
-    }
+    append_one_by_one(&writer, "s", 1..=6).await;
     let commits: Vec<u64> = double.log().iter().map(|r| r.commit).collect();
     assert!(commits.windows(2).all(|w| w[1] > w[0] + 2), "{commits:?}");
     let client = raw_client(&double);
@@ -477,16 +486,8 @@ async fn filtered_subscriptions_get_checkpoints_and_the_adapter_resumes_from_the
     use prjmanager::store::StreamFilter;
     let double = EsdbDouble::start();
     let store = EsdbStore::connect(&double.url()).unwrap();
-    for n in 1..=25 {
-        store
-            .append("other", ExpectedRevision::Any, vec![poke(n, 10)])
-            .await
-            .unwrap();
-    }
-    store
-        .append("want-1", ExpectedRevision::Any, vec![poke(100, 10)])
-        .await
-        .unwrap();
+    append_one_by_one(&store, "other", 1..=25).await;
+    append_one_by_one(&store, "want-1", 100..=100).await;
     let commits: Vec<u64> = double.log().iter().map(|r| r.commit).collect();
     let client = raw_client(&double);
     let filter = SubscriptionFilter::on_stream_name()
@@ -523,22 +524,14 @@ async fn filtered_subscriptions_get_checkpoints_and_the_adapter_resumes_from_the
         .unwrap()
         .unwrap();
     assert_eq!(first.id.as_u128(), 100);
-    for n in 200..300 {
-        store
-            .append("other", ExpectedRevision::Any, vec![poke(n, 10)])
-            .await
-            .unwrap();
-    }
+    append_one_by_one(&store, "other", 200..300).await;
     let log = double.log();
     // The adapter's subscription has scanned 126 records: checkpoints at
     // the 32nd, 64th, 96th; let it read them, then drop every connection.
     let last_checkpoint = log[95].commit;
     tokio::time::sleep(Duration::from_millis(500)).await;
     double.restart(Duration::from_millis(100));
-    store
-        .append("want-2", ExpectedRevision::Any, vec![poke(300, 10)])
-        .await
-        .unwrap();
+    append_one_by_one(&store, "want-2", 300..=300).await;
     let second = tokio::time::timeout(Duration::from_secs(20), wanted.next())
         .await
         .unwrap()
