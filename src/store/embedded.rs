@@ -884,6 +884,30 @@ fn append_in(
     events: &[NewEvent],
 ) -> Result<AppendResult, StoreError> {
     let row = find_stream(connection, stream)?;
+    // One event whose expected revision holds (the Notifier's append):
+    // insert it straight away. The UNIQUE (stream_id, event_id) index finds
+    // an id already in the stream, which is the only case where the full
+    // check below can decide otherwise (a retry, or a duplicate); a failed
+    // INSERT writes nothing, so that check then starts from the same rows.
+    if let (
+        [_],
+        Some(StreamRow {
+            stream_id,
+            last_revision: last @ Some(_),
+            ..
+        }),
+    ) = (events, row)
+    {
+        if expected_holds(expected, last) {
+            let first_revision = last.map_or(0, |l| l + 1);
+            match insert_rows(connection, stream_id, first_revision, events) {
+                Ok(()) => return finish_append(connection, stream_id, first_revision, events),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation => {}
+                Err(other) => return Err(store_error(other)),
+            }
+        }
+    }
     let ids = StoredIds::load(connection, row, events)?;
     let batch_len = events.len() as u64;
     if let Some(start) = check_append_with(stream, expected, &ids, events)? {
@@ -916,23 +940,53 @@ fn append_in(
         }
     };
     let first_revision = ids.last_revision.map_or(0, |last| last + 1);
-    let mut insert = connection
-        .prepare_cached(INSERT_EVENT_SQL)
-        .map_err(store_error)?;
-    for (event, revision) in events.iter().zip(first_revision..) {
-        insert
-            .execute(params![
-                stream_id,
-                to_i64(revision),
-                event.id.as_bytes(),
-                event.event_type,
-                event.data,
-                event.metadata,
-            ])
-            .map_err(store_error)?;
+    insert_rows(connection, stream_id, first_revision, events).map_err(store_error)?;
+    finish_append(connection, stream_id, first_revision, events)
+}
+
+/// Whether an expected revision holds against a stream's last revision
+/// (the second half of `check_append_with`, for a batch that is no retry).
+fn expected_holds(expected: ExpectedRevision, last: Option<u64>) -> bool {
+    match expected {
+        ExpectedRevision::Any => true,
+        ExpectedRevision::NoStream => last.is_none(),
+        ExpectedRevision::StreamExists => last.is_some(),
+        ExpectedRevision::Exact(n) => last == Some(n),
     }
+}
+
+/// Inserts the rows of `events` from `first_revision` on (checked by the
+/// caller).
+fn insert_rows(
+    connection: &Connection,
+    stream_id: i64,
+    first_revision: u64,
+    events: &[NewEvent],
+) -> rusqlite::Result<()> {
+    let mut insert = connection.prepare_cached(INSERT_EVENT_SQL)?;
+    for (event, revision) in events.iter().zip(first_revision..) {
+        insert.execute(params![
+            stream_id,
+            to_i64(revision),
+            event.id.as_bytes(),
+            event.event_type,
+            event.data,
+            event.metadata,
+        ])?;
+    }
+    Ok(())
+}
+
+/// After [`insert_rows`]: moves the stream's last revision and gives the
+/// append's result.
+fn finish_append(
+    connection: &Connection,
+    stream_id: i64,
+    first_revision: u64,
+    events: &[NewEvent],
+) -> Result<AppendResult, StoreError> {
     let position = to_u64(connection.last_insert_rowid(), "position")?;
-    let next_revision = first_revision + batch_len - 1;
+    let next_revision = first_revision + events.len() as u64 - 1;
     connection
         .prepare_cached(SET_LAST_REVISION_SQL)
         .and_then(|mut statement| statement.execute(params![stream_id, to_i64(next_revision)]))
