@@ -125,6 +125,20 @@ impl PayloadSource for Json {
     }
 }
 
+struct JsonText<'a>(&'a str);
+
+impl PayloadSource for JsonText<'_> {
+    fn payload<M: Message + Default + serde::de::DeserializeOwned>(
+        self,
+        event_type: &str,
+    ) -> Result<M, EventCodecError> {
+        serde_json::from_str(self.0).map_err(|source| EventCodecError::Json {
+            event_type: event_type.to_string(),
+            source,
+        })
+    }
+}
+
 /// Decodes a stored payload of the given type.
 pub fn decode(event_type: &str, data: &[u8]) -> Result<Event, EventCodecError> {
     by_type(event_type, Bytes(data))
@@ -148,6 +162,12 @@ pub fn to_json(event: &Event) -> Result<serde_json::Value, serde_json::Error> {
 /// Parses the proto3 JSON form of a payload of the given type.
 pub fn from_json(event_type: &str, data: serde_json::Value) -> Result<Event, EventCodecError> {
     by_type(event_type, Json(data))
+}
+
+/// As [`from_json`], from the payload's JSON text (no intermediate
+/// `serde_json::Value`).
+pub fn from_json_text(event_type: &str, data: &str) -> Result<Event, EventCodecError> {
+    by_type(event_type, JsonText(data))
 }
 
 /// Wraps an event into the `InputEvent` message.

@@ -112,12 +112,14 @@ impl FileError {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LineIn {
+struct LineIn<'a> {
     revision: Option<u64>,
     id: Option<String>,
     #[serde(rename = "type")]
     event_type: String,
-    data: Option<serde_json::Value>,
+    /// Parsed by the event's own type straight from its text.
+    #[serde(borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
     metadata: Option<serde_json::Value>,
 }
 
@@ -280,11 +282,8 @@ fn parse_line(
 ) -> ParsedLine {
     let raw: LineIn = serde_json::from_str(text)
         .map_err(|e| error(line, format!("malformed event line: {e}")))?;
-    let event = events::from_json(
-        &raw.event_type,
-        raw.data.unwrap_or_else(|| serde_json::json!({})),
-    )
-    .map_err(|e| error(line, e.to_string()))?;
+    let event = events::from_json_text(&raw.event_type, raw.data.map_or("{}", |d| d.get()))
+        .map_err(|e| error(line, e.to_string()))?;
     notifier::validate_event(project, &event)
         .map_err(|e| error(line, format!("{} event: {e}", raw.event_type)))?;
     let id = match raw.id {
