@@ -370,6 +370,20 @@ async fn append_one_by_one(
     }
 }
 
+/// Fails unless the client reports the server's `InvalidArgument`.
+fn assert_invalid_argument(err: &eventstore::Error) {
+    assert!(
+        matches!(
+            err,
+            eventstore::Error::Grpc {
+                code: tonic::Code::InvalidArgument,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
 /// The next message of a raw subscription, failing on a stall.
 async fn next_message(
     subscription: &mut eventstore::Subscription,
@@ -420,16 +434,7 @@ async fn a_position_between_records_is_refused_by_the_server_and_re_seeked_by_th
     };
     assert_eq!(first_from(commits[2]).await.unwrap(), Some(commits[2]));
     let refused = first_from(commits[2] + 1).await.unwrap_err();
-    assert!(
-        matches!(
-            refused,
-            eventstore::Error::Grpc {
-                code: tonic::Code::InvalidArgument,
-                ..
-            }
-        ),
-        "{refused:?}"
-    );
+    assert_invalid_argument(&refused);
     let mut subscription = client
         .subscribe_to_all(
             &SubscribeToAllOptions::default().position(StreamPosition::Position(Position {
@@ -439,16 +444,7 @@ async fn a_position_between_records_is_refused_by_the_server_and_re_seeked_by_th
         )
         .await;
     let refused = next_message(&mut subscription).await.unwrap_err();
-    assert!(
-        matches!(
-            refused,
-            eventstore::Error::Grpc {
-                code: tonic::Code::InvalidArgument,
-                ..
-            }
-        ),
-        "{refused:?}"
-    );
+    assert_invalid_argument(&refused);
 
     // A fresh adapter knows no boundary: it re-seeks to the start of `$all`.
     // Our position of an event is its commit position + 1, so asking for

@@ -24,7 +24,13 @@ pub struct Cli {
     /// bytes (its MaxAppendSize: 1 MiB by default up to 24.10 / KurrentDB
     /// 25.0, 256 MiB from 25.1); `import` and derived writes split larger
     /// batches into several appends.
-    #[arg(long, global = true, env = "PRJMANAGER_MAX_APPEND_BYTES", default_value_t = crate::store::esdb::DEFAULT_MAX_APPEND_BYTES)]
+    #[arg(
+        long,
+        global = true,
+        env = "PRJMANAGER_MAX_APPEND_BYTES",
+        default_value_t = crate::store::esdb::DEFAULT_MAX_APPEND_BYTES,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub max_append_bytes: u64,
     /// The token and the client's timeouts.
     #[command(flatten)]

@@ -105,11 +105,6 @@ fn init_logging(service: bool, format: LogFormat) {
 
 /// Runs one parsed command.
 pub async fn run(mut cli: Cli) -> Result<(), CliError> {
-    if cli.max_append_bytes == 0 {
-        return Err(CliError::BadInput(
-            "--max-append-bytes must be at least 1".into(),
-        ));
-    }
     cli.store = cli.store.with_max_append_bytes(cli.max_append_bytes);
     match cli.command {
         Command::Notify {

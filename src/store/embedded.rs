@@ -898,7 +898,7 @@ fn append_in(
         }),
     ) = (events, row)
     {
-        if expected_holds(expected, last) {
+        if expected.holds(last) {
             let first_revision = last.map_or(0, |l| l + 1);
             match insert_rows(connection, stream_id, first_revision, events) {
                 Ok(()) => return finish_append(connection, stream_id, first_revision, events),
@@ -942,17 +942,6 @@ fn append_in(
     let first_revision = ids.last_revision.map_or(0, |last| last + 1);
     insert_rows(connection, stream_id, first_revision, events).map_err(store_error)?;
     finish_append(connection, stream_id, first_revision, events)
-}
-
-/// Whether an expected revision holds against a stream's last revision
-/// (the second half of `check_append_with`, for a batch that is no retry).
-fn expected_holds(expected: ExpectedRevision, last: Option<u64>) -> bool {
-    match expected {
-        ExpectedRevision::Any => true,
-        ExpectedRevision::NoStream => last.is_none(),
-        ExpectedRevision::StreamExists => last.is_some(),
-        ExpectedRevision::Exact(n) => last == Some(n),
-    }
 }
 
 /// Inserts the rows of `events` from `first_revision` on (checked by the

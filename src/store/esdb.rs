@@ -126,6 +126,8 @@ const MAX_KNOWN_BOUNDARIES: usize = 65_536;
 #[derive(Clone)]
 pub struct EsdbStore {
     inner: Arc<Inner>,
+    /// The largest append the server accepts (its `MaxAppendSize`).
+    max_append_bytes: u64,
 }
 
 struct Inner {
@@ -139,8 +141,6 @@ struct Inner {
     /// Commit positions of events seen: record boundaries of the server's
     /// log, to re-seek to when a position is refused.
     boundaries: Mutex<BTreeSet<u64>>,
-    /// The largest append the server accepts (its `MaxAppendSize`).
-    max_append_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for EsdbStore {
@@ -350,8 +350,8 @@ impl EsdbStore {
                 generation: Mutex::new(0),
                 ids: Mutex::new(HashMap::new()),
                 boundaries: Mutex::new(BTreeSet::new()),
-                max_append_bytes: DEFAULT_MAX_APPEND_BYTES.into(),
             }),
+            max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
         })
     }
 
@@ -359,10 +359,10 @@ impl EsdbStore {
     /// `bytes` (its `MaxAppendSize`; [`DEFAULT_MAX_APPEND_BYTES`] unless
     /// told).
     pub fn with_max_append_bytes(self, bytes: u64) -> Self {
-        self.inner
-            .max_append_bytes
-            .store(bytes, std::sync::atomic::Ordering::Relaxed);
-        self
+        Self {
+            max_append_bytes: bytes,
+            ..self
+        }
     }
 
     /// The current client (built on first use or after the last one died),
@@ -801,11 +801,7 @@ impl EventStore for EsdbStore {
     }
 
     fn max_append_bytes(&self) -> Option<u64> {
-        Some(
-            self.inner
-                .max_append_bytes
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
+        Some(self.max_append_bytes)
     }
 
     fn subscribe_all(&self, from_position: u64, filter: StreamFilter) -> Subscription {

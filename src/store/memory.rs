@@ -147,13 +147,7 @@ pub(crate) fn check_append_with<S: StreamIds + ?Sized>(
             }
         }
     }
-    let ok = match expected {
-        ExpectedRevision::Any => true,
-        ExpectedRevision::NoStream => actual.is_none(),
-        ExpectedRevision::StreamExists => actual.is_some(),
-        ExpectedRevision::Exact(n) => actual == Some(n),
-    };
-    if !ok {
+    if !expected.holds(actual) {
         return Err(StoreError::WrongExpectedVersion {
             stream: stream.to_string(),
             expected,

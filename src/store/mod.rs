@@ -54,6 +54,19 @@ pub enum ExpectedRevision {
     Exact(u64),
 }
 
+impl ExpectedRevision {
+    /// Whether the expectation holds for a stream whose last revision is
+    /// `last` (`None`: no event).
+    pub fn holds(self, last: Option<u64>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::NoStream => last.is_none(),
+            Self::StreamExists => last.is_some(),
+            Self::Exact(n) => last == Some(n),
+        }
+    }
+}
+
 impl std::fmt::Display for ExpectedRevision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
