@@ -82,12 +82,18 @@ fn chaos(c: &Component, view: &PmView<'_>) -> Result<TriageResult, TriageError> 
             }];
         }
         2 => {
-            result.runs_to_create = vec![proto::CreateRun {
-                run_id: format!(
+            // Now and then a Run the streams create (which may be known).
+            let run_id = if (seed / 7) % 2 == 0 {
+                format!(
                     "{}/{}-1-{first:x}",
                     view.luci_project,
                     9_000_000 - view.now.seconds / 60
-                ),
+                )
+            } else {
+                format!("{}/{}-1-aa", view.luci_project, first % 5)
+            };
+            result.runs_to_create = vec![proto::CreateRun {
+                run_id,
                 mode: "DRY_RUN".into(),
                 ..Default::default()
             }];
@@ -482,6 +488,30 @@ proptest! {
                         prop_assert_eq!(&failing.pstate, &state.pstate);
                     }
                     evaluate_with(&mut state, revision, *now, TRIAGERS[*triager]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_run_request_names_a_known_run_after_an_invocation(steps in steps()) {
+        // What lets an invocation prune requests by the Runs its pending
+        // events name only (`prune_known`): whichever triager ran, every
+        // invocation ends with no request for a Run the state knows.
+        let items = materialize(&steps);
+        let mut state = domain::new_project(PROJECT);
+        for (revision, item) in items.iter().enumerate() {
+            let revision = revision as u64;
+            match item {
+                Item::Input(e) => domain::apply_event(&mut state, revision, e).expect("input event"),
+                Item::Marker { now, triager } => {
+                    evaluate_with(&mut state, revision, *now, TRIAGERS[*triager]);
+                    for request in &state.run_requests {
+                        prop_assert!(
+                            state.runs.iter().all(|r| r.id != request.run_id),
+                            "request for known Run {} at revision {}", request.run_id, revision
+                        );
+                    }
                 }
             }
         }

@@ -208,6 +208,14 @@ fn run_transitions(
 /// Forgets Runs ended more than 7 days ago (or ended without an end time)
 /// and Run requests that are a minute old or whose Run is known. Returns the
 /// ids of the Runs forgotten, in order.
+///
+/// Only a Run named by a pending event can be a known Run of a request: an
+/// invocation leaves no request whose Run is known (this prune drops them,
+/// and a request is recorded only for a Run not known, see
+/// `act_on_components`), and a Run becomes known only by a `RunCreated` or
+/// `RunFinished` event, which stays pending until an invocation. So the
+/// requests are looked up by the few Runs the pending events name, not each
+/// against every known Run.
 fn prune_known(state: &mut ProjectState, now: &Timestamp) -> Vec<String> {
     let run_cutoff = time::add_days(now, -KNOWN_RUN_RETENTION_DAYS);
     let mut forgotten = Vec::new();
@@ -223,9 +231,20 @@ fn prune_known(state: &mut ProjectState, now: &Timestamp) -> Vec<String> {
     });
     let request_cutoff = time::add_minutes(now, -RUN_REQUEST_RETENTION_MINUTES);
     let runs = &state.runs;
+    let mut named_known: Vec<&str> = state
+        .pending
+        .iter()
+        .filter_map(|p| match &p.event {
+            Some(pending_event::Event::RunCreated(id)) => Some(id.as_str()),
+            Some(pending_event::Event::RunFinished(e)) => Some(e.run_id.as_str()),
+            _ => None,
+        })
+        .filter(|id| runs.binary_search_by(|k| k.id.as_str().cmp(id)).is_ok())
+        .collect();
+    named_known.sort_unstable();
     state.run_requests.retain(|r| {
         let young = time::cmp_opt(r.requested_at.as_ref(), Some(&request_cutoff)).is_gt();
-        young && runs.binary_search_by(|k| k.id.cmp(&r.run_id)).is_err()
+        young && named_known.binary_search(&r.run_id.as_str()).is_err()
     });
     forgotten
 }

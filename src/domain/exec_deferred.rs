@@ -192,7 +192,15 @@ impl Invocation<'_> {
         for (index, result) in results {
             for run in result.runs_to_create {
                 let run = self.complete_create_run(run);
-                self.new_run_requests.push(run.run_id.clone());
+                // A request stands for a Run not yet known (the triager
+                // asks only for those; another triager may not).
+                if self
+                    .runs
+                    .binary_search_by(|r| r.id.cmp(&run.run_id))
+                    .is_err()
+                {
+                    self.new_run_requests.push(run.run_id.clone());
+                }
                 self.immediate.push(action::Action::CreateRun(run));
             }
             purge_tasks.extend(result.cls_to_purge);
