@@ -102,19 +102,27 @@ impl Digester {
     /// follows `state`.
     pub fn digest_as(&mut self, state: &ProjectState, version: DigestVersion) -> Vec<u8> {
         self.following = None;
-        self.followed_digest_as(state, version)
+        match version {
+            DigestVersion::V1 => v1(state),
+            DigestVersion::V2 => self.v2(state, &without_lists(state).encode_to_vec()),
+        }
     }
 
     /// The digest in `version` of the state the fold has reported to this
-    /// digester, event by event: only what changed is hashed again.
+    /// digester, event by event: only what changed is hashed again. The
+    /// state is borrowed mutably only to encode it without its four lists
+    /// in place (they are put back): no copy of the rest of the state.
     pub(super) fn followed_digest_as(
         &mut self,
-        state: &ProjectState,
+        state: &mut ProjectState,
         version: DigestVersion,
     ) -> Vec<u8> {
         match version {
-            DigestVersion::V1 => blake3::hash(&state.encode_to_vec()).as_bytes().to_vec(),
-            DigestVersion::V2 => self.v2(state),
+            DigestVersion::V1 => v1(state),
+            DigestVersion::V2 => {
+                let rest = encode_without_lists(state);
+                self.v2(state, &rest)
+            }
         }
     }
 
@@ -190,12 +198,13 @@ impl Digester {
         }
     }
 
-    fn v2(&mut self, state: &ProjectState) -> Vec<u8> {
+    /// The version 2 digest of `state`, `rest` being the encoding of the
+    /// state with its four lists emptied.
+    fn v2(&mut self, state: &ProjectState, rest: &[u8]) -> Vec<u8> {
         let mut hasher = blake3::Hasher::new();
         hasher.update(V2_TAG);
-        let rest = without_lists(state).encode_to_vec();
         hasher.update(&(rest.len() as u64).to_le_bytes());
-        hasher.update(&rest);
+        hasher.update(rest);
         let no_pcls: &[Pcl] = &[];
         let no_components: &[Component] = &[];
         let (pcls, components) = state.pstate.as_ref().map_or((no_pcls, no_components), |p| {
@@ -234,6 +243,31 @@ impl Digester {
         digest.extend_from_slice(hasher.finalize().as_bytes());
         digest
     }
+}
+
+fn v1(state: &ProjectState) -> Vec<u8> {
+    blake3::hash(&state.encode_to_vec()).as_bytes().to_vec()
+}
+
+/// The encoding of [`without_lists`]`(state)`, made by moving the four lists
+/// out of `state` and back instead of copying everything else.
+fn encode_without_lists(state: &mut ProjectState) -> Vec<u8> {
+    let cls = std::mem::take(&mut state.cls);
+    let runs = std::mem::take(&mut state.runs);
+    let (pcls, components) = state.pstate.as_mut().map_or_else(Default::default, |p| {
+        (
+            std::mem::take(&mut p.pcls),
+            std::mem::take(&mut p.components),
+        )
+    });
+    let rest = state.encode_to_vec();
+    state.cls = cls;
+    state.runs = runs;
+    if let Some(p) = state.pstate.as_mut() {
+        p.pcls = pcls;
+        p.components = components;
+    }
+    rest
 }
 
 fn entity_hash(entity: &impl Message) -> Hash {
@@ -471,5 +505,28 @@ mod tests {
         });
         digester.input_recorded(&s, 10, &event);
         assert_eq!(digester.digest(&s), state_digest(&s));
+    }
+
+    #[test]
+    fn the_in_place_encoding_equals_the_copy_and_puts_the_lists_back() {
+        let mut s = state("p", &[1, 2], &["p/1"]);
+        s.pstate = Some(PState {
+            luci_project: "p".into(),
+            pcls: vec![Pcl {
+                clid: 1,
+                ..Default::default()
+            }],
+            components: vec![Component {
+                clids: vec![1],
+                ..Default::default()
+            }],
+            config_hash: "h".into(),
+            ..Default::default()
+        });
+        let before = s.clone();
+        let rest = encode_without_lists(&mut s);
+        assert_eq!(rest, without_lists(&before).encode_to_vec());
+        assert_ne!(rest, before.encode_to_vec());
+        assert_eq!(s, before);
     }
 }
