@@ -90,7 +90,7 @@ pub fn prepare_marker(
     let marker = Evaluated {
         now: Some(now),
         eversion: evaluation.eversion,
-        state_digest: digester.followed_digest_as(&next, digest::CURRENT),
+        state_digest: digester.followed_digest_as(&mut next, digest::CURRENT),
     };
     PreparedMarker {
         revision,

@@ -116,7 +116,7 @@ impl<'a> Invocation<'a> {
 
     /// The in-flight purge of a CL.
     pub fn purging_cl(&self, clid: i64) -> Option<&PurgingCl> {
-        self.pstate.purging_cls.iter().find(|p| p.clid == clid)
+        super::triage_api::first_with_key(&self.pstate.purging_cls, clid, |p| p.clid)
     }
 
     /// Sorted ids of all incomplete Runs (components' and created ones).

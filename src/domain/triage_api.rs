@@ -38,15 +38,14 @@ impl<'a> PmView<'a> {
 
     /// The in-flight purge of a CL, if any.
     pub fn purging_cl(&self, clid: i64) -> Option<&'a PurgingCl> {
-        self.pstate.purging_cls.iter().find(|p| p.clid == clid)
+        first_with_key(&self.pstate.purging_cls, clid, |p| p.clid)
     }
 
     /// The in-flight dependency vote whose origin is this CL, if any.
     pub fn triggering_cl_deps(&self, origin_clid: i64) -> Option<&'a TriggeringClDeps> {
-        self.pstate
-            .triggering_cl_deps
-            .iter()
-            .find(|t| t.origin_clid == origin_clid)
+        first_with_key(&self.pstate.triggering_cl_deps, origin_clid, |t| {
+            t.origin_clid
+        })
     }
 
     /// A config group of the pinned config by its index in `config_group_names`.
@@ -105,4 +104,12 @@ pub enum TriageError {
     /// A state the original crashes on (a caught panic there); the batch logs it with `DEBUG`.
     #[error("triage bug: {0}")]
     Bug(String),
+}
+
+/// The first entry of `list` whose key is `key`: `list` is sorted by that
+/// key, as `purging_cls` (by clid) and `triggering_cl_deps` (by origin) are
+/// kept, so this is the entry a front-to-back search finds.
+pub(crate) fn first_with_key<T>(list: &[T], key: i64, key_of: impl Fn(&T) -> i64) -> Option<&T> {
+    let at = list.partition_point(|e| key_of(e) < key);
+    list.get(at).filter(|e| key_of(e) == key)
 }

@@ -312,17 +312,22 @@ pub(crate) fn user_identity(email: &str) -> Result<String, String> {
 
 /// The original's validation of a `user` identity's email.
 fn check_user_email(email: &str) -> Result<(), String> {
-    let Some((local, domain)) = email.split_once('@') else {
-        return Err(format!("bad value {email:?} for identity kind \"user\""));
+    // Byte-wise: every allowed character is ASCII, so a non-ASCII byte
+    // fails as its character would.
+    let bytes = email.as_bytes();
+    let at = bytes.iter().position(|&b| b == b'@');
+    let (local, domain) = match at {
+        Some(at) => (&bytes[..at], &bytes[at + 1..]),
+        None => (&[][..], &[][..]),
     };
     let local_ok = !local.is_empty()
         && local
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+' | '%'));
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'+' | b'%'));
     let domain_ok = !domain.is_empty()
         && domain
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
     if local_ok && domain_ok {
         Ok(())
     } else {

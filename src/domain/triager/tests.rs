@@ -545,6 +545,10 @@ fn creator_identities_and_options_helpers() {
     assert!(user_identity("no-at-sign").is_err());
     assert!(user_identity("a@b@c").is_err());
     assert!(user_identity("sp ace@x.y").is_err());
+    assert!(user_identity("@x.y").is_err());
+    assert!(user_identity("a@").is_err());
+    assert!(user_identity("\u{e9}@x.y").is_err());
+    assert!(user_identity("a@x\u{e9}.y").is_err());
     let mut o = RunOptions::default();
     merge_options(&mut o, None);
     assert_eq!(o, RunOptions::default());
