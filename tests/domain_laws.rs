@@ -394,10 +394,12 @@ fn fold_from(
     (state, evaluations)
 }
 
-/// The version 2 state digest as `src/fold/digest.rs` defines it, computed
-/// the plain way: the state with its four lists emptied, then each list's
-/// length and entity hashes.
-fn digest_v2_by_definition(state: &proto::ProjectState) -> Vec<u8> {
+/// The version 2 (`chained == false`) or 3 state digest as
+/// `src/fold/digest.rs` defines it, computed the plain way: the state with
+/// its four lists emptied, then each list's length and its entity hashes
+/// (version 2) or their chain sum (version 3: the sum modulo 2^256 of
+/// BLAKE3(previous hash ‖ hash), the first one's previous being zeros).
+fn digest_by_definition(state: &proto::ProjectState, chained: bool) -> Vec<u8> {
     let mut rest = state.clone();
     let cls = std::mem::take(&mut rest.cls);
     let runs = std::mem::take(&mut rest.runs);
@@ -409,21 +411,48 @@ fn digest_v2_by_definition(state: &proto::ProjectState) -> Vec<u8> {
         None => (Vec::new(), Vec::new()),
     };
     let mut hasher = blake3::Hasher::new();
-    hasher.update(b"prjmanager state digest v2\0");
+    hasher.update(if chained {
+        b"prjmanager state digest v3\0"
+    } else {
+        b"prjmanager state digest v2\0"
+    });
     let rest = rest.encode_to_vec();
     hasher.update(&(rest.len() as u64).to_le_bytes());
     hasher.update(&rest);
-    fn list<T: Message>(hasher: &mut blake3::Hasher, entities: &[T]) {
-        hasher.update(&(entities.len() as u64).to_le_bytes());
-        for entity in entities {
-            hasher.update(blake3::hash(&entity.encode_to_vec()).as_bytes());
+    let list = |hasher: &mut blake3::Hasher, hashes: Vec<[u8; 32]>| {
+        hasher.update(&(hashes.len() as u64).to_le_bytes());
+        if !chained {
+            for hash in &hashes {
+                hasher.update(hash);
+            }
+            return;
         }
+        // As a big number: 32 bytes little-endian, summed with carries.
+        let mut sum = [0u8; 32];
+        let mut previous = [0u8; 32];
+        for hash in hashes {
+            let term = blake3::hash(&[previous, hash].concat());
+            let mut carry = 0u16;
+            for (s, t) in sum.iter_mut().zip(term.as_bytes()) {
+                let total = u16::from(*s) + u16::from(*t) + carry;
+                *s = total as u8;
+                carry = total >> 8;
+            }
+            previous = hash;
+        }
+        hasher.update(&sum);
+    };
+    fn hashes<T: Message>(entities: &[T]) -> Vec<[u8; 32]> {
+        entities
+            .iter()
+            .map(|e| *blake3::hash(&e.encode_to_vec()).as_bytes())
+            .collect()
     }
-    list(&mut hasher, &cls);
-    list(&mut hasher, &runs);
-    list(&mut hasher, &pcls);
-    list(&mut hasher, &components);
-    let mut digest = vec![2];
+    list(&mut hasher, hashes(&cls));
+    list(&mut hasher, hashes(&runs));
+    list(&mut hasher, hashes(&pcls));
+    list(&mut hasher, hashes(&components));
+    let mut digest = vec![if chained { 3 } else { 2 }];
     digest.extend_from_slice(hasher.finalize().as_bytes());
     digest
 }
@@ -551,23 +580,26 @@ proptest! {
                     prop_assert!(o.filled && o.divergence.is_none());
                     // The digester that followed the fold gives what a
                     // from-scratch computation and the definition give.
-                    prop_assert_eq!(fold::DigestVersion::of(&o.marker.state_digest), Some(fold::DigestVersion::V2));
+                    prop_assert_eq!(fold::DigestVersion::of(&o.marker.state_digest), Some(fold::DigestVersion::V3));
                     prop_assert_eq!(&o.marker.state_digest, &fold::state_digest(&state));
-                    prop_assert_eq!(&o.marker.state_digest, &digest_v2_by_definition(&state));
+                    prop_assert_eq!(&o.marker.state_digest, &digest_by_definition(&state, true));
                     stored.push(Event::Evaluated(o.marker));
                 }
             }
         }
-        // Every other marker is stored with a version 1 digest, as files
-        // recorded before version 2 are: both verify.
-        let mut version_1 = false;
+        // The markers are stored with version 1, 2 and 3 digests in turn,
+        // as files recorded before version 3 are: all verify, the following
+        // digester switching between versions.
+        let mut markers = 0;
         let mut replayed = domain::new_project(PROJECT);
         for (revision, event) in stored.iter_mut().enumerate() {
             fold::apply_recorded(&mut replayed, &recorded(revision as u64, event), &mut fold::Digester::default()).expect("folds");
             if let Event::Evaluated(m) = event {
-                version_1 = !version_1;
-                if version_1 {
-                    m.state_digest = blake3::hash(&replayed.encode_to_vec()).as_bytes().to_vec();
+                markers += 1;
+                match markers % 3 {
+                    1 => m.state_digest = blake3::hash(&replayed.encode_to_vec()).as_bytes().to_vec(),
+                    2 => m.state_digest = digest_by_definition(&replayed, false),
+                    _ => {}
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! The state digest a marker carries, in its two definitions.
+//! The state digest a marker carries, in its three definitions.
 //!
 //! * **Version 1** (32 bytes): BLAKE3 of prost's encoding of the whole
 //!   `ProjectState`. Its cost follows the size of the state (every known CL
@@ -8,16 +8,29 @@
 //!   a tag, the encoding of the state with its four large lists emptied
 //!   (`cls`, `runs`, `pstate.pcls`, `pstate.components`), and, for each of
 //!   these lists in that order, its length and the BLAKE3 hash of each
-//!   entity's encoding, in list order. It is a pure function of the state,
-//!   like version 1; what makes it cheap is that a [`Digester`] keeps the
-//!   entity hashes of the last state it digested and hashes again only what
-//!   changed (see there).
+//!   entity's encoding, in list order. Cheaper than version 1 (a
+//!   [`Digester`] hashes again only the entities that changed), but still
+//!   O(state) per marker: every kept entity hash is fed to BLAKE3.
+//! * **Version 3** (33 bytes: the byte `3`, then a BLAKE3 hash): as version
+//!   2, except that each list contributes its length and one 32-byte *chain
+//!   sum* instead of all its entity hashes: the sum, modulo 2^256 (32 bytes,
+//!   little-endian), of `BLAKE3(h[i-1] ‖ h[i])` over the list's positions
+//!   `i`, where `h[i]` is the BLAKE3 hash of entity `i`'s encoding and
+//!   `h[-1]` is 32 zero bytes. An entity changed, added or removed changes
+//!   at most three terms, so a digester that followed the fold updates each
+//!   sum in O(log n) per changed entity and a marker costs O(what changed)
+//!   plus the encoding of the rest of the state. The consecutive pairs keep
+//!   the order: a list whose entities are all distinct (unique keys, as the
+//!   fold keeps every list) is the only list with its multiset of pairs.
+//!   The sum detects accidental differences; it is not meant to resist
+//!   someone crafting a colliding state (additive hashes are weaker there).
 //!
 //! A digest says its own version by its length and first byte
 //! ([`DigestVersion::of`]); a marker is checked in the version it carries.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use prost::Message;
 
@@ -31,15 +44,22 @@ pub enum DigestVersion {
     V1,
     /// Per-entity hashes combined (33 bytes, first byte 2).
     V2,
+    /// Per-list chain sums of per-entity hashes (33 bytes, first byte 3).
+    V3,
 }
 
 /// The version new markers carry.
-pub const CURRENT: DigestVersion = DigestVersion::V2;
+pub const CURRENT: DigestVersion = DigestVersion::V3;
 
 /// The tag that starts the hashed bytes of a version 2 digest.
 const V2_TAG: &[u8] = b"prjmanager state digest v2\0";
+/// The tag that starts the hashed bytes of a version 3 digest.
+const V3_TAG: &[u8] = b"prjmanager state digest v3\0";
 
 type Hash = [u8; 32];
+
+/// The `h[-1]` of a chain sum.
+const ZERO: Hash = [0; 32];
 
 impl DigestVersion {
     /// The version a stored digest carries, or `None` for bytes that are no
@@ -48,6 +68,7 @@ impl DigestVersion {
         match (digest.len(), digest.first()) {
             (32, _) => Some(Self::V1),
             (33, Some(2)) => Some(Self::V2),
+            (33, Some(3)) => Some(Self::V3),
             _ => None,
         }
     }
@@ -74,6 +95,9 @@ pub fn state_digest(state: &ProjectState) -> Vec<u8> {
 /// * Components (a few per project) are kept beside a copy of each, and one
 ///   that differs from its copy is hashed again.
 ///
+/// Beside the CL, Run and PCL hashes it keeps each list's version 3 chain
+/// sum, updated with every hash it sets or drops.
+///
 /// Only the fold digests incrementally (it knows the state it digests is
 /// the one it reported); [`Digester::digest`] and [`Digester::matches`]
 /// hash the state they are given afresh and then follow it, so that a fold
@@ -85,9 +109,9 @@ pub struct Digester {
     /// The revision of the state the kept CL, Run and PCL hashes describe;
     /// `None`: nothing kept.
     following: Option<u64>,
-    cls: BTreeMap<i64, Hash>,
-    runs: BTreeMap<String, Hash>,
-    pcls: BTreeMap<i64, Hash>,
+    cls: KeyedHashes<i64>,
+    runs: KeyedHashes<String>,
+    pcls: KeyedHashes<i64>,
     components: EntityHashes<Component>,
 }
 
@@ -104,7 +128,7 @@ impl Digester {
         self.following = None;
         match version {
             DigestVersion::V1 => v1(state),
-            DigestVersion::V2 => self.v2(state, &without_lists(state).encode_to_vec()),
+            v => self.per_entity(state, &without_lists(state).encode_to_vec(), v),
         }
     }
 
@@ -119,9 +143,9 @@ impl Digester {
     ) -> Vec<u8> {
         match version {
             DigestVersion::V1 => v1(state),
-            DigestVersion::V2 => {
+            v => {
                 let rest = encode_without_lists(state);
-                self.v2(state, &rest)
+                self.per_entity(state, &rest, v)
             }
         }
     }
@@ -142,7 +166,7 @@ impl Digester {
             Event::ClsUpdated(e) => {
                 for cl in &e.cls {
                     if let Ok(i) = state.cls.binary_search_by_key(&cl.clid, |c| c.clid) {
-                        self.cls.insert(cl.clid, entity_hash(&state.cls[i]));
+                        self.cls.set(cl.clid, entity_hash(&state.cls[i]));
                     }
                 }
             }
@@ -164,7 +188,7 @@ impl Digester {
             return;
         }
         for id in &evaluation.forgotten_runs {
-            self.runs.remove(id);
+            self.runs.remove(id.as_str());
         }
         let Some(changed) = &evaluation.changed_pcls else {
             self.pcls.clear();
@@ -173,9 +197,9 @@ impl Digester {
         let pcls = state.pstate.as_ref().map_or(&[][..], |p| p.pcls.as_slice());
         for clid in changed {
             match pcls.binary_search_by_key(clid, |p| p.clid) {
-                Ok(i) => self.pcls.insert(*clid, entity_hash(&pcls[i])),
+                Ok(i) => self.pcls.set(*clid, entity_hash(&pcls[i])),
                 Err(_) => self.pcls.remove(clid),
-            };
+            }
         }
     }
 
@@ -193,16 +217,19 @@ impl Digester {
 
     fn run_changed(&mut self, state: &ProjectState, id: &str) {
         if let Ok(i) = state.runs.binary_search_by(|r| r.id.as_str().cmp(id)) {
-            self.runs
-                .insert(id.to_string(), entity_hash(&state.runs[i]));
+            self.runs.set(id.to_string(), entity_hash(&state.runs[i]));
         }
     }
 
-    /// The version 2 digest of `state`, `rest` being the encoding of the
-    /// state with its four lists emptied.
-    fn v2(&mut self, state: &ProjectState, rest: &[u8]) -> Vec<u8> {
+    /// The version 2 or 3 digest of `state`, `rest` being the encoding of
+    /// the state with its four lists emptied.
+    fn per_entity(&mut self, state: &ProjectState, rest: &[u8], version: DigestVersion) -> Vec<u8> {
+        let (first_byte, tag) = match version {
+            DigestVersion::V3 => (3, V3_TAG),
+            _ => (2, V2_TAG),
+        };
         let mut hasher = blake3::Hasher::new();
-        hasher.update(V2_TAG);
+        hasher.update(tag);
         hasher.update(&(rest.len() as u64).to_le_bytes());
         hasher.update(rest);
         let no_pcls: &[Pcl] = &[];
@@ -218,28 +245,20 @@ impl Digester {
             self.pcls.clear();
             self.following = Some(state.last_revision);
         }
-        feed_keyed(
-            &mut self.cls,
-            &state.cls,
-            |c| &c.clid,
-            followed,
-            &mut hasher,
-        );
-        feed_keyed(
-            &mut self.runs,
-            &state.runs,
-            |r| &r.id,
-            followed,
-            &mut hasher,
-        );
-        feed_keyed(&mut self.pcls, pcls, |p| &p.clid, followed, &mut hasher);
+        self.cls
+            .feed(&state.cls, |c| &c.clid, followed, version, &mut hasher);
+        self.runs
+            .feed(&state.runs, |r| &r.id, followed, version, &mut hasher);
+        self.pcls
+            .feed(pcls, |p| &p.clid, followed, version, &mut hasher);
         self.components.update(
             components,
             |a, b| a.clids.first().cmp(&b.clids.first()),
+            version,
             &mut hasher,
         );
         let mut digest = Vec::with_capacity(33);
-        digest.push(2);
+        digest.push(first_byte);
         digest.extend_from_slice(hasher.finalize().as_bytes());
         digest
     }
@@ -274,60 +293,236 @@ fn entity_hash(entity: &impl Message) -> Hash {
     *blake3::hash(&entity.encode_to_vec()).as_bytes()
 }
 
-/// Feeds the list's length and each entity's kept hash to `hasher`. `kept`
-/// holds the hashes of the list's entities by key, up to date for every
-/// entity it has; an entity it lacks is hashed, and a key no longer listed
-/// is dropped. A list out of key order, or with a key twice, is hashed
-/// afresh. When the fold has reported every addition and removal to the
-/// digester (`followed`) and the sizes agree, the keys are not compared.
-fn feed_keyed<T: Message, K: Ord + Clone>(
-    kept: &mut BTreeMap<K, Hash>,
-    list: &[T],
-    key: impl Fn(&T) -> &K,
-    followed: bool,
-    hasher: &mut blake3::Hasher,
-) {
-    hasher.update(&(list.len() as u64).to_le_bytes());
-    if followed && !kept.is_empty() && kept.len() == list.len() {
-        feed_hashes(hasher, kept.values());
-        return;
+/// A 256-bit sum, modulo 2^256, of 32-byte little-endian numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ChainSum([u64; 4]);
+
+impl ChainSum {
+    fn limbs(hash: &Hash) -> [u64; 4] {
+        let mut limbs = [0; 4];
+        for (limb, bytes) in limbs.iter_mut().zip(hash.chunks_exact(8)) {
+            *limb = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        }
+        limbs
     }
-    // One walk of both (sorted) key sequences: what is kept but no longer
-    // listed, what is listed but not kept, and whether the list is sorted.
-    let mut stale: Vec<K> = Vec::new();
-    let mut missing: Vec<&T> = Vec::new();
-    let mut kept_keys = kept.keys().peekable();
-    let mut previous: Option<&K> = None;
-    let mut sorted = true;
-    for entity in list {
-        let k = key(entity);
-        if previous.is_some_and(|p| p >= k) {
-            sorted = false;
-            break;
-        }
-        previous = Some(k);
-        while let Some(old) = kept_keys.next_if(|old| *old < k) {
-            stale.push(old.clone());
-        }
-        if kept_keys.next_if(|old| *old == k).is_none() {
-            missing.push(entity);
+
+    fn add(&mut self, hash: &Hash) {
+        let mut carry = false;
+        for (limb, term) in self.0.iter_mut().zip(Self::limbs(hash)) {
+            let (sum, c1) = limb.overflowing_add(term);
+            let (sum, c2) = sum.overflowing_add(u64::from(carry));
+            *limb = sum;
+            carry = c1 || c2;
         }
     }
-    if !sorted {
-        kept.clear();
+
+    fn sub(&mut self, hash: &Hash) {
+        let mut borrow = false;
+        for (limb, term) in self.0.iter_mut().zip(Self::limbs(hash)) {
+            let (diff, b1) = limb.overflowing_sub(term);
+            let (diff, b2) = diff.overflowing_sub(u64::from(borrow));
+            *limb = diff;
+            borrow = b1 || b2;
+        }
+    }
+
+    fn to_bytes(self) -> Hash {
+        let mut bytes = [0; 32];
+        for (chunk, limb) in bytes.chunks_exact_mut(8).zip(self.0) {
+            chunk.copy_from_slice(&limb.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// The chain sum of hashes in this order (version 3's definition).
+    fn of<'h>(hashes: impl IntoIterator<Item = &'h Hash>) -> Self {
+        let mut sum = Self::default();
+        let mut previous = &ZERO;
+        for hash in hashes {
+            sum.add(&pair(previous, hash));
+            previous = hash;
+        }
+        sum
+    }
+}
+
+/// The chain term of two consecutive entity hashes.
+fn pair(previous: &Hash, hash: &Hash) -> Hash {
+    let mut bytes = [0; 64];
+    bytes[..32].copy_from_slice(previous);
+    bytes[32..].copy_from_slice(hash);
+    *blake3::hash(&bytes).as_bytes()
+}
+
+/// The entity hashes of one list by key, and their chain sum in key order,
+/// kept up to date by every [`KeyedHashes::set`] and [`KeyedHashes::remove`]
+/// (each touches the terms of the entity and of its neighbours only).
+#[derive(Debug, Clone)]
+struct KeyedHashes<K> {
+    kept: BTreeMap<K, Hash>,
+    chain: ChainSum,
+}
+
+impl<K> Default for KeyedHashes<K> {
+    fn default() -> Self {
+        Self {
+            kept: BTreeMap::new(),
+            chain: ChainSum::default(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> KeyedHashes<K> {
+    fn clear(&mut self) {
+        self.kept.clear();
+        self.chain = ChainSum::default();
+    }
+
+    /// The hashes before and after `key` in key order.
+    fn neighbours<Q>(&self, key: &Q) -> (Hash, Option<Hash>)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        let before = self
+            .kept
+            .range::<Q, _>((Bound::Unbounded, Bound::Excluded(key)))
+            .next_back()
+            .map_or(ZERO, |(_, h)| *h);
+        let after = self
+            .kept
+            .range::<Q, _>((Bound::Excluded(key), Bound::Unbounded))
+            .next()
+            .map(|(_, h)| *h);
+        (before, after)
+    }
+
+    /// Keeps `hash` for `key`, replacing what was kept.
+    fn set(&mut self, key: K, hash: Hash) {
+        let (before, after) = self.neighbours(&key);
+        let old = self.kept.insert(key, hash);
+        if old == Some(hash) {
+            return;
+        }
+        match (old, after) {
+            (Some(old), after) => {
+                self.chain.sub(&pair(&before, &old));
+                if let Some(after) = after {
+                    self.chain.sub(&pair(&old, &after));
+                }
+            }
+            (None, Some(after)) => self.chain.sub(&pair(&before, &after)),
+            (None, None) => {}
+        }
+        self.chain.add(&pair(&before, &hash));
+        if let Some(after) = after {
+            self.chain.add(&pair(&hash, &after));
+        }
+    }
+
+    /// Drops what is kept for `key`.
+    fn remove<Q>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        let Some(old) = self.kept.remove(key) else {
+            return;
+        };
+        let (before, after) = self.neighbours(key);
+        self.chain.sub(&pair(&before, &old));
+        if let Some(after) = after {
+            self.chain.sub(&pair(&old, &after));
+            self.chain.add(&pair(&before, &after));
+        }
+    }
+
+    /// Feeds the list's length and its entity hashes (version 2) or chain
+    /// sum (version 3) to `hasher`.
+    ///
+    /// The kept hashes are brought up to date first: an entity not kept is
+    /// hashed, a key no longer listed is dropped. A list out of key order,
+    /// or with a key twice, is hashed afresh in list order. When the fold
+    /// has reported every addition and removal to the digester (`followed`)
+    /// and the sizes agree, the keys are not compared.
+    fn feed<T: Message>(
+        &mut self,
+        list: &[T],
+        key: impl Fn(&T) -> &K,
+        followed: bool,
+        version: DigestVersion,
+        hasher: &mut blake3::Hasher,
+    ) {
+        hasher.update(&(list.len() as u64).to_le_bytes());
+        if self.kept.is_empty() {
+            // From scratch: hash the list in order, and keep it if sorted.
+            let hashes: Vec<Hash> = list.iter().map(entity_hash).collect();
+            if list.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
+                self.kept = list
+                    .iter()
+                    .map(|e| key(e).clone())
+                    .zip(hashes.iter().copied())
+                    .collect();
+                self.chain = ChainSum::of(&hashes);
+            }
+            feed_list(hasher, &hashes, version);
+            return;
+        }
+        let up_to_date = followed && self.kept.len() == list.len();
+        if !up_to_date && !self.sync(list, &key) {
+            // Out of key order: the kept map cannot describe the list.
+            self.clear();
+            let hashes: Vec<Hash> = list.iter().map(entity_hash).collect();
+            feed_list(hasher, &hashes, version);
+            return;
+        }
+        match version {
+            DigestVersion::V3 => {
+                hasher.update(&self.chain.to_bytes());
+            }
+            _ => feed_hashes(hasher, self.kept.values()),
+        }
+    }
+
+    /// Makes the kept hashes those of `list` by one walk of both (sorted)
+    /// key sequences; `false` if the list is not sorted by unique keys.
+    fn sync<T: Message>(&mut self, list: &[T], key: impl Fn(&T) -> &K) -> bool {
+        let mut stale: Vec<K> = Vec::new();
+        let mut missing: Vec<&T> = Vec::new();
+        let mut kept_keys = self.kept.keys().peekable();
+        let mut previous: Option<&K> = None;
         for entity in list {
-            hasher.update(&entity_hash(entity));
+            let k = key(entity);
+            if previous.is_some_and(|p| p >= k) {
+                return false;
+            }
+            previous = Some(k);
+            while let Some(old) = kept_keys.next_if(|old| *old < k) {
+                stale.push(old.clone());
+            }
+            if kept_keys.next_if(|old| *old == k).is_none() {
+                missing.push(entity);
+            }
         }
-        return;
+        stale.extend(kept_keys.cloned());
+        for k in &stale {
+            self.remove(k);
+        }
+        for entity in missing {
+            self.set(key(entity).clone(), entity_hash(entity));
+        }
+        true
     }
-    stale.extend(kept_keys.cloned());
-    for k in &stale {
-        kept.remove(k);
+}
+
+/// Feeds a list's entity hashes, in list order, as `version` combines them.
+fn feed_list(hasher: &mut blake3::Hasher, hashes: &[Hash], version: DigestVersion) {
+    match version {
+        DigestVersion::V3 => {
+            hasher.update(&ChainSum::of(hashes).to_bytes());
+        }
+        _ => feed_hashes(hasher, hashes.iter()),
     }
-    for entity in missing {
-        kept.insert(key(entity).clone(), entity_hash(entity));
-    }
-    feed_hashes(hasher, kept.values());
 }
 
 /// Feeds hashes to `hasher` in one piece: BLAKE3 compresses a long input
@@ -391,9 +586,10 @@ impl<T> Default for EntityHashes<T> {
 }
 
 impl<T: Message + Clone + PartialEq> EntityHashes<T> {
-    /// Feeds the list's length and each entity's hash to `hasher`, hashing
-    /// only entities that differ from the copy kept under the same key, and
-    /// keeps the list's entities and hashes for the next call.
+    /// Feeds the list's length and its entity hashes (version 2) or their
+    /// chain sum (version 3) to `hasher`, hashing only entities that differ
+    /// from the copy kept under the same key, and keeps the list's entities
+    /// and hashes for the next call.
     ///
     /// The lists of a state are sorted by their key (`by_key` orders two
     /// entities by it), so the kept entry of an entity is found by walking
@@ -403,6 +599,7 @@ impl<T: Message + Clone + PartialEq> EntityHashes<T> {
         &mut self,
         list: &[T],
         by_key: impl Fn(&T, &T) -> Ordering,
+        version: DigestVersion,
         hasher: &mut blake3::Hasher,
     ) {
         hasher.update(&(list.len() as u64).to_le_bytes());
@@ -416,9 +613,10 @@ impl<T: Message + Clone + PartialEq> EntityHashes<T> {
                 // The copy under this key is out of date, or there is none.
                 _ => (entity.clone(), entity_hash(entity)),
             };
-            hasher.update(&entry.1);
             kept.push(entry);
         }
+        let hashes: Vec<Hash> = kept.iter().map(|(_, hash)| *hash).collect();
+        feed_list(hasher, &hashes, version);
         self.kept = kept;
     }
 }
@@ -455,15 +653,57 @@ mod tests {
     fn a_digest_says_its_version() {
         let s = state("p", &[1], &[]);
         let v1 = Digester::default().digest_as(&s, DigestVersion::V1);
-        let v2 = state_digest(&s);
+        let v2 = Digester::default().digest_as(&s, DigestVersion::V2);
+        let v3 = state_digest(&s);
         assert_eq!(DigestVersion::of(&v1), Some(DigestVersion::V1));
         assert_eq!(DigestVersion::of(&v2), Some(DigestVersion::V2));
+        assert_eq!(DigestVersion::of(&v3), Some(DigestVersion::V3));
         assert_eq!(DigestVersion::of(&[2; 31]), None);
-        assert_eq!(DigestVersion::of(&[3; 33]), None);
+        assert_eq!(DigestVersion::of(&[4; 33]), None);
         let mut digester = Digester::default();
-        assert!(digester.matches(&s, &v1) && digester.matches(&s, &v2));
-        assert!(!digester.matches(&state("p", &[2], &[]), &v2));
+        for digest in [&v1, &v2, &v3] {
+            assert!(digester.matches(&s, digest));
+            assert!(!digester.matches(&state("p", &[2], &[]), digest));
+        }
         assert!(!digester.matches(&s, &[3; 33]));
+        assert!(!digester.matches(&s, &[4; 33]));
+    }
+
+    #[test]
+    fn chain_sums_follow_sets_and_removals_in_any_order() {
+        // Whatever order keys are set, replaced and dropped in, the kept sum
+        // is the chain sum of the kept hashes in key order.
+        let h = |n: u8| *blake3::hash(&[n]).as_bytes();
+        let mut kept = KeyedHashes::<i64>::default();
+        let steps: [(i64, Option<u8>); 12] = [
+            (5, Some(1)),
+            (2, Some(2)),
+            (9, Some(3)),
+            (7, Some(4)),
+            (2, Some(5)),
+            (5, None),
+            (1, Some(6)),
+            (9, Some(6)),
+            (7, None),
+            (3, None),
+            (1, None),
+            (4, Some(7)),
+        ];
+        for (key, hash) in steps {
+            match hash {
+                Some(n) => kept.set(key, h(n)),
+                None => kept.remove(&key),
+            }
+            let by_definition = ChainSum::of(kept.kept.values());
+            assert_eq!(kept.chain, by_definition, "after {key} {hash:?}");
+        }
+        // Order matters: the same hashes in another order sum differently.
+        assert_ne!(ChainSum::of(&[h(1), h(2)]), ChainSum::of(&[h(2), h(1)]));
+        // Subtraction undoes addition across limb borrows.
+        let mut sum = ChainSum::default();
+        sum.sub(&h(1));
+        sum.add(&h(1));
+        assert_eq!(sum, ChainSum::default());
     }
 
     #[test]
