@@ -370,6 +370,29 @@ fn materialize(steps: &[Step]) -> Vec<Item> {
     items
 }
 
+/// Folds a concrete stream from a new project, applying its input events and
+/// handing each marker to `at_marker` (state, revision, now, triager index),
+/// which evaluates it and checks what it wants.
+fn fold_markers_with(
+    items: &[Item],
+    mut at_marker: impl FnMut(
+        &mut proto::ProjectState,
+        u64,
+        Timestamp,
+        usize,
+    ) -> Result<(), TestCaseError>,
+) -> Result<(), TestCaseError> {
+    let mut state = domain::new_project(PROJECT);
+    for (revision, item) in items.iter().enumerate() {
+        let revision = revision as u64;
+        match item {
+            Item::Input(e) => domain::apply_event(&mut state, revision, e).expect("input event"),
+            Item::Marker { now, triager } => at_marker(&mut state, revision, *now, *triager)?,
+        }
+    }
+    Ok(())
+}
+
 /// Folds a concrete stream from `state`, starting at `revision`.
 fn fold_from(
     mut state: proto::ProjectState,
@@ -504,22 +527,15 @@ proptest! {
         // At every marker, the same invocation with a triager that always
         // fails either saves (it repartitioned) or leaves the PState exactly
         // as loaded, PCLs included (evaluate restores all but the PCLs).
-        let items = materialize(&steps);
-        let mut state = domain::new_project(PROJECT);
-        for (revision, item) in items.iter().enumerate() {
-            let revision = revision as u64;
-            match item {
-                Item::Input(e) => domain::apply_event(&mut state, revision, e).expect("input event"),
-                Item::Marker { now, triager } => {
-                    let mut failing = state.clone();
-                    let evaluation = evaluate_with(&mut failing, revision, *now, always_fails);
-                    if evaluation.trace.iter().any(|t| t.starts_with("invocation failed")) {
-                        prop_assert_eq!(&failing.pstate, &state.pstate);
-                    }
-                    evaluate_with(&mut state, revision, *now, TRIAGERS[*triager]);
-                }
+        fold_markers_with(&materialize(&steps), |state, revision, now, triager| {
+            let mut failing = state.clone();
+            let evaluation = evaluate_with(&mut failing, revision, now, always_fails);
+            if evaluation.trace.iter().any(|t| t.starts_with("invocation failed")) {
+                prop_assert_eq!(&failing.pstate, &state.pstate);
             }
-        }
+            evaluate_with(state, revision, now, TRIAGERS[triager]);
+            Ok(())
+        })?;
     }
 
     #[test]
@@ -527,23 +543,16 @@ proptest! {
         // What lets an invocation prune requests by the Runs its pending
         // events name only (`prune_known`): whichever triager ran, every
         // invocation ends with no request for a Run the state knows.
-        let items = materialize(&steps);
-        let mut state = domain::new_project(PROJECT);
-        for (revision, item) in items.iter().enumerate() {
-            let revision = revision as u64;
-            match item {
-                Item::Input(e) => domain::apply_event(&mut state, revision, e).expect("input event"),
-                Item::Marker { now, triager } => {
-                    evaluate_with(&mut state, revision, *now, TRIAGERS[*triager]);
-                    for request in &state.run_requests {
-                        prop_assert!(
-                            state.runs.iter().all(|r| r.id != request.run_id),
-                            "request for known Run {} at revision {}", request.run_id, revision
-                        );
-                    }
-                }
+        fold_markers_with(&materialize(&steps), |state, revision, now, triager| {
+            evaluate_with(state, revision, now, TRIAGERS[triager]);
+            for request in &state.run_requests {
+                prop_assert!(
+                    state.runs.iter().all(|r| r.id != request.run_id),
+                    "request for known Run {} at revision {}", request.run_id, revision
+                );
             }
-        }
+            Ok(())
+        })?;
     }
 
     #[test]

@@ -63,7 +63,7 @@ const ZERO: Hash = [0; 32];
 
 impl DigestVersion {
     /// The version a stored digest carries, or `None` for bytes that are no
-    /// digest of either version.
+    /// digest of any version.
     pub fn of(digest: &[u8]) -> Option<Self> {
         match (digest.len(), digest.first()) {
             (32, _) => Some(Self::V1),
@@ -226,7 +226,8 @@ impl Digester {
     fn per_entity(&mut self, state: &ProjectState, rest: &[u8], version: DigestVersion) -> Vec<u8> {
         let (first_byte, tag) = match version {
             DigestVersion::V3 => (3, V3_TAG),
-            _ => (2, V2_TAG),
+            // Version 1 never comes here: the callers hash it whole.
+            DigestVersion::V1 | DigestVersion::V2 => (2, V2_TAG),
         };
         let mut hasher = blake3::Hasher::new();
         hasher.update(tag);
