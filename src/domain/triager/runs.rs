@@ -68,7 +68,7 @@ pub(crate) fn stage_new_runs<'v>(
         component,
         view,
         visited: BTreeSet::new(),
-        reverse_deps: reverse_deps(cls),
+        reverse_deps: None,
     };
     let mut next = None;
     let mut candidates = Vec::new();
@@ -112,7 +112,9 @@ struct RunStage<'s, 'v> {
     view: &'s PmView<'v>,
     /// CLs already considered for a CQ-vote Run (at most one per CL).
     visited: BTreeSet<i64>,
-    reverse_deps: BTreeMap<i64, Vec<i64>>,
+    /// Built on first use: only `combine_cls` groups expand combos. The
+    /// deps it is built from do not change while Runs are staged.
+    reverse_deps: Option<BTreeMap<i64, Vec<i64>>>,
 }
 
 impl<'v> RunStage<'_, 'v> {
@@ -272,6 +274,7 @@ impl<'v> RunStage<'_, 'v> {
         cls: &BTreeMap<i64, ClInfo<'_>>,
         members: &mut BTreeSet<i64>,
     ) {
+        let reverse = self.reverse_deps.get_or_insert_with(|| reverse_deps(cls));
         let mut stack = vec![start];
         while let Some(clid) = stack.pop() {
             let info = &cls[&clid];
@@ -281,7 +284,7 @@ impl<'v> RunStage<'_, 'v> {
                 .flat_map(|d| d.not_submitted(info.pcl))
                 .map(|d| d.clid)
                 .collect();
-            if let Some(rev) = self.reverse_deps.get(&clid) {
+            if let Some(rev) = reverse.get(&clid) {
                 neighbours.extend(rev.iter().copied());
             }
             for n in neighbours {
