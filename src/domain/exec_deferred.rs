@@ -194,11 +194,7 @@ impl Invocation<'_> {
                 let run = self.complete_create_run(run);
                 // A request stands for a Run not yet known (the triager
                 // asks only for those; another triager may not).
-                if self
-                    .runs
-                    .binary_search_by(|r| r.id.cmp(&run.run_id))
-                    .is_err()
-                {
+                if self.run(&run.run_id).is_none() {
                     self.new_run_requests.push(run.run_id.clone());
                 }
                 self.immediate.push(action::Action::CreateRun(run));
