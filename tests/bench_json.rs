@@ -171,11 +171,19 @@ fn every_measuring_command_prints_one_json_object() {
             "events_per_s",
             "p50_ms",
             "p99_ms",
+            "writes_per_commit",
             "raw_events_per_s",
             "ratio",
+            "raw_batch_callers_events_per_s",
+            "ratio_batch_callers",
         ],
     );
     assert_eq!(append["rows"][1]["callers"], 2);
+    let per_commit = append["rows"][1]["writes_per_commit"].as_f64().unwrap();
+    assert!(
+        (1.0..=2.0).contains(&per_commit),
+        "2 callers commit 1 or 2 writes at a time: {per_commit}"
+    );
 
     let service = service.join().expect("service ran");
     check(

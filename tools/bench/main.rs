@@ -507,12 +507,20 @@ struct AppendRow {
     /// Notifier call latency.
     p50_ms: f64,
     p99_ms: f64,
-    /// Raw SQLite inserts per second, same schema, durability and batching.
+    /// Appends the store's writer committed together, on average.
+    writes_per_commit: f64,
+    /// Raw SQLite inserts per second, same schema and durability, in
+    /// transactions of `writes_per_commit` events (the same batching).
     raw_events_per_s: f64,
-    /// Raw SQLite per-transaction latency.
+    /// Raw SQLite per-transaction latency at that batching.
     raw_p99_ms: f64,
     /// `events_per_s / raw_events_per_s`.
     ratio: f64,
+    /// Raw SQLite inserts per second in transactions of `callers` events
+    /// (the most a group commit could take with one request per caller).
+    raw_batch_callers_events_per_s: f64,
+    /// `events_per_s / raw_batch_callers_events_per_s`.
+    ratio_batch_callers: f64,
 }
 
 async fn append(
@@ -533,8 +541,17 @@ async fn append(
             dir.display()
         );
         println!(
-            "{:>7} {:>14} {:>10} {:>10} {:>16} {:>10} {:>8}",
-            "callers", "notifier ev/s", "p50 ms", "p99 ms", "raw sqlite ev/s", "raw p99", "ratio"
+            "{:>7} {:>14} {:>8} {:>8} {:>13} {:>16} {:>8} {:>6} {:>17} {:>6}",
+            "callers",
+            "notifier ev/s",
+            "p50 ms",
+            "p99 ms",
+            "writes/commit",
+            "raw sqlite ev/s",
+            "raw p99",
+            "ratio",
+            "raw, batch=callers",
+            "ratio"
         );
     }
     let mut rows = Vec::new();
@@ -544,16 +561,25 @@ async fn append(
         let store = EmbeddedStore::open(&path)?;
         let notifier = Notifier::new(store.clone(), "pm-bench");
         let (events, wall, latencies) = drive(&notifier, n, duration, projects).await?;
+        let stats = store.writer_stats();
         store.close().await?;
         let rate = events as f64 / wall.as_secs_f64();
         let notify = percentiles(latencies);
 
-        // The raw baseline writes the same number of events per transaction
-        // that the group commit saw on average at this concurrency: `n`.
-        let raw_path = dir.join(format!("raw-{n}.db"));
-        let _ = std::fs::remove_file(&raw_path);
-        drop(EmbeddedStore::open(&raw_path)?);
-        let raw = raw_for(&raw_path, n, duration, projects, payload_bytes)?;
+        // The raw baseline writes as many events per transaction as the
+        // group commit took on average (the same batching), and again with
+        // one transaction per `n` events, the most a group could take.
+        let writes_per_commit = stats.writes as f64 / stats.group_commits.max(1) as f64;
+        let same_batching = (writes_per_commit.round() as usize).max(1);
+        let raw = raw_for(
+            &dir,
+            "raw",
+            same_batching,
+            duration,
+            projects,
+            payload_bytes,
+        )?;
+        let full = raw_for(&dir, "raw-full", n, duration, projects, payload_bytes)?;
         let row = AppendRow {
             callers: n,
             projects,
@@ -562,14 +588,24 @@ async fn append(
             events_per_s: rate,
             p50_ms: millis(notify.p50),
             p99_ms: millis(notify.p99),
+            writes_per_commit,
             raw_events_per_s: raw.0,
             raw_p99_ms: millis(raw.1),
             ratio: rate / raw.0,
+            raw_batch_callers_events_per_s: full.0,
+            ratio_batch_callers: rate / full.0,
         };
         if !json {
             println!(
-                "{n:>7} {rate:>14.0} {:>10.2} {:>10.2} {:>16.0} {:>10.2} {:>8.2}",
-                row.p50_ms, row.p99_ms, row.raw_events_per_s, row.raw_p99_ms, row.ratio
+                "{n:>7} {rate:>14.0} {:>8.2} {:>8.2} {:>13.1} {:>16.0} {:>8.2} {:>6.2} {:>17.0} {:>6.2}",
+                row.p50_ms,
+                row.p99_ms,
+                row.writes_per_commit,
+                row.raw_events_per_s,
+                row.raw_p99_ms,
+                row.ratio,
+                row.raw_batch_callers_events_per_s,
+                row.ratio_batch_callers
             );
         }
         rows.push(row);
@@ -619,25 +655,27 @@ async fn drive(
     Ok((latencies.len() as u64, wall, latencies))
 }
 
-/// Raw inserts for about `duration`: returns (events/s, p99 per-batch latency).
+/// Raw inserts for about `duration` into a new store file `<name>-<batch_size>.db`
+/// of `dir`: returns (events/s, p99 per-batch latency).
 fn raw_for(
-    path: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
     batch_size: usize,
     duration: Duration,
     streams: usize,
     payload_bytes: usize,
 ) -> Result<(f64, Duration)> {
-    let mut batches = Vec::new();
-    let started = Instant::now();
-    while started.elapsed() < duration {
-        let plan = RawInsertPlan {
-            batches: 16,
-            batch_size,
-            streams,
-            payload_bytes,
-        };
-        batches.extend(raw_insert(path, &plan)?);
-    }
+    let path = dir.join(format!("{name}-{batch_size}.db"));
+    let _ = std::fs::remove_file(&path);
+    drop(EmbeddedStore::open(&path)?);
+    let plan = RawInsertPlan {
+        batches: usize::MAX,
+        batch_size,
+        streams,
+        payload_bytes,
+        until: Some(duration),
+    };
+    let batches = raw_insert(&path, &plan)?;
     let total: Duration = batches.iter().sum();
     let events = (batches.len() * batch_size) as f64;
     Ok((events / total.as_secs_f64(), percentiles(batches).p99))

@@ -18,8 +18,12 @@ use uuid::Uuid;
 /// What [`raw_insert`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawInsertPlan {
-    /// Number of transactions (one fsync each).
+    /// Number of transactions (one fsync each), at most.
     pub batches: usize,
+    /// Stop starting transactions once this much time has passed (at least
+    /// one runs), so that one connection writes for the whole measurement,
+    /// automatic WAL checkpoints included, as the store's writer does.
+    pub until: Option<Duration>,
     /// Events per transaction.
     pub batch_size: usize,
     /// Number of streams the events go to, round robin.
@@ -31,7 +35,7 @@ pub struct RawInsertPlan {
 /// Inserts `plan.batches × plan.batch_size` events into the store at `path`
 /// (streams `raw-insert-<i>`; the file stays a valid store). Per event: the
 /// row insert and the stream's `last_revision` update. Returns each batch's
-/// duration, commit included.
+/// duration, commit (and any automatic checkpoint it triggers) included.
 pub fn raw_insert(path: &Path, plan: &RawInsertPlan) -> Result<Vec<Duration>> {
     if plan.streams == 0 {
         bail!("a raw insert benchmark needs at least one stream");
@@ -55,9 +59,12 @@ pub fn raw_insert(path: &Path, plan: &RawInsertPlan) -> Result<Vec<Duration>> {
         streams.push((stream_id, last.map_or(0, |last| last + 1)));
     }
     let payload = vec![0xA5_u8; plan.payload_bytes];
-    let mut durations = Vec::with_capacity(plan.batches);
+    let mut durations = Vec::new();
     let mut next_stream = 0;
-    for _ in 0..plan.batches {
+    let begun = Instant::now();
+    while durations.len() < plan.batches
+        && (durations.is_empty() || plan.until.map_or(true, |d| begun.elapsed() < d))
+    {
         let started = Instant::now();
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
@@ -99,6 +106,7 @@ mod tests {
             batch_size: 10,
             streams: 4,
             payload_bytes: 100,
+            until: None,
         };
         assert_eq!(raw_insert(&path, &plan).unwrap().len(), 3);
         // A second run appends after the first.
@@ -135,6 +143,7 @@ mod tests {
             batch_size: 1,
             streams: 0,
             payload_bytes: 1,
+            until: None,
         };
         let err = raw_insert(&folder.path().join("raw.db"), &plan).unwrap_err();
         assert!(err.to_string().contains("at least one stream"), "{err}");
