@@ -127,9 +127,13 @@ pub(crate) fn plan_run<'v>(
         })?;
         entities.push(cl);
     }
-    let latest_entity = view.cl(latest).ok_or_else(|| {
-        TriageError::OutdatedPmState(format!("failed to load CLs: CL {latest} not found"))
-    })?;
+    // The latest-triggered CL is a member: its entity is already loaded.
+    let latest_entity = match combo.all.iter().position(|&clid| clid == latest) {
+        Some(i) => entities[i],
+        None => view.cl(latest).ok_or_else(|| {
+            TriageError::OutdatedPmState(format!("failed to load CLs: CL {latest} not found"))
+        })?,
+    };
     let owner_email = owner_email(latest, latest_entity.snapshot.as_ref())?;
 
     // The members' PCLs and chosen triggers (the future `input_cls`).
@@ -271,9 +275,13 @@ fn expected_run_id(
     if !standard.contains(&trigger.mode.as_str()) && trigger.mode_definition.is_none() {
         return bug("ModeDefinition is required for non-standard mode");
     }
-    let mut seen = std::collections::BTreeSet::new();
+    // Combos list their CLs in ascending order, so duplicates are looked
+    // for only in a list that is not.
+    let ascending = combo.all.windows(2).all(|pair| pair[0] < pair[1]);
     let mut digest_cls = Vec::with_capacity(combo.all.len());
-    for ((clid, (pcl, cl_trigger)), cl) in combo.all.iter().zip(members).zip(entities) {
+    for (i, ((clid, (pcl, cl_trigger)), cl)) in
+        combo.all.iter().zip(members).zip(entities).enumerate()
+    {
         if *clid == 0 {
             return bug("ID of the CL is required");
         }
@@ -286,7 +294,7 @@ fn expected_run_id(
         if cl_trigger.is_none() {
             return bug("cl trigger info is required");
         }
-        if !seen.insert(*clid) {
+        if !ascending && combo.all[..i].contains(clid) {
             return bug(&format!("duplicate input CL ID {clid}"));
         }
         let gerrit = snapshot.gerrit.as_ref();
