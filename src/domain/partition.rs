@@ -43,6 +43,18 @@ impl ClidSet {
         self.0.binary_search(clid).is_ok()
     }
 
+    /// For each PCL of `pcls` (sorted by clid), whether its CL is in the
+    /// set: one merge of the two sorted lists instead of a search per PCL.
+    fn flags(&self, pcls: &[Pcl]) -> Vec<bool> {
+        let mut ids = self.0.iter().peekable();
+        pcls.iter()
+            .map(|p| {
+                while ids.next_if(|&&id| id < p.clid).is_some() {}
+                ids.peek().is_some_and(|&&id| id == p.clid)
+            })
+            .collect()
+    }
+
     /// Adds `clid`; whether it was new.
     pub fn insert(&mut self, clid: i64) -> bool {
         match self.0.binary_search(&clid) {
@@ -152,27 +164,28 @@ impl Invocation<'_> {
             }
         }
         cat.active = ClidSet::from_unsorted(active);
+        let active = cat.active.flags(&self.pstate.pcls);
         let mut deps = Vec::new();
-        for p in &self.pstate.pcls {
-            if cat.active.contains(&p.clid) {
-                for d in &p.deps {
-                    if !cat.active.contains(&d.clid) {
-                        deps.push(d.clid);
-                        if self.pcl_index(d.clid).is_none() {
-                            cat.unloaded.insert(d.clid);
-                        }
+        for (p, _) in self.pstate.pcls.iter().zip(&active).filter(|(_, &a)| a) {
+            for d in &p.deps {
+                if !cat.active.contains(&d.clid) {
+                    deps.push(d.clid);
+                    if self.pcl_index(d.clid).is_none() {
+                        cat.unloaded.insert(d.clid);
                     }
                 }
             }
         }
         cat.deps = ClidSet::from_unsorted(deps);
+        let dep = cat.deps.flags(&self.pstate.pcls);
         // PCLs are sorted by clid, so this is sorted too.
         cat.unused = ClidSet(
             self.pstate
                 .pcls
                 .iter()
-                .map(|p| p.clid)
-                .filter(|id| !cat.active.contains(id) && !cat.deps.contains(id))
+                .zip(active.iter().zip(&dep))
+                .filter(|(_, (&a, &d))| !a && !d)
+                .map(|(p, _)| p.clid)
                 .collect(),
         );
         cat
@@ -239,11 +252,13 @@ impl Invocation<'_> {
                 }
             }
         }
+        // Whether the PCL at each position is active.
+        let active = cat.active.flags(&self.pstate.pcls);
         for (i, p) in self.pstate.pcls.iter().enumerate() {
-            if cat.active.contains(&p.clid) {
+            if active[i] {
                 for d in &p.deps {
                     if let Some(j) = index.get(&d.clid) {
-                        if cat.active.contains(&d.clid) {
+                        if active[j] {
                             sets.merge(i, j);
                         }
                     }
@@ -270,7 +285,7 @@ impl Invocation<'_> {
         }
         let mut created: BTreeMap<usize, Component> = BTreeMap::new();
         for (i, p) in self.pstate.pcls.iter().enumerate() {
-            if !cat.active.contains(&p.clid) {
+            if !active[i] {
                 continue;
             }
             let root = sets.root(i);
@@ -362,4 +377,24 @@ fn reusable_root(
         .iter()
         .any(|id| cat.active.contains(id))
         .then_some(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_mark_the_pcls_whose_cl_is_in_the_set() {
+        let pcls: Vec<Pcl> = [1, 3, 4, 8, 9]
+            .into_iter()
+            .map(|clid| Pcl {
+                clid,
+                ..Default::default()
+            })
+            .collect();
+        let set = ClidSet::from_unsorted(vec![9, 2, 3, 3, 7, 1, 10]);
+        assert_eq!(set.flags(&pcls), [true, true, false, false, true]);
+        assert_eq!(ClidSet::default().flags(&pcls), [false; 5]);
+        assert!(set.flags(&[]).is_empty());
+    }
 }
