@@ -453,3 +453,74 @@ pub(crate) fn merge_options(options: &mut RunOptions, snapshot: Option<&Snapshot
         .custom_tryjob_tags
         .extend(values_of("Cq-Cl-Tag", ""));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::GerritChange;
+
+    fn cl(clid: i64) -> ChangeList {
+        ChangeList {
+            clid,
+            snapshot: Some(Snapshot {
+                gerrit: Some(GerritChange {
+                    host: "h".to_string(),
+                    change: clid,
+                    current_revision: format!("rev-{clid}"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The Run creator's checks on its input CLs: a repeated CL is refused
+    /// whether or not the combo lists its CLs in ascending order.
+    #[test]
+    fn expected_run_id_refuses_a_repeated_cl_in_any_order() {
+        let trigger = Trigger {
+            mode: DRY_RUN.to_string(),
+            time: Some(Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let create_time = trigger.time.unwrap();
+        let id_of = |all: &[i64]| {
+            let pcls: Vec<Pcl> = all
+                .iter()
+                .map(|&clid| Pcl {
+                    clid,
+                    eversion: 1,
+                    ..Default::default()
+                })
+                .collect();
+            let entities: Vec<ChangeList> = all.iter().map(|&clid| cl(clid)).collect();
+            let members: Vec<(&Pcl, Option<&Trigger>)> =
+                pcls.iter().map(|p| (p, Some(&trigger))).collect();
+            let combo = Combo {
+                all: all.to_vec(),
+                not_ready: Vec::new(),
+                with_not_yet_loaded_deps: None,
+                latest_triggered: all.first().copied(),
+                max_triggered_time: None,
+            };
+            let entities: Vec<&ChangeList> = entities.iter().collect();
+            expected_run_id("p", &trigger, &create_time, &combo, &members, &entities)
+        };
+        let ascending = id_of(&[3, 5]).unwrap();
+        assert!(ascending.starts_with("p/"), "{ascending}");
+        // The digest sorts CLs by (host, change): the order given does not matter.
+        assert_eq!(id_of(&[5, 3]).unwrap(), ascending);
+        for repeated in [&[5, 3, 5][..], &[3, 3], &[5, 5, 3]] {
+            match id_of(repeated) {
+                Err(TriageError::Bug(msg)) => {
+                    assert!(msg.contains("duplicate input CL ID"), "{repeated:?}: {msg}")
+                }
+                other => panic!("{repeated:?}: {other:?}"),
+            }
+        }
+    }
+}

@@ -90,8 +90,7 @@ pub fn cls_digest(cls: &[RunIdCl<'_>]) -> [u8; 8] {
             bytes.extend_from_slice(digits.format(t.gerrit_account_id).as_bytes());
         }
     }
-    let h = Sha256::new_with_prefix(&bytes);
-    let full = h.finalize();
+    let full = Sha256::digest(&bytes);
     let mut out = [0u8; 8];
     out.copy_from_slice(&full[..8]);
     out

@@ -456,6 +456,17 @@ fn run_id_digest_without_trigger_and_operation_id() {
     };
     let id = run_id::run_id("p", &ts(T0), &[cl]).unwrap();
     assert!(id.starts_with("p/9042327596854-1-"));
+    // Close to the end of the world the inverse timestamp is zero-padded.
+    let late = Timestamp {
+        seconds: 10_622_970_795,
+        nanos: 854_775_807,
+    };
+    let padded = run_id::run_id("p", &late, &[cl]).unwrap();
+    assert!(padded.starts_with("p/0000000001000-1-"), "{padded}");
+    assert!(
+        padded.ends_with(&id["p/9042327596854-1-".len()..]),
+        "{padded}"
+    );
     assert_eq!(id.len(), "p/9042327596854-1-".len() + 16);
     let op = run_id::operation_id("p", &id);
     assert!(op.starts_with("PM-") && op.len() == 19, "{op}");
