@@ -249,10 +249,21 @@ fn prune_known(state: &mut ProjectState, now: &Timestamp) -> Vec<String> {
     forgotten
 }
 
-/// A copy of `pstate` without its PCLs (the bulk of it). The pattern names
-/// every field, so that a field added to `PState` does not compile until it
-/// is placed here.
+/// A copy of `pstate` without its PCLs (the bulk of it).
 pub fn without_pcls(pstate: &PState) -> PState {
+    PState {
+        purging_cls: pstate.purging_cls.clone(),
+        triggering_cl_deps: pstate.triggering_cl_deps.clone(),
+        ..restorable_part(pstate)
+    }
+}
+
+/// What an invocation copies up front to restore if it fails: `pstate`
+/// without its PCLs, purges and dependency votes (the invocation keeps
+/// those lists as loaded only once it changes them, see
+/// `Invocation::purging_cls_mut`). The pattern names every field, so that a
+/// field added to `PState` does not compile until it is placed here.
+fn restorable_part(pstate: &PState) -> PState {
     let PState {
         luci_project,
         status,
@@ -260,8 +271,8 @@ pub fn without_pcls(pstate: &PState) -> PState {
         config_group_names,
         pcls: _,
         components,
-        purging_cls,
-        triggering_cl_deps,
+        purging_cls: _,
+        triggering_cl_deps: _,
         repartition_required,
         created_pruns,
         next_eval_time,
@@ -273,8 +284,8 @@ pub fn without_pcls(pstate: &PState) -> PState {
         config_group_names: config_group_names.clone(),
         pcls: Vec::new(),
         components: components.clone(),
-        purging_cls: purging_cls.clone(),
-        triggering_cl_deps: triggering_cl_deps.clone(),
+        purging_cls: Vec::new(),
+        triggering_cl_deps: Vec::new(),
         repartition_required: *repartition_required,
         created_pruns: created_pruns.clone(),
         next_eval_time: *next_eval_time,
@@ -308,7 +319,8 @@ pub fn evaluate(
     // repartition, and any PCL that changes sets `repartition_required`,
     // which makes it repartition. So a failed invocation has left every PCL
     // equal to the one it loaded (a law of tests/domain_laws.rs checks it).
-    let backup = without_pcls(&loaded);
+    // Purges and dependency votes are kept as loaded only if they change.
+    let backup = restorable_part(&loaded);
     let mut inv = Invocation {
         project: &project,
         now,
@@ -324,6 +336,8 @@ pub fn evaluate(
         trace,
         new_run_requests: Vec::new(),
         changed_pcls: Some(BTreeSet::new()),
+        loaded_purging_cls: None,
+        loaded_triggering_cl_deps: None,
     };
     let result = run_transitions(&mut inv, &batch, triage);
     let Invocation {
@@ -334,6 +348,8 @@ pub fn evaluate(
         mut trace,
         new_run_requests,
         changed_pcls,
+        loaded_purging_cls,
+        loaded_triggering_cl_deps,
         ..
     } = inv;
 
@@ -368,6 +384,8 @@ pub fn evaluate(
             trace.push(format!("invocation failed, state kept as it was: {err}"));
             state.pstate = Some(PState {
                 pcls: pstate.pcls,
+                purging_cls: loaded_purging_cls.unwrap_or(pstate.purging_cls),
+                triggering_cl_deps: loaded_triggering_cl_deps.unwrap_or(pstate.triggering_cl_deps),
                 ..backup
             });
             (Vec::new(), immediate, batch.garbage.clone())

@@ -18,7 +18,7 @@ use crate::proto::project_log::LogReason;
 use crate::proto::{
     action, cl_error, dep, p_state, project_config, purge_reason, purging_cl, CancelRuns, ClError,
     PRun, PokePoller, PokeRuns, PurgeCl, PurgeCompleted, PurgeReason, PurgingCl, Trigger,
-    TriggeringClDepsCompleted, Triggers, UpdateRunsConfig,
+    TriggeringClDeps, TriggeringClDepsCompleted, Triggers, UpdateRunsConfig,
 };
 
 /// The project status as an enum (unknown numbers read as unspecified).
@@ -439,16 +439,22 @@ impl Invocation<'_> {
             }
         }
         let cutoff = time::add_minutes(&self.now, -OPERATION_EXPIRY_GRACE_MINUTES);
+        let goes = |p: &PurgingCl| {
+            completed_ops.contains(p.operation_id.as_str())
+                || time::cmp_opt(p.deadline.as_ref(), Some(&cutoff)).is_lt()
+        };
         let mut deleted: BTreeSet<i64> = BTreeSet::new();
-        self.pstate.purging_cls.retain(|p| {
-            let expired = time::cmp_opt(p.deadline.as_ref(), Some(&cutoff)).is_lt();
-            if completed_ops.contains(p.operation_id.as_str()) || expired {
-                deleted.insert(p.clid);
-                false
-            } else {
-                true
-            }
-        });
+        // Most invocations forget no purge: the list is then left untouched.
+        if self.pstate.purging_cls.iter().any(goes) {
+            self.purging_cls_mut().retain(|p| {
+                if goes(p) {
+                    deleted.insert(p.clid);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
         if !deleted.is_empty() && !self.pstate.repartition_required {
             self.mark_for_triage_containing(&deleted);
         }
@@ -503,16 +509,21 @@ impl Invocation<'_> {
         });
         consumed.sort_unstable();
         let cutoff = time::add_minutes(&self.now, -OPERATION_EXPIRY_GRACE_MINUTES);
+        let goes = |op: &TriggeringClDeps| {
+            time::cmp_opt(op.deadline.as_ref(), Some(&cutoff)).is_lt()
+                || ops_to_remove.contains_key(op.operation_id.as_str())
+        };
         let mut deleted: BTreeSet<i64> = BTreeSet::new();
-        self.pstate.triggering_cl_deps.retain(|op| {
-            let expired = time::cmp_opt(op.deadline.as_ref(), Some(&cutoff)).is_lt();
-            if expired || ops_to_remove.contains_key(op.operation_id.as_str()) {
-                deleted.insert(op.origin_clid);
-                false
-            } else {
-                true
-            }
-        });
+        if self.pstate.triggering_cl_deps.iter().any(goes) {
+            self.triggering_cl_deps_mut().retain(|op| {
+                if goes(op) {
+                    deleted.insert(op.origin_clid);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
         if deleted.is_empty() {
             if !purge_tasks.is_empty() {
                 // The original panics ("if there is a cl to purge, there must be an op to remove").

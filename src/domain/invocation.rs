@@ -81,9 +81,33 @@ pub struct Invocation<'a> {
     pub new_run_requests: Vec<String>,
     /// The PCLs changed or added so far; `None`: any of them.
     pub changed_pcls: Option<BTreeSet<i64>>,
+    /// `pstate.purging_cls` as loaded, kept when the invocation first
+    /// changes it (through [`Invocation::purging_cls_mut`]): restored if
+    /// the invocation fails. `None`: unchanged.
+    pub loaded_purging_cls: Option<Vec<PurgingCl>>,
+    /// `pstate.triggering_cl_deps` as loaded, kept the same way
+    /// ([`Invocation::triggering_cl_deps_mut`]).
+    pub loaded_triggering_cl_deps: Option<Vec<TriggeringClDeps>>,
 }
 
 impl<'a> Invocation<'a> {
+    /// The CLs being purged, to change: the first call keeps a copy of them
+    /// as loaded. Every change to `pstate.purging_cls` goes through here.
+    pub fn purging_cls_mut(&mut self) -> &mut Vec<PurgingCl> {
+        self.loaded_purging_cls
+            .get_or_insert_with(|| self.pstate.purging_cls.clone());
+        &mut self.pstate.purging_cls
+    }
+
+    /// The dependency votes in flight, to change: the first call keeps a
+    /// copy of them as loaded. Every change to `pstate.triggering_cl_deps`
+    /// goes through here.
+    pub fn triggering_cl_deps_mut(&mut self) -> &mut Vec<TriggeringClDeps> {
+        self.loaded_triggering_cl_deps
+            .get_or_insert_with(|| self.pstate.triggering_cl_deps.clone());
+        &mut self.pstate.triggering_cl_deps
+    }
+
     /// The latest known version of a CL, unless unknown or deleted.
     pub fn cl(&self, clid: i64) -> Option<&'a ChangeList> {
         let cls = self.cls;
@@ -281,8 +305,9 @@ impl<'a> Invocation<'a> {
                         .collect()
                 })
                 .unwrap_or_default();
-            let at = self.pstate.purging_cls.partition_point(|p| p.clid <= clid);
-            self.pstate.purging_cls.insert(at, purging.clone());
+            let purging_cls = self.purging_cls_mut();
+            let at = purging_cls.partition_point(|p| p.clid <= clid);
+            purging_cls.insert(at, purging.clone());
             task.purging_cl = Some(purging);
             actions.push(action::Action::PurgeCl(task));
         }
@@ -299,11 +324,9 @@ impl<'a> Invocation<'a> {
         for mut op in ops {
             op.deadline = Some(deadline);
             op.operation_id = format!("{}-{}", deadline.seconds, op.origin_clid);
-            let at = self
-                .pstate
-                .triggering_cl_deps
-                .partition_point(|t| t.origin_clid <= op.origin_clid);
-            self.pstate.triggering_cl_deps.insert(at, op.clone());
+            let votes = self.triggering_cl_deps_mut();
+            let at = votes.partition_point(|t| t.origin_clid <= op.origin_clid);
+            votes.insert(at, op.clone());
             if !op.dep_clids.is_empty() {
                 actions.push(action::Action::TriggerClDeps(TriggerClDeps {
                     triggering_cl_deps: Some(op),
