@@ -443,18 +443,12 @@ impl Invocation<'_> {
             completed_ops.contains(p.operation_id.as_str())
                 || time::cmp_opt(p.deadline.as_ref(), Some(&cutoff)).is_lt()
         };
-        let mut deleted: BTreeSet<i64> = BTreeSet::new();
         // Most invocations forget no purge: the list is then left untouched.
-        if self.pstate.purging_cls.iter().any(goes) {
-            self.purging_cls_mut().retain(|p| {
-                if goes(p) {
-                    deleted.insert(p.clid);
-                    false
-                } else {
-                    true
-                }
-            });
-        }
+        let deleted = if self.pstate.purging_cls.iter().any(goes) {
+            remove_where(self.purging_cls_mut(), goes, |p| p.clid)
+        } else {
+            BTreeSet::new()
+        };
         if !deleted.is_empty() && !self.pstate.repartition_required {
             self.mark_for_triage_containing(&deleted);
         }
@@ -513,17 +507,11 @@ impl Invocation<'_> {
             time::cmp_opt(op.deadline.as_ref(), Some(&cutoff)).is_lt()
                 || ops_to_remove.contains_key(op.operation_id.as_str())
         };
-        let mut deleted: BTreeSet<i64> = BTreeSet::new();
-        if self.pstate.triggering_cl_deps.iter().any(goes) {
-            self.triggering_cl_deps_mut().retain(|op| {
-                if goes(op) {
-                    deleted.insert(op.origin_clid);
-                    false
-                } else {
-                    true
-                }
-            });
-        }
+        let deleted = if self.pstate.triggering_cl_deps.iter().any(goes) {
+            remove_where(self.triggering_cl_deps_mut(), goes, |op| op.origin_clid)
+        } else {
+            BTreeSet::new()
+        };
         if deleted.is_empty() {
             if !purge_tasks.is_empty() {
                 // The original panics ("if there is a cl to purge, there must be an op to remove").
@@ -587,4 +575,22 @@ impl Invocation<'_> {
         tasks.push(task(event.origin, None));
         tasks
     }
+}
+
+/// Removes the entries of `list` that `goes`; returns the CL ids (`clid`)
+/// of those removed.
+fn remove_where<T>(
+    list: &mut Vec<T>,
+    goes: impl Fn(&T) -> bool,
+    clid: impl Fn(&T) -> i64,
+) -> BTreeSet<i64> {
+    let mut removed = BTreeSet::new();
+    list.retain(|entry| {
+        let gone = goes(entry);
+        if gone {
+            removed.insert(clid(entry));
+        }
+        !gone
+    });
+    removed
 }
