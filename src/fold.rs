@@ -85,7 +85,13 @@ pub fn prepare_marker(
 ) -> PreparedMarker {
     let revision = next_revision(state);
     let mut next = state.clone();
-    let evaluation = domain::evaluate(&mut next, revision, now);
+    let evaluation = domain::evaluate_remembering(
+        &mut next,
+        revision,
+        now,
+        domain::TRIAGER,
+        digester.run_ids_at(revision),
+    );
     digester.marker_run(&next, revision, &evaluation);
     let marker = Evaluated {
         now: Some(now),
@@ -175,7 +181,13 @@ pub fn apply_recorded_prepared(
     let now = recorded
         .now
         .ok_or(FoldError::MarkerWithoutNow { revision })?;
-    let evaluation = domain::evaluate(state, revision, now);
+    let evaluation = domain::evaluate_remembering(
+        state,
+        revision,
+        now,
+        domain::TRIAGER,
+        digester.run_ids_at(revision),
+    );
     digester.marker_run(state, revision, &evaluation);
     let version = match recorded.state_digest.as_slice() {
         [] => digest::CURRENT,

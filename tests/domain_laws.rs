@@ -14,7 +14,9 @@ use proptest::prelude::*;
 use prost::Message;
 
 use prjmanager::domain::triage_api::{PmView, TriageError, TriageResult};
-use prjmanager::domain::{self, evaluate_with, Evaluation, TriageFn};
+use prjmanager::domain::{
+    self, evaluate_remembering, evaluate_with, Evaluation, RunIdMemo, TriageFn,
+};
 use prjmanager::proto::{
     self, cl_error, input_event::Event, purge_reason, purging_cl, run, ChangeList, ClError,
     ClsUpdated, Component, ConfigUpdated, Evaluated, Poked, ProjectConfig, PurgeCl, PurgeCompleted,
@@ -239,7 +241,9 @@ fn change_list(spec: &ClSpec, now: i64) -> ChangeList {
         .host(HOST)
         .git_ref(git_ref)
         .owner("owner@example.com")
-        .revision("r")
+        // The revision is part of the RunID: a vote given again at the same
+        // eversion (see `busy_steps`) changes the CL's Run.
+        .revision(&format!("r{}", spec.vote))
         .uploaded(ts(now - 60))
         .group(group);
     if spec.foreign {
@@ -509,6 +513,38 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
     })
 }
 
+/// Streams where a few ready CLs are announced again and again (often at
+/// an eversion already seen, with another vote or trigger time) between
+/// markers a few seconds apart: the same Runs are planned at many markers.
+fn busy_steps() -> impl Strategy<Value = Vec<Step>> {
+    let ready_cl = (
+        1..=3i64,
+        1..=2i64,
+        1..=2i32,
+        proptest::option::of((1..=3i64, any::<bool>())),
+    )
+        .prop_map(|(clid, eversion, vote, dep)| ClSpec {
+            clid,
+            eversion,
+            main: clid != 3,
+            vote,
+            dep,
+            status: 0,
+            outdated: false,
+            foreign: false,
+        });
+    let step = prop_oneof![
+        3 => proptest::collection::vec(ready_cl, 1..3).prop_map(Step::Cls),
+        3 => (0..90i64).prop_map(|advance_seconds| Step::Marker { advance_seconds, triager: 0 }),
+        1 => (0..3u8).prop_map(|variant| Step::Config { variant }),
+        1 => any::<u8>().prop_map(|pick| Step::PurgeCompleted { pick }),
+    ];
+    proptest::collection::vec(step, 1..40).prop_map(|mut rest| {
+        rest.insert(0, Step::Config { variant: 0 });
+        rest
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
@@ -520,6 +556,35 @@ proptest! {
         prop_assert_eq!(a.encode_to_vec(), b.encode_to_vec());
         prop_assert_eq!(fold::state_digest(&a), fold::state_digest(&b));
         prop_assert_eq!(ea, eb);
+    }
+
+    #[test]
+    fn remembered_run_ids_change_no_decision(steps in prop_oneof![steps(), busy_steps()]) {
+        // The RunID memo is a cache: a fold that remembers the RunIDs of
+        // earlier invocations (as `fold::apply_recorded` does) decides and
+        // saves exactly what a fold planning every Run afresh does, even
+        // when a CL is announced again at the same eversion with other
+        // contents or a config replaces the groups.
+        let items = materialize(&steps);
+        let (plain, plain_evaluations) = fold_from(domain::new_project(PROJECT), 0, &items);
+        let mut memo = RunIdMemo::default();
+        let mut remembered = Vec::new();
+        let mut state = domain::new_project(PROJECT);
+        for (revision, item) in items.iter().enumerate() {
+            let revision = revision as u64;
+            match item {
+                Item::Input(e) => domain::apply_event(&mut state, revision, e).expect("input event"),
+                Item::Marker { now, triager } => remembered.push(evaluate_remembering(
+                    &mut state,
+                    revision,
+                    *now,
+                    TRIAGERS[*triager],
+                    &mut memo,
+                )),
+            }
+        }
+        prop_assert_eq!(plain.encode_to_vec(), state.encode_to_vec());
+        prop_assert_eq!(plain_evaluations, remembered);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::proto::Timestamp;
 
 use super::apply::run_id_in_project;
 use super::invocation::{run_status_ended, Invocation};
-use super::{time, Evaluation, TriageFn};
+use super::{time, Evaluation, RunIdMemo, TriageFn};
 use crate::proto::project_log::LogReason;
 use crate::proto::{
     action, pending_event, PState, ProjectLog, ProjectState, ProjectStateOffload, PurgeCompleted,
@@ -298,6 +298,7 @@ pub fn evaluate(
     revision: u64,
     now: Timestamp,
     triage: TriageFn,
+    run_ids: Option<&mut RunIdMemo>,
 ) -> Evaluation {
     let project = state.luci_project.clone();
     // The state at the start of the invocation: restored if the invocation
@@ -321,6 +322,10 @@ pub fn evaluate(
     // equal to the one it loaded (a law of tests/domain_laws.rs checks it).
     // Purges and dependency votes are kept as loaded only if they change.
     let backup = restorable_part(&loaded);
+    let run_ids = run_ids.map(|memo| {
+        memo.invalidate(&pending, loaded.pcls.len());
+        &*memo
+    });
     let mut inv = Invocation {
         project: &project,
         now,
@@ -338,6 +343,7 @@ pub fn evaluate(
         changed_pcls: Some(BTreeSet::new()),
         loaded_purging_cls: None,
         loaded_triggering_cl_deps: None,
+        run_ids,
     };
     let result = run_transitions(&mut inv, &batch, triage);
     let Invocation {

@@ -107,6 +107,9 @@ impl Invocation<'_> {
             self.repartition(&cat);
         }
 
+        if let Some(memo) = self.run_ids {
+            memo.forget_changed_pcls(self.changed_pcls.as_ref());
+        }
         let mut results: Vec<(usize, TriageResult)> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         let mut caught_bug = false;
@@ -120,6 +123,7 @@ impl Invocation<'_> {
                 runs: self.runs,
                 run_requests: self.run_requests,
                 now: self.now,
+                run_ids: self.run_ids,
             };
             for (i, c) in self.pstate.components.iter().enumerate() {
                 if !needs_triage(c, &self.now) {

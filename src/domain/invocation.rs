@@ -9,6 +9,7 @@ use crate::proto::Timestamp;
 use super::config::{config_group_id, Matcher};
 use super::pcl::{make_pcl, PclContext};
 use super::time;
+use super::RunIdMemo;
 use crate::proto::project_log::LogReason;
 use crate::proto::{
     action, purging_cl, ChangeList, PRun, PState, Pcl, ProjectConfig, PurgeCl, PurgingCl, Run,
@@ -88,6 +89,8 @@ pub struct Invocation<'a> {
     /// `pstate.triggering_cl_deps` as loaded, kept the same way
     /// ([`Invocation::triggering_cl_deps_mut`]).
     pub loaded_triggering_cl_deps: Option<Vec<TriggeringClDeps>>,
+    /// RunIDs remembered from earlier invocations, given to the triager.
+    pub run_ids: Option<&'a RunIdMemo>,
 }
 
 impl<'a> Invocation<'a> {

@@ -32,6 +32,7 @@ use triage_api::{PmView, TriageError, TriageResult};
 pub use evaluate::{project_log, without_pcls};
 pub use exec_deferred::panic_message;
 pub use invocation::{cancel_reason, run_status_ended};
+pub use triager::memo::RunIdMemo;
 
 /// A triager: decides what to do with one component given a read-only view
 /// of the project (the original's `itriager.Triage`).
@@ -182,5 +183,20 @@ pub fn evaluate_with(
     now: Timestamp,
     triage: TriageFn,
 ) -> Evaluation {
-    evaluate::evaluate(state, revision, now, triage)
+    evaluate::evaluate(state, revision, now, triage, None)
+}
+
+/// [`evaluate_with`] with the RunIDs of earlier invocations of `state` remembered
+/// in `run_ids` (see [`RunIdMemo`]), which it updates: the same evaluation,
+/// without planning again the Runs planned before. `run_ids` must have
+/// followed `state` through every earlier invocation since it was last
+/// cleared.
+pub fn evaluate_remembering(
+    state: &mut proto::ProjectState,
+    revision: u64,
+    now: Timestamp,
+    triage: TriageFn,
+    run_ids: &mut RunIdMemo,
+) -> Evaluation {
+    evaluate::evaluate(state, revision, now, triage, Some(run_ids))
 }

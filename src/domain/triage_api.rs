@@ -2,6 +2,7 @@
 //! `itriager` package): what a triager sees of the PM state and what it
 //! returns for one component.
 
+use super::triager::memo::RunIdMemo;
 use crate::proto::Timestamp;
 use crate::proto::{
     ChangeList, Component, ConfigGroup, CreateRun, PState, Pcl, ProjectConfig, PurgeCl, PurgingCl,
@@ -25,6 +26,9 @@ pub struct PmView<'a> {
     pub run_requests: &'a [RunRequest],
     /// The batch's clock.
     pub now: Timestamp,
+    /// RunIDs planned at earlier invocations of this state (`None`: plan
+    /// every Run afresh). Triage decides the same either way.
+    pub run_ids: Option<&'a RunIdMemo>,
 }
 
 impl<'a> PmView<'a> {

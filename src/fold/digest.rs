@@ -34,7 +34,7 @@ use std::ops::Bound;
 
 use prost::Message;
 
-use crate::domain::{self, Evaluation};
+use crate::domain::{self, Evaluation, RunIdMemo};
 use crate::proto::{input_event::Event, Component, PState, Pcl, ProjectState};
 
 /// A digest definition.
@@ -113,6 +113,9 @@ pub struct Digester {
     runs: KeyedHashes<String>,
     pcls: KeyedHashes<i64>,
     components: EntityHashes<Component>,
+    /// The triager's RunIDs of earlier invocations of the state followed
+    /// (kept here because it must follow the state exactly as the hashes do).
+    run_ids: RunIdMemo,
 }
 
 impl Digester {
@@ -203,6 +206,16 @@ impl Digester {
         }
     }
 
+    /// The RunID memo for the invocation of the marker at `revision`,
+    /// emptied unless this digester has followed the state up to the
+    /// revision before it.
+    pub(super) fn run_ids_at(&mut self, revision: u64) -> &mut RunIdMemo {
+        if self.following.and_then(|r| r.checked_add(1)) != Some(revision) {
+            self.run_ids.clear();
+        }
+        &mut self.run_ids
+    }
+
     /// Moves to `revision`; whether the kept hashes still describe the state.
     fn follow(&mut self, revision: u64) -> bool {
         let next = self.following.and_then(|r| r.checked_add(1));
@@ -244,6 +257,7 @@ impl Digester {
             self.cls.clear();
             self.runs.clear();
             self.pcls.clear();
+            self.run_ids.clear();
             self.following = Some(state.last_revision);
         }
         self.cls

@@ -22,6 +22,7 @@
 pub(crate) mod cls;
 pub(crate) mod creator;
 pub(crate) mod deps;
+pub mod memo;
 pub(crate) mod purges;
 pub mod run_id;
 pub(crate) mod runs;

@@ -33,10 +33,8 @@ pub(crate) struct StagedRuns {
     pub(crate) next: Option<Nanos>,
 }
 
-/// What the existence check decided for a Run to create.
+/// What the existence check decided for a Run that exists or was requested.
 enum Existing {
-    /// No such Run: create it.
-    NotFound,
     /// Do not create it; look again at this time (or on an external event).
     Wait(Option<Nanos>),
     /// The Run ended long ago: the trigger was reused; purge it.
@@ -158,8 +156,7 @@ impl<'v> RunStage<'_, 'v> {
             // A Run with the same mode and CL exists: wait for it to end.
             return Ok((Vec::new(), None));
         }
-        let plan = plan_run(self.view, cls, &combo, cg_index, TriggerKind::NewPatchset)?;
-        self.decide_existing(plan, combo, cls, TriggerKind::NewPatchset)
+        self.plan_and_decide(combo, cls, cg_index, TriggerKind::NewPatchset)
     }
 
     fn stage_new_cq_vote_runs_from(
@@ -262,8 +259,7 @@ impl<'v> RunStage<'_, 'v> {
             return Ok((Vec::new(), None));
         }
 
-        let plan = plan_run(self.view, cls, &combo, cg_index, TriggerKind::CqVote)?;
-        self.decide_existing(plan, combo, cls, TriggerKind::CqVote)
+        self.plan_and_decide(combo, cls, cg_index, TriggerKind::CqVote)
     }
 
     /// Adds to `members` every component CL reachable through non-submitted
@@ -297,15 +293,37 @@ impl<'v> RunStage<'_, 'v> {
         }
     }
 
-    fn decide_existing(
+    /// Plans the combo's Run and decides on it from what already exists.
+    ///
+    /// A RunID remembered by the view's memo (planned earlier from the same
+    /// inputs, see [`super::memo`]) decides without planning, unless the Run
+    /// is to be created now: its action needs the full plan.
+    fn plan_and_decide(
         &self,
-        plan: RunPlan<'v>,
         combo: Combo,
         cls: &mut BTreeMap<i64, ClInfo<'v>>,
+        cg_index: i32,
         kind: TriggerKind,
     ) -> Result<(Vec<Candidate<'v>>, Option<Nanos>), TriageError> {
-        match check_existing(&plan.run_id, self.view) {
-            Existing::NotFound => Ok((vec![Candidate { plan, combo, kind }], None)),
+        let remembered = self.view.run_ids.and_then(|memo| {
+            memo.with(kind, cg_index, &combo, cls, |run_id| {
+                check_existing(run_id, self.view)
+            })
+        });
+        let existing = match remembered.flatten() {
+            Some(existing) => existing,
+            None => {
+                let plan = plan_run(self.view, cls, &combo, cg_index, kind)?;
+                if let Some(memo) = self.view.run_ids {
+                    memo.put(kind, cg_index, &combo, cls, &plan.run_id);
+                }
+                match check_existing(&plan.run_id, self.view) {
+                    None => return Ok((vec![Candidate { plan, combo, kind }], None)),
+                    Some(existing) => existing,
+                }
+            }
+        };
+        match existing {
             Existing::Wait(next) => Ok((Vec::new(), next)),
             Existing::Reused(run) => {
                 for member in &combo.all {
@@ -335,8 +353,9 @@ fn first_config_group(pcl: &Pcl) -> Result<i32, TriageError> {
 }
 
 /// Whether the Run to create already exists or was just requested
-/// (the original's `checkExisting` plus the run-request rule of DESIGN §6).
-fn check_existing(run_id: &str, view: &PmView<'_>) -> Existing {
+/// (the original's `checkExisting` plus the run-request rule of DESIGN §6);
+/// `None`: no such Run, create it.
+fn check_existing(run_id: &str, view: &PmView<'_>) -> Option<Existing> {
     let now = to_nanos(&view.now);
     match view.run(run_id) {
         None => match view
@@ -344,16 +363,20 @@ fn check_existing(run_id: &str, view: &PmView<'_>) -> Existing {
             .and_then(|r| nanos_if_set(r.requested_at.as_ref()))
         {
             // Requested recently and not yet seen: do not ask again too soon.
-            Some(at) if now - at < RECENT_RUN_WAIT => Existing::Wait(Some(at + RECENT_RUN_WAIT)),
-            _ => Existing::NotFound,
+            Some(at) if now - at < RECENT_RUN_WAIT => {
+                Some(Existing::Wait(Some(at + RECENT_RUN_WAIT)))
+            }
+            _ => None,
         },
         // Most likely created by an earlier request and not yet in the state.
-        Some(run) if run.status & 64 == 0 => Existing::Wait(Some(now + EXISTING_RUN_RECHECK_DELAY)),
-        Some(run) => match nanos_if_set(run.end_time.as_ref()) {
+        Some(run) if run.status & 64 == 0 => {
+            Some(Existing::Wait(Some(now + EXISTING_RUN_RECHECK_DELAY)))
+        }
+        Some(run) => Some(match nanos_if_set(run.end_time.as_ref()) {
             Some(end) if now - end < RECENT_RUN_WAIT => Existing::Wait(Some(end + RECENT_RUN_WAIT)),
             // Ended long ago (an unset end time counts as long ago).
             _ => Existing::Reused(run.id.clone()),
-        },
+        }),
     }
 }
 

@@ -232,6 +232,7 @@ impl Fx {
             runs: &self.runs,
             run_requests: &self.run_requests,
             now: self.now,
+            run_ids: None,
         }
     }
 
