@@ -91,6 +91,10 @@ fn chaos(c: &Component, view: &PmView<'_>) -> Result<TriageResult, TriageError> 
                     view.luci_project,
                     9_000_000 - view.now.seconds / 60
                 )
+            } else if (seed / 7) % 3 == 1 && !view.run_requests.is_empty() {
+                // A Run the PM asked for already (the triager would wait).
+                let i = (seed / 21) as usize % view.run_requests.len();
+                view.run_requests[i].run_id.clone()
             } else {
                 format!("{}/{}-1-aa", view.luci_project, first % 5)
             };
@@ -144,6 +148,12 @@ enum Step {
     },
     RunFinished {
         run: u8,
+        status: u8,
+    },
+    /// The Run Manager creates a Run the PM asked for (a `CreateRun` of an
+    /// earlier marker); a poke if none was asked for.
+    RequestedRunCreated {
+        pick: u8,
         status: u8,
     },
     PurgeCompleted {
@@ -204,6 +214,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..5u8, proptest::collection::vec(1..=9i64, 0..3), 0..4u8)
             .prop_map(|(run, clids, status)| Step::RunCreated { run, clids, status }),
         2 => (0..5u8, 0..4u8).prop_map(|(run, status)| Step::RunFinished { run, status }),
+        1 => (any::<u8>(), 0..4u8).prop_map(|(pick, status)| Step::RequestedRunCreated { pick, status }),
         1 => any::<u8>().prop_map(|pick| Step::PurgeCompleted { pick }),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(pick, fail)| Step::DepsCompleted { pick, fail }),
         // Now and then a marker 8 days later: ended Runs are forgotten.
@@ -290,6 +301,7 @@ fn materialize(steps: &[Step]) -> Vec<Item> {
     let mut state = domain::new_project(PROJECT);
     let mut now = T;
     let mut items = Vec::new();
+    let mut requested: Vec<proto::CreateRun> = Vec::new();
     for (revision, s) in steps.iter().enumerate() {
         let revision = revision as u64;
         let item = match s {
@@ -325,6 +337,22 @@ fn materialize(steps: &[Step]) -> Vec<Item> {
                 status: run_status(status.max(&1).to_owned()),
                 end_time: Some(ts(now)),
             })),
+            Step::RequestedRunCreated { pick, status } => {
+                match requested.get(usize::from(*pick) % requested.len().max(1)) {
+                    Some(asked) => Item::Input(Event::RunCreated(RunCreated {
+                        run: Some(Run {
+                            id: asked.run_id.clone(),
+                            mode: asked.mode.clone(),
+                            clids: asked.input_cls.iter().map(|c| c.clid).collect(),
+                            create_time: Some(ts(now)),
+                            status: run_status(*status),
+                            end_time: (*status > 0).then(|| ts(now)),
+                            ..Default::default()
+                        }),
+                    })),
+                    None => Item::Input(Event::Poked(Poked {})),
+                }
+            }
             Step::PurgeCompleted { pick } => {
                 let purging = &state.pstate.as_ref().unwrap().purging_cls;
                 let (op, clid) = match purging.get(usize::from(*pick) % (purging.len() + 1)) {
@@ -366,7 +394,11 @@ fn materialize(steps: &[Step]) -> Vec<Item> {
         match &item {
             Item::Input(e) => domain::apply_event(&mut state, revision, e).expect("input event"),
             Item::Marker { now, triager } => {
-                evaluate_with(&mut state, revision, *now, TRIAGERS[*triager]);
+                let evaluation = evaluate_with(&mut state, revision, *now, TRIAGERS[*triager]);
+                requested.extend(evaluation.actions.into_iter().filter_map(|a| match a {
+                    proto::action::Action::CreateRun(asked) => Some(asked),
+                    _ => None,
+                }));
             }
         }
         items.push(item);
@@ -535,7 +567,10 @@ fn busy_steps() -> impl Strategy<Value = Vec<Step>> {
         });
     let step = prop_oneof![
         3 => proptest::collection::vec(ready_cl, 1..3).prop_map(Step::Cls),
-        3 => (0..90i64).prop_map(|advance_seconds| Step::Marker { advance_seconds, triager: 0 }),
+        3 => (0..90i64, prop_oneof![5 => Just(0u8), 1 => Just(1u8)])
+            .prop_map(|(advance_seconds, triager)| Step::Marker { advance_seconds, triager }),
+        1 => (any::<u8>(), 0..4u8).prop_map(|(pick, status)| Step::RequestedRunCreated { pick, status }),
+        1 => Just(Step::Poke),
         1 => (0..3u8).prop_map(|variant| Step::Config { variant }),
         1 => any::<u8>().prop_map(|pick| Step::PurgeCompleted { pick }),
     ];

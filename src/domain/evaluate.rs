@@ -322,10 +322,10 @@ pub fn evaluate(
     // equal to the one it loaded (a law of tests/domain_laws.rs checks it).
     // Purges and dependency votes are kept as loaded only if they change.
     let backup = restorable_part(&loaded);
-    let run_ids = run_ids.map(|memo| {
+    let mut run_ids = run_ids;
+    if let Some(memo) = run_ids.as_deref_mut() {
         memo.invalidate(&pending, loaded.pcls.len());
-        &*memo
-    });
+    }
     let mut inv = Invocation {
         project: &project,
         now,
@@ -343,7 +343,7 @@ pub fn evaluate(
         changed_pcls: Some(BTreeSet::new()),
         loaded_purging_cls: None,
         loaded_triggering_cl_deps: None,
-        run_ids,
+        run_ids: run_ids.as_deref(),
     };
     let result = run_transitions(&mut inv, &batch, triage);
     let Invocation {
@@ -363,6 +363,9 @@ pub fn evaluate(
         Ok(success) => {
             state.pstate = Some(pstate);
             state.pinned_config = pinned;
+            if let Some(memo) = run_ids {
+                memo.requested(&new_run_requests, time::to_nanos(&now));
+            }
             for run_id in new_run_requests {
                 let request = RunRequest {
                     run_id,

@@ -30,6 +30,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::domain::time::Nanos;
 use crate::proto::{pending_event, PendingEvent};
 
 use super::cls::ClInfo;
@@ -42,7 +43,30 @@ struct Entry {
     cg_index: i32,
     /// Each member's `(clid, eversion)`, in combo order.
     members: Vec<(i64, i64)>,
-    run_id: String,
+    known: Known,
+    /// [`run_key`] of the RunID.
+    run_key: u64,
+}
+
+/// What the memo knows of a combo's Run.
+#[derive(Debug, Clone)]
+pub(crate) struct Known {
+    /// The RunID.
+    pub(crate) run_id: String,
+    /// When the PM requested that Run, if a request was seen (or made) and
+    /// the Run was not known then. Forgotten when the memo learns that the
+    /// Run became known ([`RunIdMemo::invalidate`]), updated when it is
+    /// requested again ([`RunIdMemo::requested`]); whether the request is
+    /// still young is for the caller to check.
+    pub(crate) requested_at: Option<Nanos>,
+}
+
+/// A 64-bit FNV-1a hash of a RunID: entries are found by the RunIDs named
+/// in events by comparing these first.
+fn run_key(run_id: &str) -> u64 {
+    run_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// RunIDs of combos planned earlier (see the module documentation).
@@ -51,6 +75,9 @@ pub struct RunIdMemo {
     /// Keyed by (trigger kind, the combo's first CL). Interior mutability
     /// lets triage, which reads its view through shared references, fill it.
     entries: RefCell<BTreeMap<(u8, i64), Entry>>,
+    /// The latest `now` it was used at: a clock that goes back makes it
+    /// forget the requests it knows (their age would be misjudged).
+    latest_now: std::cell::Cell<Option<Nanos>>,
 }
 
 /// How many entries the memo keeps beyond two per tracked CL before it
@@ -95,10 +122,31 @@ fn forget(entries: &mut BTreeMap<(u8, i64), Entry>, clids: &[i64]) {
     }
 }
 
+/// Calls `f` on what is known of the Runs with these RunIDs.
+fn for_runs(
+    entries: &mut BTreeMap<(u8, i64), Entry>,
+    run_ids: &[&str],
+    mut f: impl FnMut(&mut Known),
+) {
+    if run_ids.is_empty() {
+        return;
+    }
+    let mut keys: Vec<u64> = run_ids.iter().map(|id| run_key(id)).collect();
+    keys.sort_unstable();
+    for entry in entries.values_mut() {
+        if keys.binary_search(&entry.run_key).is_ok()
+            && run_ids.contains(&entry.known.run_id.as_str())
+        {
+            f(&mut entry.known);
+        }
+    }
+}
+
 impl RunIdMemo {
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.entries.get_mut().clear();
+        self.latest_now.set(None);
     }
 
     /// How many combos it remembers.
@@ -112,9 +160,10 @@ impl RunIdMemo {
     }
 
     /// Forgets what the pending events may have made stale (see the module
-    /// documentation), and everything once it holds more than two entries
-    /// per tracked CL (plus some slack). Called at the start of an
-    /// invocation.
+    /// documentation): the combos of CLs announced, everything on a config
+    /// event, and the requests of Runs that became known. Forgets everything
+    /// once it holds more than two entries per tracked CL (plus some
+    /// slack). Called at the start of an invocation.
     pub(crate) fn invalidate(&mut self, pending: &[PendingEvent], tracked_cls: usize) {
         let entries = self.entries.get_mut();
         if entries.is_empty() {
@@ -125,6 +174,7 @@ impl RunIdMemo {
             return;
         }
         let mut replaced: Vec<i64> = Vec::new();
+        let mut runs_seen: Vec<&str> = Vec::new();
         for p in pending {
             match &p.event {
                 Some(pending_event::Event::NewConfig(_)) => {
@@ -134,12 +184,28 @@ impl RunIdMemo {
                 Some(pending_event::Event::ClsUpdated(e)) => {
                     replaced.extend(e.cls.iter().map(|v| v.clid));
                 }
+                Some(pending_event::Event::RunCreated(id)) => runs_seen.push(id),
+                Some(pending_event::Event::RunFinished(e)) => runs_seen.push(&e.run_id),
                 _ => {}
             }
         }
         replaced.sort_unstable();
         replaced.dedup();
         forget(entries, &replaced);
+        for_runs(entries, &runs_seen, |known| known.requested_at = None);
+    }
+
+    /// Notes that the PM requested these Runs at `now` (what the invocation
+    /// that just ended records in the state's Run requests).
+    pub(crate) fn requested<'r>(
+        &mut self,
+        run_ids: impl IntoIterator<Item = &'r String>,
+        now: Nanos,
+    ) {
+        let run_ids: Vec<&str> = run_ids.into_iter().map(String::as_str).collect();
+        for_runs(self.entries.get_mut(), &run_ids, |known| {
+            known.requested_at = Some(now)
+        });
     }
 
     /// Forgets every combo with a CL whose PCL the invocation changed
@@ -158,21 +224,30 @@ impl RunIdMemo {
         }
     }
 
-    /// `f` of the RunID remembered for the combo, if it was planned from
-    /// the same config group and the same CLs at the same eversions.
+    /// `f` of what is known of the Run remembered for the combo, if it was
+    /// planned from the same config group and the same CLs at the same
+    /// eversions; `f` may note a request it found. `now` is the invocation's
+    /// clock.
     pub(crate) fn with<R>(
         &self,
         kind: TriggerKind,
         cg_index: i32,
         combo: &Combo,
         cls: &BTreeMap<i64, ClInfo<'_>>,
-        f: impl FnOnce(&str) -> R,
+        now: Nanos,
+        f: impl FnOnce(&mut Known) -> R,
     ) -> Option<R> {
         let first = *combo.all.first()?;
-        let entries = self.entries.borrow();
-        let entry = entries.get(&(kind_key(kind), first))?;
+        let mut entries = self.entries.borrow_mut();
+        if self.latest_now.get().is_some_and(|latest| now < latest) {
+            for entry in entries.values_mut() {
+                entry.known.requested_at = None;
+            }
+        }
+        self.latest_now.set(Some(now));
+        let entry = entries.get_mut(&(kind_key(kind), first))?;
         (entry.cg_index == cg_index && same_members(&entry.members, combo, cls))
-            .then(|| f(&entry.run_id))
+            .then(|| f(&mut entry.known))
     }
 
     /// Remembers the RunID a plan of the combo computed.
@@ -197,7 +272,11 @@ impl RunIdMemo {
             Entry {
                 cg_index,
                 members,
-                run_id: run_id.to_string(),
+                known: Known {
+                    run_id: run_id.to_string(),
+                    requested_at: None,
+                },
+                run_key: run_key(run_id),
             },
         );
     }

@@ -35,6 +35,9 @@ pub(crate) struct StagedRuns {
 
 /// What the existence check decided for a Run that exists or was requested.
 enum Existing {
+    /// The PM requested this Run at this time, less than a minute ago, and
+    /// has not seen it yet: do not ask again until a minute after.
+    Requested(Nanos),
     /// Do not create it; look again at this time (or on an external event).
     Wait(Option<Nanos>),
     /// The Run ended long ago: the trigger was reused; purge it.
@@ -305,9 +308,20 @@ impl<'v> RunStage<'_, 'v> {
         cg_index: i32,
         kind: TriggerKind,
     ) -> Result<(Vec<Candidate<'v>>, Option<Nanos>), TriageError> {
+        let now = to_nanos(&self.view.now);
         let remembered = self.view.run_ids.and_then(|memo| {
-            memo.with(kind, cg_index, &combo, cls, |run_id| {
-                check_existing(run_id, self.view)
+            memo.with(kind, cg_index, &combo, cls, now, |known| {
+                // A young request stays as it is until its Run is seen or
+                // the PM asks again, and the memo forgets it then.
+                if let Some(at) = known.requested_at.filter(|&at| now - at < RECENT_RUN_WAIT) {
+                    return Some(Existing::Requested(at));
+                }
+                let existing = check_existing(&known.run_id, self.view);
+                known.requested_at = match existing {
+                    Some(Existing::Requested(at)) => Some(at),
+                    _ => None,
+                };
+                existing
             })
         });
         let existing = match remembered.flatten() {
@@ -324,6 +338,7 @@ impl<'v> RunStage<'_, 'v> {
             }
         };
         match existing {
+            Existing::Requested(at) => Ok((Vec::new(), Some(at + RECENT_RUN_WAIT))),
             Existing::Wait(next) => Ok((Vec::new(), next)),
             Existing::Reused(run) => {
                 for member in &combo.all {
@@ -363,9 +378,7 @@ fn check_existing(run_id: &str, view: &PmView<'_>) -> Option<Existing> {
             .and_then(|r| nanos_if_set(r.requested_at.as_ref()))
         {
             // Requested recently and not yet seen: do not ask again too soon.
-            Some(at) if now - at < RECENT_RUN_WAIT => {
-                Some(Existing::Wait(Some(at + RECENT_RUN_WAIT)))
-            }
+            Some(at) if now - at < RECENT_RUN_WAIT => Some(Existing::Requested(at)),
             _ => None,
         },
         // Most likely created by an earlier request and not yet in the state.
