@@ -324,7 +324,7 @@ pub fn evaluate(
     let backup = restorable_part(&loaded);
     let mut run_ids = run_ids;
     if let Some(memo) = run_ids.as_deref_mut() {
-        memo.invalidate(&pending, loaded.pcls.len());
+        memo.invalidate(&pending, loaded.pcls.len(), time::to_nanos(&now));
     }
     let mut inv = Invocation {
         project: &project,

@@ -75,9 +75,10 @@ pub struct RunIdMemo {
     /// Keyed by (trigger kind, the combo's first CL). Interior mutability
     /// lets triage, which reads its view through shared references, fill it.
     entries: RefCell<BTreeMap<(u8, i64), Entry>>,
-    /// The latest `now` it was used at: a clock that goes back makes it
-    /// forget the requests it knows (their age would be misjudged).
-    latest_now: std::cell::Cell<Option<Nanos>>,
+    /// The clock of the latest invocation: a clock that goes back makes it
+    /// forget the requests it noted (a request pruned as old could look
+    /// young again).
+    latest_now: Option<Nanos>,
 }
 
 /// How many entries the memo keeps beyond two per tracked CL before it
@@ -146,28 +147,26 @@ impl RunIdMemo {
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.entries.get_mut().clear();
-        self.latest_now.set(None);
-    }
-
-    /// How many combos it remembers.
-    pub fn len(&self) -> usize {
-        self.entries.borrow().len()
-    }
-
-    /// Whether it remembers nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.latest_now = None;
     }
 
     /// Forgets what the pending events may have made stale (see the module
     /// documentation): the combos of CLs announced, everything on a config
-    /// event, and the requests of Runs that became known. Forgets everything
-    /// once it holds more than two entries per tracked CL (plus some
-    /// slack). Called at the start of an invocation.
-    pub(crate) fn invalidate(&mut self, pending: &[PendingEvent], tracked_cls: usize) {
+    /// event, the requests of Runs that became known, and every request if
+    /// the clock went back. Forgets everything once it holds more than two
+    /// entries per tracked CL (plus some slack). Called at the start of an
+    /// invocation at `now`.
+    pub(crate) fn invalidate(&mut self, pending: &[PendingEvent], tracked_cls: usize, now: Nanos) {
+        let clock_went_back = self.latest_now.is_some_and(|latest| now < latest);
+        self.latest_now = Some(now);
         let entries = self.entries.get_mut();
         if entries.is_empty() {
             return;
+        }
+        if clock_went_back {
+            for entry in entries.values_mut() {
+                entry.known.requested_at = None;
+            }
         }
         if entries.len() > 2 * tracked_cls + SLACK {
             entries.clear();
@@ -226,25 +225,17 @@ impl RunIdMemo {
 
     /// `f` of what is known of the Run remembered for the combo, if it was
     /// planned from the same config group and the same CLs at the same
-    /// eversions; `f` may note a request it found. `now` is the invocation's
-    /// clock.
+    /// eversions; `f` may note a request it found.
     pub(crate) fn with<R>(
         &self,
         kind: TriggerKind,
         cg_index: i32,
         combo: &Combo,
         cls: &BTreeMap<i64, ClInfo<'_>>,
-        now: Nanos,
         f: impl FnOnce(&mut Known) -> R,
     ) -> Option<R> {
         let first = *combo.all.first()?;
         let mut entries = self.entries.borrow_mut();
-        if self.latest_now.get().is_some_and(|latest| now < latest) {
-            for entry in entries.values_mut() {
-                entry.known.requested_at = None;
-            }
-        }
-        self.latest_now.set(Some(now));
         let entry = entries.get_mut(&(kind_key(kind), first))?;
         (entry.cg_index == cg_index && same_members(&entry.members, combo, cls))
             .then(|| f(&mut entry.known))

@@ -310,7 +310,7 @@ impl<'v> RunStage<'_, 'v> {
     ) -> Result<(Vec<Candidate<'v>>, Option<Nanos>), TriageError> {
         let now = to_nanos(&self.view.now);
         let remembered = self.view.run_ids.and_then(|memo| {
-            memo.with(kind, cg_index, &combo, cls, now, |known| {
+            memo.with(kind, cg_index, &combo, cls, |known| {
                 // A young request stays as it is until its Run is seen or
                 // the PM asks again, and the memo forgets it then.
                 if let Some(at) = known.requested_at.filter(|&at| now - at < RECENT_RUN_WAIT) {
