@@ -90,7 +90,7 @@ pub fn prepare_marker(
         revision,
         now,
         domain::TRIAGER,
-        digester.run_ids_at(revision),
+        digester.memo_at(revision),
     );
     digester.marker_run(&next, revision, &evaluation);
     let marker = Evaluated {
@@ -186,7 +186,7 @@ pub fn apply_recorded_prepared(
         revision,
         now,
         domain::TRIAGER,
-        digester.run_ids_at(revision),
+        digester.memo_at(revision),
     );
     digester.marker_run(state, revision, &evaluation);
     let version = match recorded.state_digest.as_slice() {

@@ -162,7 +162,7 @@ async fn newest_snapshot<S: EventStore>(
             _ => None,
         };
         for record in records {
-            let snapshot = match ProjectSnapshot::decode(record.data.as_slice()) {
+            let mut snapshot = match ProjectSnapshot::decode(record.data.as_slice()) {
                 Ok(snapshot) => snapshot,
                 Err(err) => {
                     warnings.push(format!(
@@ -175,13 +175,16 @@ async fn newest_snapshot<S: EventStore>(
             if !fits(&snapshot, target) {
                 continue;
             }
-            let Some(state) = &snapshot.state else {
+            let Some(state) = &mut snapshot.state else {
                 warnings.push(format!(
                     "{stream} revision {}: snapshot has no state; skipped",
                     record.revision
                 ));
                 continue;
             };
+            // Snapshots written before the known Runs were kept in
+            // descending order have them ascending.
+            domain::sort_known_runs(state);
             // Each candidate is hashed afresh; the digester then follows the
             // snapshot's state for the fold of the tail.
             if state.luci_project != project || !digester.matches(state, &snapshot.state_digest) {

@@ -14,9 +14,7 @@ use proptest::prelude::*;
 use prost::Message;
 
 use prjmanager::domain::triage_api::{PmView, TriageError, TriageResult};
-use prjmanager::domain::{
-    self, evaluate_remembering, evaluate_with, Evaluation, RunIdMemo, TriageFn,
-};
+use prjmanager::domain::{self, evaluate_remembering, evaluate_with, Evaluation, Memo, TriageFn};
 use prjmanager::proto::{
     self, cl_error, input_event::Event, purge_reason, purging_cl, run, ChangeList, ClError,
     ClsUpdated, Component, ConfigUpdated, Evaluated, Poked, ProjectConfig, PurgeCl, PurgeCompleted,
@@ -453,6 +451,15 @@ fn fold_from(
     (state, evaluations)
 }
 
+/// The version 1 state digest as `src/fold/digest.rs` defines it: BLAKE3
+/// of the state's encoding with its known Runs in ascending id order (the
+/// state keeps them descending).
+fn digest_v1_by_definition(state: &proto::ProjectState) -> Vec<u8> {
+    let mut ascending = state.clone();
+    ascending.runs.sort_by(|a, b| a.id.cmp(&b.id));
+    blake3::hash(&ascending.encode_to_vec()).as_bytes().to_vec()
+}
+
 /// The version 2 (`chained == false`) or 3 state digest as
 /// `src/fold/digest.rs` defines it, computed the plain way: the state with
 /// its four lists emptied, then each list's length and its entity hashes
@@ -461,7 +468,9 @@ fn fold_from(
 fn digest_by_definition(state: &proto::ProjectState, chained: bool) -> Vec<u8> {
     let mut rest = state.clone();
     let cls = std::mem::take(&mut rest.cls);
-    let runs = std::mem::take(&mut rest.runs);
+    let mut runs = std::mem::take(&mut rest.runs);
+    // Every version takes the known Runs in ascending id order.
+    runs.sort_by(|a, b| a.id.cmp(&b.id));
     let (pcls, components) = match rest.pstate.as_mut() {
         Some(p) => (
             std::mem::take(&mut p.pcls),
@@ -602,7 +611,7 @@ proptest! {
         // contents or a config replaces the groups.
         let items = materialize(&steps);
         let (plain, plain_evaluations) = fold_from(domain::new_project(PROJECT), 0, &items);
-        let mut memo = RunIdMemo::default();
+        let mut memo = Memo::default();
         let mut remembered = Vec::new();
         let mut state = domain::new_project(PROJECT);
         for (revision, item) in items.iter().enumerate() {
@@ -706,7 +715,7 @@ proptest! {
             if let Event::Evaluated(m) = event {
                 markers += 1;
                 match markers % 3 {
-                    1 => m.state_digest = blake3::hash(&replayed.encode_to_vec()).as_bytes().to_vec(),
+                    1 => m.state_digest = digest_v1_by_definition(&replayed),
                     2 => m.state_digest = digest_by_definition(&replayed, false),
                     _ => {}
                 }

@@ -431,3 +431,90 @@ async fn a_refused_snapshot_is_skipped_not_a_quarantine() {
     let loaded = load(&inner, "big", Target::Latest).await.unwrap();
     assert_eq!(loaded.state.eversion, markers);
 }
+
+/// Snapshots written before the known Runs were kept in descending id order
+/// hold them ascending: such a snapshot still matches its digest (every
+/// digest version takes the Runs in ascending order) and is used, its Runs
+/// put in the state's order.
+#[tokio::test]
+async fn a_snapshot_with_its_runs_in_the_old_order_is_used() {
+    use prjmanager::events;
+    use prjmanager::proto::input_event::Event;
+    let store = MemoryStore::new();
+    let project = "snap";
+    let now = Timestamp {
+        seconds: 1_700_000_000,
+        nanos: 0,
+    };
+    let run = |id: &str| {
+        Event::RunCreated(proto::RunCreated {
+            run: Some(proto::Run {
+                id: format!("{project}/{id}"),
+                mode: "DRY_RUN".into(),
+                clids: vec![1],
+                create_time: Some(now),
+                status: proto::run::Status::Running as i32,
+                ..Default::default()
+            }),
+        })
+    };
+    let stream = [
+        Event::ConfigUpdated(proto::ConfigUpdated {
+            config: Some(config()),
+        }),
+        run("8299999999998-1-bb"),
+        run("8299999999999-1-aa"),
+        run("8299999999997-1-cc"),
+        Event::Evaluated(proto::Evaluated {
+            now: Some(now),
+            ..Default::default()
+        }),
+    ];
+    let new_event = |n: u128, event_type: &str, data: Vec<u8>| NewEvent {
+        id: uuid::Uuid::from_u128(n),
+        event_type: event_type.into(),
+        data,
+        metadata: streams::metadata(uuid::Uuid::from_u128(n), "test", None),
+    };
+    let events: Vec<NewEvent> = stream
+        .iter()
+        .zip(1..)
+        .map(|(e, n)| new_event(n, events::type_name(e), events::encode(e)))
+        .collect();
+    store
+        .append("project-snap", ExpectedRevision::NoStream, events)
+        .await
+        .unwrap();
+    let folded = load(&store, project, Target::Latest).await.unwrap();
+    let ids: Vec<&str> = folded.state.runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "snap/8299999999999-1-aa",
+            "snap/8299999999998-1-bb",
+            "snap/8299999999997-1-cc"
+        ],
+        "known Runs are kept in descending id order"
+    );
+
+    let mut old_order = folded.state.clone();
+    old_order.runs.reverse();
+    let snapshot = proto::ProjectSnapshot {
+        eversion: 1,
+        source_revision: 4,
+        state_digest: fold::state_digest(&folded.state),
+        state: Some(old_order),
+    };
+    store
+        .append(
+            &snapshot_stream(project),
+            ExpectedRevision::Any,
+            vec![new_event(99, "ProjectSnapshot", snapshot.encode_to_vec())],
+        )
+        .await
+        .unwrap();
+    let loaded = load(&store, project, Target::Latest).await.unwrap();
+    assert_eq!(loaded.snapshot_eversion, Some(1), "{:?}", loaded.warnings);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.state, folded.state);
+}

@@ -83,10 +83,30 @@ pub fn apply_event(
     Ok(())
 }
 
+/// Where the Run `id` is (`Ok`) or would go (`Err`) in the known Runs
+/// (`ProjectState.runs`), which are sorted by id in *descending* order: a
+/// RunID starts with an inverted time, so a new Run goes last and recording
+/// it moves no other Run.
+pub fn known_run_position(runs: &[Run], id: &str) -> Result<usize, usize> {
+    runs.binary_search_by(|r| id.cmp(r.id.as_str()))
+}
+
+/// The known Run `id`.
+pub fn known_run<'a>(runs: &'a [Run], id: &str) -> Option<&'a Run> {
+    known_run_position(runs, id).ok().map(|i| &runs[i])
+}
+
+/// Puts the known Runs of a state read from storage in their order (sorted
+/// by id, descending). States written before that order was adopted keep
+/// them ascending; the sort is linear on a list already in either order.
+pub fn sort_known_runs(state: &mut ProjectState) {
+    state.runs.sort_by(|a, b| b.id.cmp(&a.id));
+}
+
 /// Records a created Run. A Run already known to have ended (its
 /// `RunFinished` came first) keeps its first terminal status and end time.
 fn upsert_created_run(runs: &mut Vec<Run>, run: &Run) {
-    match runs.binary_search_by(|r| r.id.cmp(&run.id)) {
+    match known_run_position(runs, &run.id) {
         Ok(i) => {
             let known = &runs[i];
             let mut merged = run.clone();
@@ -104,7 +124,7 @@ fn upsert_created_run(runs: &mut Vec<Run>, run: &Run) {
 /// is recorded with what the event says, so that a late `RunCreated` sees it
 /// as ended.
 fn finish_run(runs: &mut Vec<Run>, e: &crate::proto::RunFinished) {
-    match runs.binary_search_by(|r| r.id.cmp(&e.run_id)) {
+    match known_run_position(runs, &e.run_id) {
         Ok(i) => {
             let known = &mut runs[i];
             if !run_status_ended(known.status) {

@@ -9,11 +9,12 @@ use crate::proto::Timestamp;
 
 use super::apply::run_id_in_project;
 use super::invocation::{run_status_ended, Invocation};
-use super::{time, Evaluation, RunIdMemo, TriageFn};
+use super::time::{self, Nanos};
+use super::{Evaluation, Memo, TriageFn};
 use crate::proto::project_log::LogReason;
 use crate::proto::{
     action, pending_event, PState, ProjectLog, ProjectState, ProjectStateOffload, PurgeCompleted,
-    RunRequest, TriggeringClDepsCompleted,
+    Run, RunRequest, TriggeringClDepsCompleted,
 };
 
 /// A `ProjectLog` is written at least every this many eversions.
@@ -209,29 +210,26 @@ fn run_transitions(
 /// and Run requests that are a minute old or whose Run is known. Returns the
 /// ids of the Runs forgotten, in order.
 ///
-/// Only a Run named by a pending event can be a known Run of a request: an
-/// invocation leaves no request whose Run is known (this prune drops them,
-/// and a request is recorded only for a Run not known, see
-/// `act_on_components`), and a Run becomes known only by a `RunCreated` or
-/// `RunFinished` event, which stays pending until an invocation. So the
-/// requests are looked up by the few Runs the pending events name, not each
-/// against every known Run.
-fn prune_known(state: &mut ProjectState, now: &Timestamp) -> Vec<String> {
-    let run_cutoff = time::add_days(now, -KNOWN_RUN_RETENTION_DAYS);
-    let mut forgotten = Vec::new();
-    state.runs.retain_mut(|r| {
-        let keep = !run_status_ended(r.status)
-            || r.end_time
-                .as_ref()
-                .is_some_and(|t| time::cmp(t, &run_cutoff).is_ge());
-        if !keep {
-            forgotten.push(std::mem::take(&mut r.id));
-        }
-        keep
-    });
-    let request_cutoff = time::add_minutes(now, -RUN_REQUEST_RETENTION_MINUTES);
-    let runs = &state.runs;
-    let mut named_known: Vec<&str> = state
+/// A known Run changes only by a `RunCreated` or `RunFinished` event, which
+/// stays pending until an invocation. So:
+///
+/// * With `runs_ended_from` (see [`Memo`]: no known Run ended before it at
+///   the previous invocation), the Runs the pending events name lower it to
+///   a bound of every known Run's end; when it is not before the cutoff, no
+///   Run is forgotten and the known Runs are not walked. Every walk sets it
+///   again.
+/// * Only a Run named by a pending event can be a known Run of a request: an
+///   invocation leaves no request whose Run is known (this prune drops them,
+///   and a request is recorded only for a Run not known, see
+///   `act_on_components`). So the requests are looked up by the few Runs
+///   the pending events name, not each against every known Run.
+fn prune_known(
+    state: &mut ProjectState,
+    now: &Timestamp,
+    runs_ended_from: Option<&mut Option<time::Nanos>>,
+) -> Vec<String> {
+    let cutoff = time::to_nanos(&time::add_days(now, -KNOWN_RUN_RETENTION_DAYS));
+    let named: Vec<&str> = state
         .pending
         .iter()
         .filter_map(|p| match &p.event {
@@ -239,7 +237,44 @@ fn prune_known(state: &mut ProjectState, now: &Timestamp) -> Vec<String> {
             Some(pending_event::Event::RunFinished(e)) => Some(e.run_id.as_str()),
             _ => None,
         })
-        .filter(|id| runs.binary_search_by(|k| k.id.as_str().cmp(id)).is_ok())
+        .collect();
+    let mut forgotten = Vec::new();
+    let ended_from = runs_ended_from
+        .as_ref()
+        .and_then(|from| **from)
+        .map(|from| {
+            named
+                .iter()
+                .filter_map(|id| super::known_run(&state.runs, id))
+                .filter_map(ended_at)
+                .fold(from, Nanos::min)
+        });
+    let ended_from = match ended_from {
+        Some(from) if from >= cutoff => from,
+        _ => {
+            let mut from = Nanos::MAX;
+            state.runs.retain_mut(|r| match ended_at(r) {
+                Some(end) if end < cutoff => {
+                    forgotten.push(std::mem::take(&mut r.id));
+                    false
+                }
+                Some(end) => {
+                    from = from.min(end);
+                    true
+                }
+                None => true,
+            });
+            from
+        }
+    };
+    if let Some(memo) = runs_ended_from {
+        *memo = Some(ended_from);
+    }
+    let request_cutoff = time::add_minutes(now, -RUN_REQUEST_RETENTION_MINUTES);
+    let runs = &state.runs;
+    let mut named_known: Vec<&str> = named
+        .into_iter()
+        .filter(|id| super::known_run_position(runs, id).is_ok())
         .collect();
     named_known.sort_unstable();
     state.run_requests.retain(|r| {
@@ -247,6 +282,12 @@ fn prune_known(state: &mut ProjectState, now: &Timestamp) -> Vec<String> {
         young && named_known.binary_search(&r.run_id.as_str()).is_err()
     });
     forgotten
+}
+
+/// When a Run ended (the dawn of time if it ended without an end time);
+/// `None` while it is incomplete.
+fn ended_at(run: &Run) -> Option<Nanos> {
+    run_status_ended(run.status).then(|| run.end_time.as_ref().map_or(Nanos::MIN, time::to_nanos))
 }
 
 /// A copy of `pstate` without its PCLs (the bulk of it).
@@ -298,7 +339,7 @@ pub fn evaluate(
     revision: u64,
     now: Timestamp,
     triage: TriageFn,
-    run_ids: Option<&mut RunIdMemo>,
+    memo: Option<&mut Memo>,
 ) -> Evaluation {
     let project = state.luci_project.clone();
     // The state at the start of the invocation: restored if the invocation
@@ -309,7 +350,11 @@ pub fn evaluate(
     });
     let (loaded_status, loaded_hash) = (loaded.status, loaded.config_hash.clone());
     let eversion = state.eversion + 1;
-    let forgotten_runs = prune_known(state, &now);
+    let (runs_ended_from, run_ids) = match memo {
+        Some(memo) => (Some(&mut memo.runs_ended_from), Some(&mut memo.run_ids)),
+        None => (None, None),
+    };
+    let forgotten_runs = prune_known(state, &now, runs_ended_from);
 
     let mut trace = Vec::new();
     let pending = std::mem::take(&mut state.pending);

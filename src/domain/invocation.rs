@@ -59,7 +59,7 @@ pub struct Invocation<'a> {
     pub now: Timestamp,
     /// Latest known CL versions, sorted by clid.
     pub cls: &'a [ChangeList],
-    /// Known Runs, sorted by id.
+    /// Known Runs, sorted by id, descending (`known_run_position`).
     pub runs: &'a [Run],
     /// Outstanding Run requests, sorted by run id.
     pub run_requests: &'a [RunRequest],
@@ -122,10 +122,7 @@ impl<'a> Invocation<'a> {
 
     /// A known Run.
     pub fn run(&self, id: &str) -> Option<&'a Run> {
-        let runs = self.runs;
-        runs.binary_search_by(|r| r.id.as_str().cmp(id))
-            .ok()
-            .map(|i| &runs[i])
+        super::known_run(self.runs, id)
     }
 
     /// Position of a CL's PCL in `pstate.pcls`.

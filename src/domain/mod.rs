@@ -17,6 +17,7 @@ mod evaluate;
 mod exec_deferred;
 mod handlers;
 mod invocation;
+mod memo;
 mod partition;
 pub mod pcl;
 pub mod time;
@@ -29,9 +30,11 @@ use crate::proto::Timestamp;
 use crate::proto;
 use triage_api::{PmView, TriageError, TriageResult};
 
+pub use apply::{known_run, known_run_position, sort_known_runs};
 pub use evaluate::{project_log, without_pcls};
 pub use exec_deferred::panic_message;
 pub use invocation::{cancel_reason, run_status_ended};
+pub use memo::Memo;
 pub use triager::memo::RunIdMemo;
 
 /// A triager: decides what to do with one component given a read-only view
@@ -186,17 +189,17 @@ pub fn evaluate_with(
     evaluate::evaluate(state, revision, now, triage, None)
 }
 
-/// [`evaluate_with`] with the RunIDs of earlier invocations of `state` remembered
-/// in `run_ids` (see [`RunIdMemo`]), which it updates: the same evaluation,
-/// without planning again the Runs planned before. `run_ids` must have
-/// followed `state` through every earlier invocation since it was last
-/// cleared.
+/// [`evaluate_with`] with what earlier invocations of `state` left in
+/// `memo` (see [`Memo`]), which it updates: the same evaluation, without
+/// planning again the Runs planned before or looking at every known Run.
+/// `memo` must have followed `state` through every earlier invocation
+/// since it was last cleared.
 pub fn evaluate_remembering(
     state: &mut proto::ProjectState,
     revision: u64,
     now: Timestamp,
     triage: TriageFn,
-    run_ids: &mut RunIdMemo,
+    memo: &mut Memo,
 ) -> Evaluation {
-    evaluate::evaluate(state, revision, now, triage, Some(run_ids))
+    evaluate::evaluate(state, revision, now, triage, Some(memo))
 }

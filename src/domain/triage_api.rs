@@ -20,7 +20,8 @@ pub struct PmView<'a> {
     pub config: &'a ProjectConfig,
     /// Latest known CL entity versions, sorted by clid.
     pub cls: &'a [ChangeList],
-    /// Known Runs (incomplete, or ended within 7 days), sorted by id.
+    /// Known Runs (incomplete, or ended within 7 days), sorted by id in
+    /// descending order ([`super::known_run`] finds one).
     pub runs: &'a [Run],
     /// Runs requested by the PM and not yet seen, sorted by run id.
     pub run_requests: &'a [RunRequest],
@@ -70,10 +71,7 @@ impl<'a> PmView<'a> {
 
     /// A known Run by id.
     pub fn run(&self, id: &str) -> Option<&'a Run> {
-        self.runs
-            .binary_search_by(|r| r.id.as_str().cmp(id))
-            .ok()
-            .map(|i| &self.runs[i])
+        super::known_run(self.runs, id)
     }
 
     /// When the PM last asked for this RunID, if it is still outstanding.

@@ -25,6 +25,11 @@
 //!   The sum detects accidental differences; it is not meant to resist
 //!   someone crafting a colliding state (additive hashes are weaker there).
 //!
+//! Every version takes the known Runs (`runs`) in ascending id order, the
+//! order the state kept them in when the versions were defined; the state
+//! now keeps them descending (a new Run goes last), and the digests reverse
+//! them.
+//!
 //! A digest says its own version by its length and first byte
 //! ([`DigestVersion::of`]); a marker is checked in the version it carries.
 
@@ -34,7 +39,7 @@ use std::ops::Bound;
 
 use prost::Message;
 
-use crate::domain::{self, Evaluation, RunIdMemo};
+use crate::domain::{self, Evaluation, Memo};
 use crate::proto::{input_event::Event, Component, PState, Pcl, ProjectState};
 
 /// A digest definition.
@@ -113,9 +118,9 @@ pub struct Digester {
     runs: KeyedHashes<String>,
     pcls: KeyedHashes<i64>,
     components: EntityHashes<Component>,
-    /// The triager's RunIDs of earlier invocations of the state followed
+    /// What earlier invocations of the state followed left for the next
     /// (kept here because it must follow the state exactly as the hashes do).
-    run_ids: RunIdMemo,
+    memo: Memo,
 }
 
 impl Digester {
@@ -206,14 +211,14 @@ impl Digester {
         }
     }
 
-    /// The RunID memo for the invocation of the marker at `revision`,
-    /// emptied unless this digester has followed the state up to the
-    /// revision before it.
-    pub(super) fn run_ids_at(&mut self, revision: u64) -> &mut RunIdMemo {
+    /// The memo for the invocation of the marker at `revision`, emptied
+    /// unless this digester has followed the state up to the revision
+    /// before it.
+    pub(super) fn memo_at(&mut self, revision: u64) -> &mut Memo {
         if self.following.and_then(|r| r.checked_add(1)) != Some(revision) {
-            self.run_ids.clear();
+            self.memo.clear();
         }
-        &mut self.run_ids
+        &mut self.memo
     }
 
     /// Moves to `revision`; whether the kept hashes still describe the state.
@@ -229,8 +234,8 @@ impl Digester {
     }
 
     fn run_changed(&mut self, state: &ProjectState, id: &str) {
-        if let Ok(i) = state.runs.binary_search_by(|r| r.id.as_str().cmp(id)) {
-            self.runs.set(id.to_string(), entity_hash(&state.runs[i]));
+        if let Some(run) = domain::known_run(&state.runs, id) {
+            self.runs.set(id.to_string(), entity_hash(run));
         }
     }
 
@@ -257,15 +262,27 @@ impl Digester {
             self.cls.clear();
             self.runs.clear();
             self.pcls.clear();
-            self.run_ids.clear();
+            self.memo.clear();
             self.following = Some(state.last_revision);
         }
-        self.cls
-            .feed(&state.cls, |c| &c.clid, followed, version, &mut hasher);
-        self.runs
-            .feed(&state.runs, |r| &r.id, followed, version, &mut hasher);
+        self.cls.feed(
+            state.cls.iter(),
+            |c| &c.clid,
+            followed,
+            version,
+            &mut hasher,
+        );
+        // The digests take the known Runs in ascending id order, the
+        // reverse of the state's (see `domain::known_run_position`).
+        self.runs.feed(
+            state.runs.iter().rev(),
+            |r| &r.id,
+            followed,
+            version,
+            &mut hasher,
+        );
         self.pcls
-            .feed(pcls, |p| &p.clid, followed, version, &mut hasher);
+            .feed(pcls.iter(), |p| &p.clid, followed, version, &mut hasher);
         self.components.update(
             components,
             |a, b| a.clids.first().cmp(&b.clids.first()),
@@ -279,8 +296,17 @@ impl Digester {
     }
 }
 
+/// Version 1, defined when the known Runs were kept in ascending id order:
+/// they are encoded in that order (the reverse of the state's).
 fn v1(state: &ProjectState) -> Vec<u8> {
-    blake3::hash(&state.encode_to_vec()).as_bytes().to_vec()
+    let bytes = if state.runs.len() < 2 {
+        state.encode_to_vec()
+    } else {
+        let mut ascending = state.clone();
+        ascending.runs.reverse();
+        ascending.encode_to_vec()
+    };
+    blake3::hash(&bytes).as_bytes().to_vec()
 }
 
 /// The encoding of [`without_lists`]`(state)`, made by moving the four lists
@@ -460,21 +486,23 @@ impl<K: Ord + Clone> KeyedHashes<K> {
     /// or with a key twice, is hashed afresh in list order. When the fold
     /// has reported every addition and removal to the digester (`followed`)
     /// and the sizes agree, the keys are not compared.
-    fn feed<T: Message>(
+    fn feed<'a, T: Message + 'a, L>(
         &mut self,
-        list: &[T],
+        list: L,
         key: impl Fn(&T) -> &K,
         followed: bool,
         version: DigestVersion,
         hasher: &mut blake3::Hasher,
-    ) {
+    ) where
+        L: ExactSizeIterator<Item = &'a T> + Clone,
+        K: 'a,
+    {
         hasher.update(&(list.len() as u64).to_le_bytes());
         if self.kept.is_empty() {
             // From scratch: hash the list in order, and keep it if sorted.
-            let hashes: Vec<Hash> = list.iter().map(entity_hash).collect();
-            if list.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
+            let hashes: Vec<Hash> = list.clone().map(entity_hash).collect();
+            if strictly_ascending(list.clone().map(&key)) {
                 self.kept = list
-                    .iter()
                     .map(|e| key(e).clone())
                     .zip(hashes.iter().copied())
                     .collect();
@@ -484,10 +512,10 @@ impl<K: Ord + Clone> KeyedHashes<K> {
             return;
         }
         let up_to_date = followed && self.kept.len() == list.len();
-        if !up_to_date && !self.sync(list, &key) {
+        if !up_to_date && !self.sync(list.clone(), &key) {
             // Out of key order: the kept map cannot describe the list.
             self.clear();
-            let hashes: Vec<Hash> = list.iter().map(entity_hash).collect();
+            let hashes: Vec<Hash> = list.map(entity_hash).collect();
             feed_list(hasher, &hashes, version);
             return;
         }
@@ -501,7 +529,11 @@ impl<K: Ord + Clone> KeyedHashes<K> {
 
     /// Makes the kept hashes those of `list` by one walk of both (sorted)
     /// key sequences; `false` if the list is not sorted by unique keys.
-    fn sync<T: Message>(&mut self, list: &[T], key: impl Fn(&T) -> &K) -> bool {
+    fn sync<'a, T: Message + 'a>(
+        &mut self,
+        list: impl Iterator<Item = &'a T>,
+        key: impl Fn(&T) -> &K,
+    ) -> bool {
         let mut stale: Vec<K> = Vec::new();
         let mut missing: Vec<&T> = Vec::new();
         let mut kept_keys = self.kept.keys().peekable();
@@ -528,6 +560,18 @@ impl<K: Ord + Clone> KeyedHashes<K> {
         }
         true
     }
+}
+
+/// Whether every key is greater than the one before it.
+fn strictly_ascending<'k, K: Ord + 'k>(keys: impl Iterator<Item = &'k K>) -> bool {
+    let mut previous = None;
+    for k in keys {
+        if previous.is_some_and(|p| p >= k) {
+            return false;
+        }
+        previous = Some(k);
+    }
+    true
 }
 
 /// Feeds a list's entity hashes, in list order, as `version` combines them.
@@ -653,8 +697,10 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            // The state keeps its known Runs in descending id order.
             runs: runs
                 .iter()
+                .rev()
                 .map(|id| Run {
                     id: id.to_string(),
                     ..Default::default()

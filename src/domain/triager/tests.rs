@@ -277,7 +277,7 @@ impl Fx {
     fn set_run(&mut self, r: Run) {
         self.runs.retain(|x| x.id != r.id);
         self.runs.push(r);
-        self.runs.sort_by(|a, b| a.id.cmp(&b.id));
+        self.runs.sort_by(|a, b| b.id.cmp(&a.id));
     }
 
     fn add_purging(&mut self, p: PurgingCl) {
