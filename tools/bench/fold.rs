@@ -38,14 +38,16 @@ pub fn config(hash: &str) -> proto::ProjectConfig {
         .build()
 }
 
-/// A CL of `project` voted DRY_RUN at `vote`, depending (HARD) on `parent`.
+/// A CL of `project` voted DRY_RUN at `vote` (`None`: its vote removed),
+/// depending (HARD) on `parent`.
 pub fn cl(
     project: &str,
     clid: i64,
     eversion: i64,
     parent: Option<i64>,
-    vote: i64,
+    vote: Option<i64>,
 ) -> proto::ChangeList {
+    let (value, vote) = vote.map_or((0, 0), |at| (1, at));
     ClBuilder::new(project, clid)
         .eversion(eversion)
         .host(HOST)
@@ -56,7 +58,7 @@ pub fn cl(
         .owner("owner@chromium.org")
         .uploaded(ts(vote - 60))
         .deps_hard(parent.as_slice())
-        .cq_vote(1, "dev@chromium.org", ts(vote))
+        .cq_vote(value, "dev@chromium.org", ts(vote))
         .group("main")
         .build(Some(&config("h1")))
 }
@@ -84,7 +86,13 @@ pub fn active_project(
     for s in 0..stacks {
         for i in 0..per_stack {
             let clid = s * per_stack + i + 1;
-            cls.push(cl(project, clid, 1, (i > 0).then_some(clid - 1), start));
+            cls.push(cl(
+                project,
+                clid,
+                1,
+                (i > 0).then_some(clid - 1),
+                Some(start),
+            ));
         }
     }
     apply(&mut state, Event::ClsUpdated(proto::ClsUpdated { cls }));
@@ -98,16 +106,29 @@ fn ts(seconds: i64) -> Timestamp {
 }
 
 /// The input events of a busy project: CL updates (new patchsets and
-/// re-votes), the Runs the PM asked for being created, and Runs finishing.
+/// re-votes), the Runs the PM asked for being created, Runs finishing, and
+/// the purges it asked for done (the vote removed, then the purge reported).
 pub struct Mix {
     project: String,
     rng: SplitMix,
     clids: i64,
     per_stack: i64,
     eversions: Vec<i64>,
-    created: Vec<proto::CreateRun>,
+    /// Runs the PM asked for and the Run Manager has not created yet, in
+    /// request order; it creates the latest first.
+    requested: Vec<proto::CreateRun>,
+    /// Every RunID requested so far: a request repeated (the PM asks again
+    /// after a minute) is not a second Run.
+    seen: std::collections::HashSet<String>,
     running: Vec<String>,
-    /// Out of every `out_of` events, `runs` create a Run and `runs` finish one.
+    /// Purges the PM asked for and Gerrit has not done yet, in request
+    /// order: (clid, operation id).
+    purges: std::collections::VecDeque<(i64, String)>,
+    /// The `PurgeCompleted` of the purge whose vote removal was the last
+    /// event.
+    purge_completed: Option<Event>,
+    /// Out of every `out_of` events, `runs` create a Run, `runs` finish one
+    /// and one does a purge (two events).
     runs: u64,
     out_of: u64,
 }
@@ -122,8 +143,11 @@ impl Mix {
             clids,
             per_stack: clids / stacks,
             eversions: vec![1; clids as usize + 1],
-            created: Vec::new(),
+            requested: Vec::new(),
+            seen: std::collections::HashSet::new(),
             running: Vec::new(),
+            purges: std::collections::VecDeque::new(),
+            purge_completed: None,
             runs,
             out_of,
         }
@@ -138,37 +162,74 @@ impl Mix {
     pub fn all_cls(&self, now: i64) -> Event {
         Event::ClsUpdated(proto::ClsUpdated {
             cls: (1..=self.clids)
-                .map(|clid| cl(&self.project, clid, 1, self.parent(clid), now))
+                .map(|clid| cl(&self.project, clid, 1, self.parent(clid), Some(now)))
                 .collect(),
         })
     }
 
-    /// Remembers the Runs an evaluation asked for.
+    /// Remembers the Runs (each RunID once) and purges an evaluation asked
+    /// for.
     pub fn observe(&mut self, evaluation: &domain::Evaluation) {
         for action in &evaluation.actions {
-            if let ActionKind::CreateRun(run) = action {
-                self.created.push(run.clone());
+            match action {
+                ActionKind::CreateRun(run) if self.seen.insert(run.run_id.clone()) => {
+                    self.requested.push(run.clone());
+                }
+                ActionKind::PurgeCl(purge) => {
+                    if let Some(p) = &purge.purging_cl {
+                        self.purges.push_back((p.clid, p.operation_id.clone()));
+                    }
+                }
+                _ => {}
             }
         }
     }
 
+    /// Gerrit does the oldest purge asked for: the CL's vote removed, then
+    /// (the next event) the purge reported complete.
+    fn purged(&mut self) -> Option<Event> {
+        let (clid, operation_id) = self.purges.pop_front()?;
+        self.purge_completed = Some(Event::PurgeCompleted(proto::PurgeCompleted {
+            operation_id,
+            clid,
+        }));
+        Some(self.updated(clid, None))
+    }
+
+    /// A new version of CL `clid`, voted at `vote`.
+    fn updated(&mut self, clid: i64, vote: Option<i64>) -> Event {
+        self.eversions[clid as usize] += 1;
+        let eversion = self.eversions[clid as usize];
+        Event::ClsUpdated(proto::ClsUpdated {
+            cls: vec![cl(&self.project, clid, eversion, self.parent(clid), vote)],
+        })
+    }
+
+    /// The Run Manager creates a requested Run at `now`.
+    fn created(&mut self, run: proto::CreateRun, now: i64) -> Event {
+        self.running.push(run.run_id.clone());
+        Event::RunCreated(proto::RunCreated {
+            run: Some(proto::Run {
+                id: run.run_id,
+                mode: run.mode,
+                clids: run.input_cls.iter().map(|c| c.clid).collect(),
+                create_time: Some(ts(now)),
+                status: proto::run::Status::Running as i32,
+                ..Default::default()
+            }),
+        })
+    }
+
     /// The next input event at `now`.
     pub fn next_event(&mut self, now: i64) -> Event {
+        if let Some(completed) = self.purge_completed.take() {
+            return completed;
+        }
         let pick = self.rng.below(self.out_of);
-        if pick < self.runs && !self.created.is_empty() {
-            let index = self.rng.below(self.created.len() as u64) as usize;
-            let run = self.created.swap_remove(index);
-            self.running.push(run.run_id.clone());
-            return Event::RunCreated(proto::RunCreated {
-                run: Some(proto::Run {
-                    id: run.run_id,
-                    mode: run.mode,
-                    clids: run.input_cls.iter().map(|c| c.clid).collect(),
-                    create_time: Some(ts(now)),
-                    status: proto::run::Status::Running as i32,
-                    ..Default::default()
-                }),
-            });
+        if pick < self.runs {
+            if let Some(run) = self.requested.pop() {
+                return self.created(run, now);
+            }
         }
         if pick >= self.runs && pick < 2 * self.runs && !self.running.is_empty() {
             let index = self.rng.below(self.running.len() as u64) as usize;
@@ -178,18 +239,13 @@ impl Mix {
                 end_time: Some(ts(now)),
             });
         }
+        if pick == 2 * self.runs {
+            if let Some(purge) = self.purged() {
+                return purge;
+            }
+        }
         let clid = 1 + self.rng.below(self.clids as u64) as i64;
-        self.eversions[clid as usize] += 1;
-        let eversion = self.eversions[clid as usize];
-        Event::ClsUpdated(proto::ClsUpdated {
-            cls: vec![cl(
-                &self.project,
-                clid,
-                eversion,
-                self.parent(clid),
-                now - 5,
-            )],
-        })
+        self.updated(clid, Some(now - 5))
     }
 }
 
