@@ -215,6 +215,9 @@ impl<'a> Invocation<'a> {
     /// If any PCL changed, sets `repartition_required` and marks the affected
     /// components. Returns the changed CLs.
     pub fn eval_cls(&mut self, clids: &[i64]) -> BTreeSet<i64> {
+        /// Up to this many new PCLs are inserted one by one, more are
+        /// merged in one pass.
+        const FEW_INSERTED: usize = 4;
         let mut wanted: Vec<i64> = clids.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
@@ -239,7 +242,14 @@ impl<'a> Invocation<'a> {
                 }
             }
         }
-        if !inserted.is_empty() {
+        if inserted.len() <= FEW_INSERTED {
+            // One move of the PCLs after each (a CL voted again after its
+            // PCL was dropped comes back alone).
+            for new in inserted {
+                let at = self.pstate.pcls.partition_point(|p| p.clid < new.clid);
+                self.pstate.pcls.insert(at, new);
+            }
+        } else {
             let old_pcls = std::mem::take(&mut self.pstate.pcls);
             let mut merged = Vec::with_capacity(old_pcls.len() + inserted.len());
             let mut old_iter = old_pcls.into_iter().peekable();
