@@ -226,7 +226,7 @@ fn run_transitions(
 fn prune_known(
     state: &mut ProjectState,
     now: &Timestamp,
-    runs_ended_from: Option<&mut Option<time::Nanos>>,
+    runs_ended_from: Option<&mut Option<Nanos>>,
 ) -> Vec<String> {
     let cutoff = time::to_nanos(&time::add_days(now, -KNOWN_RUN_RETENTION_DAYS));
     let named: Vec<&str> = state
