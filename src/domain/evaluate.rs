@@ -350,7 +350,7 @@ pub fn evaluate(
     });
     let (loaded_status, loaded_hash) = (loaded.status, loaded.config_hash.clone());
     let eversion = state.eversion + 1;
-    let (runs_ended_from, run_ids) = match memo {
+    let (runs_ended_from, mut run_ids) = match memo {
         Some(memo) => (Some(&mut memo.runs_ended_from), Some(&mut memo.run_ids)),
         None => (None, None),
     };
@@ -367,7 +367,6 @@ pub fn evaluate(
     // equal to the one it loaded (a law of tests/domain_laws.rs checks it).
     // Purges and dependency votes are kept as loaded only if they change.
     let backup = restorable_part(&loaded);
-    let mut run_ids = run_ids;
     if let Some(memo) = run_ids.as_deref_mut() {
         memo.invalidate(&pending, loaded.pcls.len(), time::to_nanos(&now));
     }
