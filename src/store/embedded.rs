@@ -10,7 +10,11 @@
 //!   [`MAX_GROUP_COMMIT_EVENTS`] events), and runs them in one
 //!   `BEGIN IMMEDIATE` transaction, each under its own `SAVEPOINT` so that a
 //!   failing request (wrong expected revision, duplicate id) is rolled back
-//!   alone. One `COMMIT`, hence one fsync, makes the whole group durable; only
+//!   alone. The Notifier's append (one event whose expected revision holds)
+//!   needs none: its single INSERT either lands or is undone by SQLite, and
+//!   only one that does not land (its id is already in the stream) is
+//!   checked in full under a savepoint (`append_direct`). One `COMMIT`,
+//!   hence one fsync, makes the whole group durable; only
 //!   then is every caller answered (through a oneshot channel) and the new
 //!   head position published on a `watch` channel for the subscriptions.
 //! * **The append check** is the shared rule of every store
@@ -657,8 +661,13 @@ fn commit_group(connection: &mut Connection, group: Vec<Write>) -> Result<Option
     let mut outcomes = Vec::with_capacity(group.len());
     let mut writes = group.into_iter();
     let mut broken = None;
+    // The rows of the streams appended to in this transaction, which holds
+    // the write lock: no one else can move them meanwhile. (Were one stale,
+    // the UNIQUE (stream_id, revision) index would refuse the insert and
+    // the append would be checked in full.)
+    let mut heads = HashMap::new();
     for write in writes.by_ref() {
-        match apply_in_savepoint(&transaction, &write.op) {
+        match apply_in_savepoint(&transaction, &write.op, &mut heads) {
             Ok(outcome) => outcomes.push((write.reply, outcome)),
             Err(err) => {
                 outcomes.push((write.reply, Err(err.clone())));
@@ -717,7 +726,24 @@ fn commit_group(connection: &mut Connection, group: Vec<Write>) -> Result<Option
 fn apply_in_savepoint(
     connection: &Connection,
     op: &WriteOp,
+    heads: &mut StreamHeads,
 ) -> Result<Result<Written, StoreError>, StoreError> {
+    if let WriteOp::Append {
+        stream,
+        expected,
+        events,
+    } = op
+    {
+        match append_direct(connection, stream, *expected, events, heads) {
+            Ok(Some(result)) => return Ok(Ok(Written::Appended(result))),
+            Ok(None) => {}
+            // Only reads failed: nothing was written.
+            Err(Failed::Read(err)) => return Ok(Err(err)),
+            Err(Failed::Write(err)) => return Err(err),
+        }
+    }
+    // The write below may move any stream's row.
+    heads.clear();
     let run = |sql: &str| {
         connection
             .prepare_cached(sql)
@@ -738,13 +764,14 @@ fn apply_in_savepoint(
     }
 }
 
+/// Applies a write; an append is checked in full ([`append_checked`]).
 fn apply(connection: &Connection, op: &WriteOp) -> Result<Written, StoreError> {
     match op {
         WriteOp::Append {
             stream,
             expected,
             events,
-        } => append_in(connection, stream, *expected, events).map(Written::Appended),
+        } => append_checked(connection, stream, *expected, events).map(Written::Appended),
         WriteOp::SetMetadata { stream, metadata } => {
             connection
                 .prepare_cached(SET_METADATA_SQL)
@@ -877,37 +904,76 @@ impl StreamIds for StoredIds {
     }
 }
 
-fn append_in(
+/// Stream rows by name, as read or last written in the current transaction.
+type StreamHeads = HashMap<String, StreamRow>;
+
+/// How [`append_direct`] failed.
+enum Failed {
+    /// Before anything was written: the append alone fails.
+    Read(StoreError),
+    /// After its row was inserted: the transaction can no longer be trusted.
+    Write(StoreError),
+}
+
+/// The Notifier's append, outside any savepoint: one event whose expected
+/// revision holds on an existing stream is inserted straight away. The
+/// UNIQUE (stream_id, event_id) index finds an id already in the stream,
+/// the only case where the full check can decide otherwise (a retry, or a
+/// duplicate); SQLite undoes a failed INSERT statement on its own, so the
+/// check then starts from the same rows. Anything else is left to
+/// [`append_checked`], under a savepoint (`None`: nothing was written).
+fn append_direct(
+    connection: &Connection,
+    stream: &str,
+    expected: ExpectedRevision,
+    events: &[NewEvent],
+    heads: &mut StreamHeads,
+) -> Result<Option<AppendResult>, Failed> {
+    let row = match heads.get(stream) {
+        Some(row) => Some(*row),
+        None => find_stream(connection, stream).map_err(Failed::Read)?,
+    };
+    if let (
+        [_],
+        Some(
+            head @ StreamRow {
+                stream_id,
+                last_revision: last @ Some(_),
+                ..
+            },
+        ),
+    ) = (events, row)
+    {
+        if expected.holds(last) {
+            let first_revision = last.map_or(0, |l| l + 1);
+            match insert_rows(connection, stream_id, first_revision, events) {
+                Ok(()) => {
+                    let result = finish_append(connection, stream_id, first_revision, events)
+                        .map_err(Failed::Write)?;
+                    let head = StreamRow {
+                        last_revision: Some(result.next_revision),
+                        ..head
+                    };
+                    heads.insert(stream.to_string(), head);
+                    return Ok(Some(result));
+                }
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation => {}
+                Err(other) => return Err(Failed::Write(store_error(other))),
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// An append checked in full against the stream's stored ids.
+fn append_checked(
     connection: &Connection,
     stream: &str,
     expected: ExpectedRevision,
     events: &[NewEvent],
 ) -> Result<AppendResult, StoreError> {
     let row = find_stream(connection, stream)?;
-    // One event whose expected revision holds (the Notifier's append):
-    // insert it straight away. The UNIQUE (stream_id, event_id) index finds
-    // an id already in the stream, which is the only case where the full
-    // check below can decide otherwise (a retry, or a duplicate); a failed
-    // INSERT writes nothing, so that check then starts from the same rows.
-    if let (
-        [_],
-        Some(StreamRow {
-            stream_id,
-            last_revision: last @ Some(_),
-            ..
-        }),
-    ) = (events, row)
-    {
-        if expected.holds(last) {
-            let first_revision = last.map_or(0, |l| l + 1);
-            match insert_rows(connection, stream_id, first_revision, events) {
-                Ok(()) => return finish_append(connection, stream_id, first_revision, events),
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation => {}
-                Err(other) => return Err(store_error(other)),
-            }
-        }
-    }
     let ids = StoredIds::load(connection, row, events)?;
     let batch_len = events.len() as u64;
     if let Some(start) = check_append_with(stream, expected, &ids, events)? {
@@ -1456,6 +1522,63 @@ mod tests {
             .query_row(HEAD_POSITION_SQL, [], |row| row.get(0))
             .unwrap();
         assert_eq!(head, 4);
+    }
+
+    /// Single-event appends go in without a savepoint, from the stream
+    /// heads the group has read or written; every other write in between
+    /// (a retry, a batch, a wrong expected revision) is checked against the
+    /// rows themselves, and the appends after it see what it wrote.
+    #[test]
+    fn direct_and_checked_appends_to_one_stream_in_one_group() {
+        let (_folder, mut connection) = fresh();
+        let steps = [
+            (ExpectedRevision::NoStream, vec![1]),
+            (ExpectedRevision::Exact(0), vec![2]),
+            (ExpectedRevision::Exact(1), vec![3]),
+            // A retry of the last append: its id is found, nothing added.
+            (ExpectedRevision::Exact(1), vec![3]),
+            (ExpectedRevision::Any, vec![4, 5]),
+            (ExpectedRevision::Exact(4), vec![6]),
+            (ExpectedRevision::Exact(5), vec![7]),
+            (ExpectedRevision::Exact(5), vec![8]),
+            (ExpectedRevision::Exact(6), vec![8]),
+        ];
+        let (group, answers): (Vec<_>, Vec<_>) = steps
+            .iter()
+            .map(|(expected, ids)| append("s", *expected, ids))
+            .unzip();
+        assert_eq!(commit_group(&mut connection, group), Ok(Some(8)));
+        let results: Vec<_> = answers
+            .into_iter()
+            .map(|answer| answer.blocking_recv().unwrap())
+            .collect();
+        let written = |next_revision, position| {
+            Ok(AppendResult {
+                next_revision,
+                position,
+            })
+        };
+        assert_eq!(
+            results,
+            [
+                written(0, 1),
+                written(1, 2),
+                written(2, 3),
+                written(2, 3),
+                written(4, 5),
+                written(5, 6),
+                written(6, 7),
+                Err(StoreError::WrongExpectedVersion {
+                    stream: "s".into(),
+                    expected: ExpectedRevision::Exact(5),
+                    actual: Some(6),
+                }),
+                written(7, 8),
+            ]
+        );
+        assert_eq!(count_events(&connection), 8);
+        let row = find_stream(&connection, "s").unwrap().unwrap();
+        assert_eq!(row.last_revision, Some(7));
     }
 
     /// Makes inserting an event of type `Poison` fail the way `action`
