@@ -78,24 +78,30 @@ impl ClidSet {
     }
 }
 
+/// The time a trigger must be strictly newer than to make a CL active:
+/// `now - 7 days` (computed once per categorisation).
+fn trigger_cutoff(now: &Timestamp) -> Timestamp {
+    time::add_days(now, -MAX_TRIGGER_AGE_DAYS)
+}
+
 /// Whether a PCL is active on its own: watched (status OK) with a CQ-vote
-/// or a new-patchset trigger strictly newer than `now - 7 days`
-/// (luci-pm-head.md R1; a missing trigger counts as "not newer").
-pub fn is_active_standalone(p: &Pcl, now: &Timestamp) -> bool {
+/// or a new-patchset trigger strictly newer than `cutoff`
+/// ([`trigger_cutoff`]; luci-pm-head.md R1; a missing trigger counts as
+/// "not newer").
+fn is_active_standalone(p: &Pcl, cutoff: &Timestamp) -> bool {
     if p.status != pcl::Status::Ok as i32 {
         return false;
     }
     let Some(triggers) = p.triggers.as_ref() else {
         return false;
     };
-    let cutoff = time::add_days(now, -MAX_TRIGGER_AGE_DAYS);
     [
         &triggers.cq_vote_trigger,
         &triggers.new_patchset_run_trigger,
     ]
     .into_iter()
     .flatten()
-    .any(|t| time::cmp_opt(t.time.as_ref(), Some(&cutoff)).is_gt())
+    .any(|t| time::cmp_opt(t.time.as_ref(), Some(cutoff)).is_gt())
 }
 
 /// A disjoint-set forest over PCL positions.
@@ -143,12 +149,13 @@ impl DisjointSet {
 impl Invocation<'_> {
     /// Categorises the tracked CLs and the CLs of created Runs (`categorizeCLs`).
     pub fn categorize(&self) -> Categories {
+        let index = PclIndex::of(&self.pstate.pcls);
         let mut cat = Categories::default();
         let mut active = Vec::new();
         for run in &self.pstate.created_pruns {
             for &id in &run.clids {
                 active.push(id);
-                if self.pcl_index(id).is_none() {
+                if index.get(&id).is_none() {
                     cat.unloaded.insert(id);
                 }
             }
@@ -158,8 +165,9 @@ impl Invocation<'_> {
                 active.extend(run.clids.iter().copied());
             }
         }
+        let cutoff = trigger_cutoff(&self.now);
         for p in &self.pstate.pcls {
-            if is_active_standalone(p, &self.now) {
+            if is_active_standalone(p, &cutoff) {
                 active.push(p.clid);
             }
         }
@@ -170,7 +178,7 @@ impl Invocation<'_> {
             for d in &p.deps {
                 if !cat.active.contains(&d.clid) {
                     deps.push(d.clid);
-                    if self.pcl_index(d.clid).is_none() {
+                    if index.get(&d.clid).is_none() {
                         cat.unloaded.insert(d.clid);
                     }
                 }
@@ -200,12 +208,13 @@ impl Invocation<'_> {
         }
         let to_load: Vec<i64> = cat.unloaded.iter().copied().collect();
         self.eval_cls(&to_load);
+        let cutoff = trigger_cutoff(&self.now);
         for p in &self.pstate.pcls {
             if !cat.unloaded.remove(&p.clid) {
                 continue;
             }
             if !cat.active.contains(&p.clid) {
-                if !is_active_standalone(p, &self.now) {
+                if !is_active_standalone(p, &cutoff) {
                     continue;
                 }
                 cat.deps.remove(&p.clid);
@@ -231,7 +240,7 @@ impl Invocation<'_> {
     /// canonical order (by first CL id); unused PCLs dropped.
     pub fn repartition(&mut self, cat: &Categories) {
         // PCLs are sorted by clid: a CL's position is found by binary search.
-        let index = PclIndex(&self.pstate.pcls);
+        let index = PclIndex::of(&self.pstate.pcls);
         let position = |clid: i64| -> usize {
             index.get(&clid).unwrap_or_else(|| {
                 panic!("BUG: CL {clid} of an incomplete Run has no PCL after loading")
@@ -276,7 +285,7 @@ impl Invocation<'_> {
         let mut reused: BTreeMap<usize, Component> = BTreeMap::new();
         let mut deleted: Vec<Component> = Vec::new();
         for c in old_components {
-            match reusable_root(&c, index, &mut sets, cat, &created_run_first_clids) {
+            match reusable_root(&c, &index, &mut sets, cat, &created_run_first_clids) {
                 Some(root) => {
                     reused.insert(root, c);
                 }
@@ -334,13 +343,17 @@ impl Invocation<'_> {
     }
 }
 
-/// The positions of CLs in a list of PCLs sorted by clid.
-#[derive(Clone, Copy)]
-struct PclIndex<'p>(&'p [Pcl]);
+/// The positions of CLs in a list of PCLs sorted by clid: their ids in one
+/// contiguous vector, searched without touching the (large) PCLs.
+struct PclIndex(Vec<i64>);
 
-impl PclIndex<'_> {
+impl PclIndex {
+    fn of(pcls: &[Pcl]) -> Self {
+        Self(pcls.iter().map(|p| p.clid).collect())
+    }
+
     fn get(&self, clid: &i64) -> Option<usize> {
-        self.0.binary_search_by_key(clid, |p| p.clid).ok()
+        self.0.binary_search(clid).ok()
     }
 }
 
@@ -349,7 +362,7 @@ impl PclIndex<'_> {
 /// (luci-pm-head.md R9: a component that receives a created Run is remade).
 fn reusable_root(
     c: &Component,
-    index: PclIndex<'_>,
+    index: &PclIndex,
     sets: &mut DisjointSet,
     cat: &Categories,
     created_run_first_clids: &BTreeSet<i64>,
