@@ -14,9 +14,9 @@
 //!   needs none: its single INSERT either lands or is undone by SQLite, and
 //!   only one that does not land (its id is already in the stream) is
 //!   checked in full under a savepoint (`append_direct`). One `COMMIT`,
-//!   hence one fsync, makes the whole group durable; only
-//!   then is every caller answered (through a oneshot channel) and the new
-//!   head position published on a `watch` channel for the subscriptions.
+//!   hence one fsync, makes the whole group durable; only then is every
+//!   caller answered (through a oneshot channel) and the new head position
+//!   published on a `watch` channel for the subscriptions.
 //! * **The append check** is the shared rule of every store
 //!   ([`super::memory::check_append_with`]), fed by indexed lookups inside the
 //!   writer's transaction: it therefore sees the earlier appends of the same
@@ -667,7 +667,7 @@ fn commit_group(connection: &mut Connection, group: Vec<Write>) -> Result<Option
     // the append would be checked in full.)
     let mut heads = HashMap::new();
     for write in writes.by_ref() {
-        match apply_in_savepoint(&transaction, &write.op, &mut heads) {
+        match apply_write(&transaction, &write.op, &mut heads) {
             Ok(outcome) => outcomes.push((write.reply, outcome)),
             Err(err) => {
                 outcomes.push((write.reply, Err(err.clone())));
@@ -717,13 +717,14 @@ fn commit_group(connection: &mut Connection, group: Vec<Write>) -> Result<Option
     }
 }
 
-/// Applies one write under a savepoint. The outer error means the
-/// transaction itself can no longer be trusted; the inner one is the
-/// write's own failure, already rolled back.
+/// Applies one write of a group: the Notifier's append straight away
+/// ([`append_direct`]), any other write under a savepoint. The outer error
+/// means the transaction itself can no longer be trusted; the inner one is
+/// the write's own failure, already rolled back.
 ///
 /// The savepoint commands are cached statements rather than rusqlite's
 /// `Savepoint`, which parses them anew for every write of every group.
-fn apply_in_savepoint(
+fn apply_write(
     connection: &Connection,
     op: &WriteOp,
     heads: &mut StreamHeads,
